@@ -1,0 +1,266 @@
+//! The embedded backend: dedup keys and streams in process memory.
+//!
+//! Not durable — a restart forgets everything — so it is for trying switchboard out, for
+//! development and for tests. It keeps the same contract as Redis (atomic batch, duplicates,
+//! backpressure, retention) so that behaviour does not change when the backend does.
+//!
+//! Every structure is bounded: dedup keys by `memory_max_dedup_keys` (oldest forgotten
+//! first) and their TTL, the inbound stream by `inbound_max_backlog`, the events stream by
+//! its retention, dead letters by `deadletter_max_len`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use super::{AcceptReport, BackendError, Batch, Limits, StreamEntry, StreamName, StreamStats};
+
+#[derive(Clone)]
+pub struct MemoryBackend {
+    inner: Arc<Mutex<Inner>>,
+    inbound_ready: Arc<Notify>,
+    limits: Arc<Limits>,
+}
+
+struct Inner {
+    /// key → expiry; `order` holds keys by insertion, which is also expiry order (one TTL).
+    dedup: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+    inbound: VecDeque<(StreamId, String, String)>,
+    /// How many of the front inbound entries have been handed to the router.
+    delivered: usize,
+    events: VecDeque<(StreamId, String, String)>,
+    deadletter: VecDeque<(StreamId, String, String)>,
+    last_id: StreamId,
+}
+
+/// Redis-compatible stream id: milliseconds and a sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+struct StreamId(u64, u64);
+
+impl StreamId {
+    fn parse(s: &str) -> Option<StreamId> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+    fn to_string(self) -> String {
+        format!("{}-{}", self.0, self.1)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Inner {
+    fn next_id(&mut self) -> StreamId {
+        let ms = now_ms();
+        self.last_id = if ms > self.last_id.0 {
+            StreamId(ms, 0)
+        } else {
+            StreamId(self.last_id.0, self.last_id.1 + 1)
+        };
+        self.last_id
+    }
+
+    fn expire(&mut self, now: Instant, max_keys: usize) {
+        while let Some((expiry, _)) = self.order.front() {
+            if *expiry > now && self.order.len() <= max_keys {
+                break;
+            }
+            if let Some((expiry, key)) = self.order.pop_front() {
+                // Only remove the map entry if it is this insertion's (not re-added since).
+                if self.dedup.get(&key) == Some(&expiry) {
+                    self.dedup.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn seen(&self, key: &str, now: Instant) -> bool {
+        self.dedup.get(key).is_some_and(|exp| *exp > now)
+    }
+
+    fn remember(&mut self, key: &str, expiry: Instant) {
+        self.dedup.insert(key.to_string(), expiry);
+        self.order.push_back((expiry, key.to_string()));
+    }
+}
+
+impl MemoryBackend {
+    pub fn new(limits: Limits) -> MemoryBackend {
+        MemoryBackend {
+            inner: Arc::new(Mutex::new(Inner {
+                dedup: HashMap::new(),
+                order: VecDeque::new(),
+                inbound: VecDeque::new(),
+                delivered: 0,
+                events: VecDeque::new(),
+                deadletter: VecDeque::new(),
+                last_id: StreamId::default(),
+            })),
+            inbound_ready: Arc::new(Notify::new()),
+            limits: Arc::new(limits),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the structures half-updated in a way
+        // that matters more than stopping would: keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn accept(&self, batch: &Batch) -> Result<AcceptReport, BackendError> {
+        let now = Instant::now();
+        let expiry = now + self.limits.dedup_ttl;
+        let mut g = self.lock();
+        g.expire(now, self.limits.memory_max_dedup_keys);
+
+        let fresh_events = batch
+            .events
+            .iter()
+            .filter(|item| !g.seen(&item.key, now))
+            .count() as u64;
+        let backlog = g.inbound.len() as u64;
+        if fresh_events > 0 && backlog + fresh_events > self.limits.inbound_max_backlog {
+            return Err(BackendError::Backpressure { backlog });
+        }
+
+        let mut report = AcceptReport::default();
+        for item in &batch.events {
+            let fresh = !g.seen(&item.key, now);
+            if fresh {
+                g.remember(&item.key, expiry);
+                let id = g.next_id();
+                g.inbound
+                    .push_back((id, item.key.clone(), item.payload.clone()));
+            }
+            report.events.push(fresh);
+        }
+        for item in &batch.dead_letters {
+            let fresh = !g.seen(&item.key, now);
+            if fresh {
+                g.remember(&item.key, expiry);
+                let id = g.next_id();
+                g.deadletter
+                    .push_back((id, item.key.clone(), item.payload.clone()));
+                while g.deadletter.len() as u64 > self.limits.deadletter_max_len {
+                    g.deadletter.pop_front();
+                }
+            }
+            report.dead_letters.push(fresh);
+        }
+        g.expire(now, self.limits.memory_max_dedup_keys);
+        drop(g);
+        if report.events.iter().any(|f| *f) {
+            self.inbound_ready.notify_one();
+        }
+        Ok(report)
+    }
+
+    pub fn stats(&self) -> StreamStats {
+        let g = self.lock();
+        StreamStats {
+            inbound: g.inbound.len() as u64,
+            inbound_pending: g.delivered as u64,
+            events: g.events.len() as u64,
+            deadletter: g.deadletter.len() as u64,
+        }
+    }
+
+    pub fn read(&self, stream: StreamName, limit: usize, after: Option<&str>) -> Vec<StreamEntry> {
+        let g = self.lock();
+        let entries = match stream {
+            StreamName::Inbound => &g.inbound,
+            StreamName::Events => &g.events,
+            StreamName::DeadLetter => &g.deadletter,
+        };
+        let pick = |(id, key, payload): &(StreamId, String, String)| StreamEntry {
+            id: id.to_string(),
+            key: key.clone(),
+            payload: payload.clone(),
+        };
+        match after.and_then(StreamId::parse) {
+            Some(after) => entries
+                .iter()
+                .filter(|(id, _, _)| *id > after)
+                .take(limit)
+                .map(pick)
+                .collect(),
+            None => entries
+                .iter()
+                .skip(entries.len().saturating_sub(limit))
+                .map(pick)
+                .collect(),
+        }
+    }
+
+    pub async fn read_inbound(&self, count: usize, block: Duration) -> Vec<StreamEntry> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            // Register interest before looking, so a notify between the look and the wait
+            // is not lost.
+            let notified = self.inbound_ready.notified();
+            {
+                let mut g = self.lock();
+                let start = g.delivered;
+                let out: Vec<StreamEntry> = g
+                    .inbound
+                    .iter()
+                    .skip(start)
+                    .take(count)
+                    .map(|(id, key, p)| StreamEntry {
+                        id: id.to_string(),
+                        key: key.clone(),
+                        payload: p.clone(),
+                    })
+                    .collect();
+                if !out.is_empty() {
+                    g.delivered += out.len();
+                    return out;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+
+    pub fn publish(&self, moves: &[StreamEntry]) -> usize {
+        let mut g = self.lock();
+        let mut moved = 0;
+        for entry in moves {
+            let Some(id) = StreamId::parse(&entry.id) else {
+                continue;
+            };
+            let Some(pos) = g.inbound.iter().position(|(i, _, _)| *i == id) else {
+                continue;
+            };
+            g.inbound.remove(pos);
+            if pos < g.delivered {
+                g.delivered -= 1;
+            }
+            let new_id = g.next_id();
+            g.events
+                .push_back((new_id, entry.key.clone(), entry.payload.clone()));
+            moved += 1;
+        }
+        let max_len = self.limits.events_max_len;
+        if max_len > 0 {
+            while g.events.len() as u64 > max_len {
+                g.events.pop_front();
+            }
+        }
+        if !self.limits.events_max_age.is_zero() {
+            let min_ms = now_ms().saturating_sub(self.limits.events_max_age.as_millis() as u64);
+            while g.events.front().is_some_and(|(id, _, _)| id.0 < min_ms) {
+                g.events.pop_front();
+            }
+        }
+        moved
+    }
+}

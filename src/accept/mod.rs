@@ -1,0 +1,197 @@
+//! Accept: deduplicate and enqueue, as one atomic step (DESIGN.md step 5), plus the stream
+//! operations the router and the read API need.
+//!
+//! Backends are a closed set, so they are an enum: [`memory`] (embedded, not durable) and
+//! [`redis`] (production). Both pass the same conformance suite (`tests/it/backend.rs`).
+//!
+//! Contract of [`Backend::accept`], for every implementation:
+//! - for each item, "was this key seen within the TTL?" and "append to its stream" happen
+//!   together for the whole batch, or not at all (an error means nothing was appended);
+//! - an item whose key was seen is reported as a duplicate and appended nowhere;
+//! - when the inbound backlog (entries not yet routed) would exceed its bound, nothing is
+//!   appended and [`BackendError::Backpressure`] is returned;
+//! - it returns only once the appends are as durable as the backend can make them.
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// One thing to store: its dedup identity and its JSON payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// Dedup identity: an event id (`evt_...`) or a dead-letter id (`dl_...`).
+    pub key: String,
+    pub payload: String,
+}
+
+/// Everything one webhook request produced.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Go to the inbound stream.
+    pub events: Vec<Item>,
+    /// Go to the dead-letter stream.
+    pub dead_letters: Vec<Item>,
+}
+
+/// Per item of the batch, in order: `true` when newly stored, `false` for a duplicate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcceptReport {
+    pub events: Vec<bool>,
+    pub dead_letters: Vec<bool>,
+}
+
+/// An entry of a stream: its stream id, the item's key (event id or dead-letter id) and its
+/// JSON payload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StreamEntry {
+    pub id: String,
+    pub key: String,
+    pub payload: String,
+}
+
+/// The streams a caller can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamName {
+    Inbound,
+    Events,
+    DeadLetter,
+}
+
+impl StreamName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamName::Inbound => "inbound",
+            StreamName::Events => "events",
+            StreamName::DeadLetter => "deadletter",
+        }
+    }
+}
+
+/// Sizes of the streams, for gauges and `/readyz`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StreamStats {
+    pub inbound: u64,
+    /// Inbound entries delivered to a router but not yet moved to the events stream.
+    pub inbound_pending: u64,
+    pub events: u64,
+    pub deadletter: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend cannot be reached or did not answer in time: nothing was stored.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The inbound backlog is at its bound: nothing was stored.
+    #[error("inbound backlog full ({backlog} entries)")]
+    Backpressure { backlog: u64 },
+    /// The backend answered something this version does not understand.
+    #[error("unexpected backend reply: {0}")]
+    Protocol(String),
+}
+
+/// Bounds and retention every backend applies; from `[streams]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub dedup_ttl: Duration,
+    pub inbound_max_backlog: u64,
+    pub events_max_len: u64,
+    pub events_max_age: Duration,
+    pub deadletter_max_len: u64,
+    pub memory_max_dedup_keys: usize,
+}
+
+impl Limits {
+    pub fn from_config(c: &Config) -> Limits {
+        Limits {
+            dedup_ttl: Duration::from_secs(c.streams.dedup_ttl_secs),
+            inbound_max_backlog: c.streams.inbound_max_backlog as u64,
+            events_max_len: c.streams.events_max_len as u64,
+            events_max_age: Duration::from_secs(c.streams.events_max_age_secs),
+            deadletter_max_len: c.streams.deadletter_max_len as u64,
+            memory_max_dedup_keys: c.streams.memory_max_dedup_keys,
+        }
+    }
+}
+
+/// The configured backend.
+#[derive(Clone)]
+pub enum Backend {
+    Memory(memory::MemoryBackend),
+    Redis(redis::RedisBackend),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// Dedup and enqueue a batch atomically (see the module docs).
+    pub async fn accept(&self, batch: &Batch) -> Result<AcceptReport, BackendError> {
+        match self {
+            Backend::Memory(b) => b.accept(batch),
+            Backend::Redis(b) => b.accept(batch).await,
+        }
+    }
+
+    /// Whether the backend answers.
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        match self {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(b) => b.ping().await,
+        }
+    }
+
+    pub async fn stats(&self) -> Result<StreamStats, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.stats()),
+            Backend::Redis(b) => b.stats().await,
+        }
+    }
+
+    /// Up to `limit` entries of a stream: the newest ones in order when `after` is `None`,
+    /// else the ones after that id.
+    pub async fn read(
+        &self,
+        stream: StreamName,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.read(stream, limit, after)),
+            Backend::Redis(b) => b.read(stream, limit, after).await,
+        }
+    }
+
+    /// For the router: up to `count` inbound entries not yet routed by anyone, waiting up
+    /// to `block` for some to arrive. Entries a crashed consumer left unrouted for longer
+    /// than `claim_idle` are handed out again.
+    pub async fn read_inbound(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+        claim_idle: Duration,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.read_inbound(count, block).await),
+            Backend::Redis(b) => b.read_inbound(consumer, count, block, claim_idle).await,
+        }
+    }
+
+    /// For the router: append each payload to the events stream and remove its inbound
+    /// entry, atomically per batch. An inbound id already moved (by another consumer after a
+    /// claim) is skipped, so an entry is published once. Returns how many were moved.
+    pub async fn publish(&self, moves: &[StreamEntry]) -> Result<usize, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.publish(moves)),
+            Backend::Redis(b) => b.publish(moves).await,
+        }
+    }
+}

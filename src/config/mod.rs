@@ -1,0 +1,486 @@
+//! Configuration: layered file + environment, validated once into runtime [`Settings`].
+//!
+//! Layers, later wins: built-in defaults → the TOML file → `SWITCHBOARD__SECTION__KEY`
+//! environment variables. Unknown keys are rejected so that a typo cannot silently fall back
+//! to a default. [`Settings::validate`]-style checks run before anything starts and say what
+//! to change, in terms of the file's keys.
+//!
+//! The types here describe the file. The pipeline uses the runtime state built from them
+//! (`crate::state`), never these types directly.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::verify::Secret;
+
+/// Which implementation holds dedup keys and streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub backend: BackendKind,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub limits: LimitsConfig,
+    pub streams: StreamsConfig,
+    pub redis: RedisConfig,
+    pub router: RouterConfig,
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout_secs: u64,
+    pub max_connections_per_worker: usize,
+    /// Peers whose `X-Forwarded-For` is trusted for the client IP (load balancers).
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub ip_requests_per_sec: u32,
+    pub ip_burst: u32,
+    pub tenant_requests_per_sec: u32,
+    pub tenant_burst: u32,
+    pub max_tracked_keys: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    pub dedup_ttl_secs: u64,
+    pub inbound_max_backlog: usize,
+    pub events_max_len: usize,
+    pub events_max_age_secs: u64,
+    pub deadletter_max_len: usize,
+    pub include_raw: bool,
+    /// Memory backend only: most dedup keys remembered (oldest forgotten first).
+    pub memory_max_dedup_keys: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    pub key_prefix: String,
+    pub command_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    pub batch_size: usize,
+    pub block_ms: u64,
+    pub claim_idle_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer token for `/v1/*`. Without one, the API answers 403 `api_disabled`.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: Option<String>,
+    pub requests_per_sec: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+/// One webhook endpoint, `/webhooks/{id}`, tagged by provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "provider", rename_all = "snake_case")]
+pub enum SourceConfig {
+    Meta(MetaSourceConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaSourceConfig {
+    pub app_secrets: Vec<Secret>,
+    pub verify_token: Secret,
+    #[serde(default)]
+    pub allow_sha1: bool,
+    #[serde(default)]
+    pub channels: BTreeMap<String, String>,
+    /// Overrides `[streams] include_raw` for this source.
+    #[serde(default)]
+    pub include_raw: Option<bool>,
+}
+
+/// The defaults every layer starts from. The shipped config.toml repeats them with comments.
+#[derive(Serialize)]
+struct Defaults {
+    backend: BackendKind,
+    server: ServerConfig,
+    log: LogConfig,
+    limits: LimitsConfig,
+    streams: StreamsConfig,
+    redis: RedisConfig,
+    router: RouterConfig,
+    api: BTreeMap<String, String>,
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        backend: BackendKind::Memory,
+        server: ServerConfig {
+            bind: "127.0.0.1:8080".into(),
+            workers: 0,
+            max_body_bytes: 4 * 1024 * 1024,
+            shutdown_timeout_secs: 30,
+            max_connections_per_worker: 2048,
+            trusted_proxies: Vec::new(),
+        },
+        log: LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        },
+        limits: LimitsConfig {
+            ip_requests_per_sec: 500,
+            ip_burst: 1000,
+            tenant_requests_per_sec: 1000,
+            tenant_burst: 2000,
+            max_tracked_keys: 100_000,
+        },
+        streams: StreamsConfig {
+            dedup_ttl_secs: 8 * 24 * 3600,
+            inbound_max_backlog: 100_000,
+            events_max_len: 1_000_000,
+            events_max_age_secs: 0,
+            deadletter_max_len: 100_000,
+            include_raw: true,
+            memory_max_dedup_keys: 1_000_000,
+        },
+        redis: RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "switchboard".into(),
+            command_timeout_ms: 2000,
+            connect_timeout_ms: 2000,
+        },
+        router: RouterConfig {
+            batch_size: 256,
+            block_ms: 1000,
+            claim_idle_ms: 30_000,
+        },
+        api: BTreeMap::new(),
+    }
+}
+
+/// A configuration that failed to load or validate; each line names the key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(String),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Defaults → `path` (when given) → environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(defaults()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "{} does not exist (pass --config FILE or run from the repository root)",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        Self::from_figment(fig.merge(Env::prefixed("SWITCHBOARD__").split("__")))
+    }
+
+    /// Defaults → a TOML string (tests and tools).
+    pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(defaults())).merge(Toml::string(toml)),
+        )
+    }
+
+    fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
+        let config: Config = fig.extract().map_err(|e| {
+            ConfigError::Load(
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every problem at once, each phrased as what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        if self.server.bind.parse::<SocketAddr>().is_err() {
+            errs.push(format!(
+                "server.bind = {:?}: expected an address like \"0.0.0.0:8080\"",
+                self.server.bind
+            ));
+        }
+        if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 64 * 1024 * 1024 {
+            errs.push(format!(
+                "server.max_body_bytes = {}: use 1024..=67108864 (Meta sends up to 3 MB, keep ≥ 3145728 for Meta sources)",
+                self.server.max_body_bytes
+            ));
+        }
+        if self.server.max_connections_per_worker == 0 {
+            errs.push("server.max_connections_per_worker must be at least 1".into());
+        }
+        for (key, v) in [
+            (
+                "limits.ip_requests_per_sec",
+                self.limits.ip_requests_per_sec,
+            ),
+            ("limits.ip_burst", self.limits.ip_burst),
+            (
+                "limits.tenant_requests_per_sec",
+                self.limits.tenant_requests_per_sec,
+            ),
+            ("limits.tenant_burst", self.limits.tenant_burst),
+        ] {
+            if v == 0 {
+                errs.push(format!("{key} must be at least 1"));
+            }
+        }
+        if self.limits.max_tracked_keys == 0 {
+            errs.push("limits.max_tracked_keys must be at least 1".into());
+        }
+        if self.streams.dedup_ttl_secs < 60 {
+            errs.push(format!(
+                "streams.dedup_ttl_secs = {}: use at least 60; Meta retries for 7 days, so 691200 (8 days) is recommended",
+                self.streams.dedup_ttl_secs
+            ));
+        }
+        if self.streams.inbound_max_backlog == 0 {
+            errs.push("streams.inbound_max_backlog must be at least 1".into());
+        }
+        if self.streams.deadletter_max_len == 0 {
+            errs.push("streams.deadletter_max_len must be at least 1".into());
+        }
+        if self.streams.events_max_len == 0 && self.streams.events_max_age_secs == 0 {
+            errs.push("streams: set events_max_len or events_max_age_secs (or both): the events stream needs a retention bound".into());
+        }
+        if self.streams.memory_max_dedup_keys == 0 {
+            errs.push("streams.memory_max_dedup_keys must be at least 1".into());
+        }
+        if self.backend == BackendKind::Redis {
+            match url::Url::parse(&self.redis.url) {
+                Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "unix" | "redis+unix") => {}
+                _ => errs.push(format!(
+                    "redis.url = {:?}: expected redis://host:port[/db] or rediss://...",
+                    redact_url(&self.redis.url)
+                )),
+            }
+        }
+        if self.redis.key_prefix.is_empty()
+            || !self
+                .redis
+                .key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+        {
+            errs.push(format!(
+                "redis.key_prefix = {:?}: use letters, digits, '_', '-', '.', ':' (no braces: the prefix becomes the hash tag)",
+                self.redis.key_prefix
+            ));
+        }
+        if self.redis.command_timeout_ms == 0 || self.redis.connect_timeout_ms == 0 {
+            errs.push(
+                "redis.command_timeout_ms and redis.connect_timeout_ms must be at least 1".into(),
+            );
+        }
+        if self.router.batch_size == 0 || self.router.batch_size > 10_000 {
+            errs.push("router.batch_size must be 1..=10000".into());
+        }
+        if self.router.claim_idle_ms < 1000 {
+            errs.push("router.claim_idle_ms must be at least 1000".into());
+        }
+        for (id, t) in &self.tenants {
+            if !valid_id(id) {
+                errs.push(format!(
+                    "tenants.{id}: ids use a-z, 0-9, '_' and '-' (1-64 chars)"
+                ));
+            }
+            if t.requests_per_sec == Some(0) || t.burst == Some(0) {
+                errs.push(format!(
+                    "tenants.{id}: requests_per_sec and burst must be at least 1"
+                ));
+            }
+        }
+        if self.sources.is_empty() {
+            errs.push("no [sources.<id>] defined: add at least one webhook source".into());
+        }
+        for (id, source) in &self.sources {
+            if !valid_id(id) {
+                errs.push(format!(
+                    "sources.{id}: ids use a-z, 0-9, '_' and '-' (1-64 chars); prefer '_' so the source can be set from the environment"
+                ));
+            }
+            match source {
+                SourceConfig::Meta(m) => {
+                    if m.app_secrets.is_empty()
+                        || m.app_secrets.iter().any(|s| s.expose().is_empty())
+                    {
+                        errs.push(format!(
+                            "sources.{id}.app_secrets: give at least one non-empty App Secret (Meta App Dashboard → App settings → Basic)"
+                        ));
+                    }
+                    if m.verify_token.expose().is_empty() {
+                        errs.push(format!(
+                            "sources.{id}.verify_token: must not be empty (it is the Verify Token typed in the App Dashboard)"
+                        ));
+                    }
+                    if m.channels.is_empty() {
+                        errs.push(format!(
+                            "sources.{id}.channels: map at least one business id (phone_number_id, WABA id, Page id or Instagram account id) to a tenant"
+                        ));
+                    }
+                    if self.server.max_body_bytes < 3 * 1024 * 1024 {
+                        errs.push(format!(
+                            "sources.{id}: server.max_body_bytes = {} is below Meta's 3 MB payloads; raise it to at least 3145728",
+                            self.server.max_body_bytes
+                        ));
+                    }
+                    for (business, tenant) in &m.channels {
+                        if !self.tenants.contains_key(tenant) {
+                            errs.push(format!(
+                                "sources.{id}.channels.{business} = {tenant:?}: no [tenants.{tenant}] is defined"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// A Redis URL with its password replaced, for messages and logs.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("[redacted]"));
+            }
+            u.to_string()
+        }
+        Err(_) => "[unparseable url]".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [tenants.acme]
+        [sources.meta_main]
+        provider = "meta"
+        app_secrets = ["s"]
+        verify_token = "v"
+        channels = { "123" = "acme" }
+    "#;
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let c = Config::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(c.backend, BackendKind::Memory);
+        assert!(c.sources.contains_key("meta_demo"));
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.streams.dedup_ttl_secs, 8 * 24 * 3600);
+        assert_eq!(c.redis.key_prefix, "switchboard");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml(&format!("{MINIMAL}\n[server]\nbindd = \"x\"")).unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+        let err = Config::from_toml(&format!("{MINIMAL}\nsecret_sauce = 1")).unwrap_err();
+        assert!(err.to_string().contains("secret_sauce"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_keys_and_never_prints_secrets() {
+        let toml = r#"
+            [server]
+            bind = "nope"
+            [sources.meta_main]
+            provider = "meta"
+            app_secrets = ["topsecretvalue"]
+            verify_token = "v"
+            channels = { "123" = "ghost" }
+        "#;
+        let err = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains("server.bind"), "{err}");
+        assert!(err.contains("sources.meta_main.channels.123"), "{err}");
+        assert!(!err.contains("topsecretvalue"), "{err}");
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert!(!format!("{c:?}").contains("\"s\""));
+    }
+
+    #[test]
+    fn redis_url_password_is_redacted() {
+        assert_eq!(
+            redact_url("redis://user:pw@host:6379/0"),
+            "redis://user:[redacted]@host:6379/0"
+        );
+    }
+}

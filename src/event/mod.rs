@@ -1,0 +1,344 @@
+//! The unified event: the contract with CRM backends (`switchboard.event.v1`).
+//!
+//! Every provider's payload becomes one or more [`Event`]s. This module owns the envelope,
+//! the identities derived from it (event id, dedup key, conversation id) and their stability
+//! rules; [`content`] owns the typed bodies (message, status, notification).
+//!
+//! Stability rules a consumer may rely on:
+//! - `event_id` is a pure function of the provider's identity of the thing that happened
+//!   (provider message id, plus the status state for statuses), so a redelivered webhook
+//!   produces the same `event_id` and an at-least-once consumer can deduplicate on it.
+//! - `conversation_id` is a pure function of (tenant, channel, business id, contact id).
+//! - Fields are only ever added within v1; absent optional fields are omitted, not `null`.
+
+pub mod content;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+pub use content::*;
+
+/// The value of `schema` on every event of this version.
+pub const SCHEMA_V1: &str = "switchboard.event.v1";
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A message from a contact (or, with `direction = outbound`, an echo of one we sent).
+    Message,
+    /// Delivery state of a message (sent, delivered, read, failed, ...).
+    Status,
+    /// A reaction added to or removed from a message.
+    Reaction,
+    /// A tap on a postback button (Messenger/Instagram), carrying its payload.
+    Postback,
+    /// A contact arrived through a referral (ad, link, QR) without a message.
+    Referral,
+    /// A system message about a contact (changed number, changed identity...).
+    System,
+    /// Any other provider notification (template status, account/quality updates...).
+    Notification,
+    /// Errors the provider reported without a message or status to attach them to.
+    Error,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::Status => "status",
+            EventKind::Reaction => "reaction",
+            EventKind::Postback => "postback",
+            EventKind::Referral => "referral",
+            EventKind::System => "system",
+            EventKind::Notification => "notification",
+            EventKind::Error => "error",
+        }
+    }
+}
+
+/// Who sent the webhook. A closed set: every provider has its own verifier and normalizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Meta,
+    Twilio,
+    Vonage,
+    Messagebird,
+    Bird,
+    Telnyx,
+    Plivo,
+    Sinch,
+    Telegram,
+    Standard,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Meta => "meta",
+            Provider::Twilio => "twilio",
+            Provider::Vonage => "vonage",
+            Provider::Messagebird => "messagebird",
+            Provider::Bird => "bird",
+            Provider::Telnyx => "telnyx",
+            Provider::Plivo => "plivo",
+            Provider::Sinch => "sinch",
+            Provider::Telegram => "telegram",
+            Provider::Standard => "standard",
+        }
+    }
+}
+
+/// The messaging channel the event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Whatsapp,
+    Messenger,
+    Instagram,
+    Sms,
+    Mms,
+    Rcs,
+    Viber,
+    Telegram,
+    Other,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Whatsapp => "whatsapp",
+            Channel::Messenger => "messenger",
+            Channel::Instagram => "instagram",
+            Channel::Sms => "sms",
+            Channel::Mms => "mms",
+            Channel::Rcs => "rcs",
+            Channel::Viber => "viber",
+            Channel::Telegram => "telegram",
+            Channel::Other => "other",
+        }
+    }
+}
+
+/// Inbound: the contact wrote to the business. Outbound: the business side (an echo of a
+/// message sent from another app or the provider's inbox, or a status of a message we sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// One side of a conversation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Party {
+    /// Stable address: E.164 digits for phones (no `+`), PSID/IGSID, business-scoped user id
+    /// when a WhatsApp user has no phone number in the payload, page id, phone_number_id...
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Human-readable address of a business side (display phone number, page name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<String>,
+    /// WhatsApp username (`profile.username`), when the user has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Phone number identity (WhatsApp `wa_id`), when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// WhatsApp business-scoped user id (`user_id`, 2026).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// WhatsApp parent business-scoped user id (`parent_user_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_user_id: Option<String>,
+}
+
+/// Added by the router (DESIGN.md steps 7-9). Absent until the event has been routed; the
+/// pass-through router sets `strategy = "passthrough"` and no agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub strategy: String,
+    pub reason: String,
+    #[serde(default)]
+    pub queued: bool,
+}
+
+/// The unified event. See the module docs for the stability rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub schema: String,
+    pub event_id: String,
+    pub kind: EventKind,
+    pub tenant: String,
+    pub source: String,
+    pub provider: Provider,
+    pub channel: Channel,
+    pub direction: Direction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Party>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business: Option<Party>,
+    /// Provider time (RFC 3339, UTC). Falls back to `received_at` when the provider gives none.
+    pub occurred_at: String,
+    /// Gateway time (RFC 3339, UTC).
+    pub received_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<Notification>,
+    /// Errors the provider attached to this event (message-, status- or payload-level).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ProviderError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<Assignment>,
+    /// The provider's original object for this event (one message/status/change, not the
+    /// whole batch). Omitted when the source sets `include_raw = false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<serde_json::Value>,
+    /// Identity used for deduplication; never serialized (the event id is derived from it).
+    #[serde(skip)]
+    pub dedup_key: String,
+}
+
+impl Event {
+    /// A new event with its identities derived from `dedup_key` (see [`dedup_key`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kind: EventKind,
+        provider: Provider,
+        channel: Channel,
+        direction: Direction,
+        tenant: &str,
+        source: &str,
+        dedup_key: String,
+        occurred_at: Option<OffsetDateTime>,
+        received_at: OffsetDateTime,
+    ) -> Event {
+        Event {
+            schema: SCHEMA_V1.to_string(),
+            event_id: event_id_for(&dedup_key),
+            kind,
+            tenant: tenant.to_string(),
+            source: source.to_string(),
+            provider,
+            channel,
+            direction,
+            provider_message_id: None,
+            conversation_id: None,
+            contact: None,
+            business: None,
+            occurred_at: rfc3339(occurred_at.unwrap_or(received_at)),
+            received_at: rfc3339(received_at),
+            message: None,
+            status: None,
+            notification: None,
+            errors: Vec::new(),
+            assignment: None,
+            raw: None,
+            dedup_key,
+        }
+    }
+
+    /// Sets `conversation_id` from the tenant, channel and both parties, when both are known.
+    pub fn derive_conversation_id(&mut self) {
+        if let (Some(business), Some(contact)) = (&self.business, &self.contact) {
+            self.conversation_id = Some(conversation_id(
+                &self.tenant,
+                self.channel,
+                &business.id,
+                &contact.id,
+            ));
+        }
+    }
+
+    /// The event as the JSON stored in stream entries.
+    pub fn to_json(&self) -> String {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+/// The dedup identity of an event: provider, a namespace, the provider's id, and for statuses
+/// the state (a message is delivered once, read once...). Namespaces keep ids of different
+/// kinds (a wamid, a Messenger mid, a read watermark) from colliding.
+pub fn dedup_key(provider: Provider, namespace: &str, id: &str, state: Option<&str>) -> String {
+    match state {
+        Some(state) => format!("{}:{namespace}:{id}:{state}", provider.as_str()),
+        None => format!("{}:{namespace}:{id}", provider.as_str()),
+    }
+}
+
+/// `evt_` + 32 hex digits (128 bits) of SHA-256 over the dedup key.
+pub fn event_id_for(dedup_key: &str) -> String {
+    format!("evt_{}", short_hash(dedup_key.as_bytes()))
+}
+
+/// `conv_` + 32 hex digits of SHA-256 over (tenant, channel, business id, contact id).
+pub fn conversation_id(tenant: &str, channel: Channel, business: &str, contact: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [tenant, channel.as_str(), business, contact] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    format!("conv_{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// 32 lowercase hex digits of SHA-256.
+pub fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..16])
+}
+
+/// RFC 3339 in UTC with second precision or better, e.g. `2025-06-08T20:59:43Z`.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_id_is_stable_and_distinguishes_states() {
+        let a = dedup_key(Provider::Meta, "wamid", "wamid.X", None);
+        assert_eq!(event_id_for(&a), event_id_for(&a.clone()));
+        let sent = dedup_key(Provider::Meta, "wamid", "wamid.X", Some("sent"));
+        let read = dedup_key(Provider::Meta, "wamid", "wamid.X", Some("read"));
+        assert_ne!(event_id_for(&sent), event_id_for(&read));
+        assert_ne!(event_id_for(&a), event_id_for(&sent));
+        assert!(event_id_for(&a).starts_with("evt_"));
+        assert_eq!(event_id_for(&a).len(), 4 + 32);
+    }
+
+    #[test]
+    fn conversation_id_is_unambiguous() {
+        // Length-prefixing means ("ab","c") and ("a","bc") cannot collide.
+        let x = conversation_id("t", Channel::Sms, "ab", "c");
+        let y = conversation_id("t", Channel::Sms, "a", "bc");
+        assert_ne!(x, y);
+        assert_eq!(x, conversation_id("t", Channel::Sms, "ab", "c"));
+    }
+
+    #[test]
+    fn rfc3339_is_utc() {
+        let t = OffsetDateTime::from_unix_timestamp(1749416383).unwrap();
+        assert_eq!(rfc3339(t), "2025-06-08T20:59:43Z");
+    }
+}

@@ -1,0 +1,247 @@
+//! HTTP handlers and the per-request middleware (request id, span, access metrics).
+//! Handlers are thin: extract, call the stage function, map the outcome to a response.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use tracing::Instrument;
+
+use crate::accept::StreamName;
+use crate::error::ApiError;
+use crate::internal_events::{HttpRequestDone, WebhookAnswered};
+use crate::state::AppState;
+
+pub type State = web::Data<AppState>;
+
+/// Routes of the gateway.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/webhooks/{source}")
+            .route(web::post().to(webhook))
+            .route(web::get().to(handshake))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .route("/v1/events", web::get().to(list_events))
+    .route("/v1/deadletters", web::get().to(list_deadletters))
+    .route("/healthz", web::get().to(healthz))
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics));
+}
+
+async fn webhook(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let source_id = path.into_inner();
+    let provider = state
+        .sources
+        .get(&source_id)
+        .map(|s| s.provider.as_str())
+        .unwrap_or("unknown");
+    let result = super::receive(&state, &req, payload, &source_id).await;
+    let (response, code) = match result {
+        Ok((receipt, _)) => (HttpResponse::Ok().json(receipt), "ok"),
+        Err(e) => {
+            let code = e.code();
+            (actix_web::ResponseError::error_response(&e), code)
+        }
+    };
+    WebhookAnswered {
+        provider,
+        status: response.status().as_u16(),
+        code,
+    }
+    .emit();
+    response
+}
+
+async fn handshake(state: State, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
+    match super::handshake(&state, &path, req.query_string()) {
+        Ok(challenge) => HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(challenge),
+        Err(e) => actix_web::ResponseError::error_response(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(token) = &state.api_token else {
+        return Err(ApiError::ApiDisabled);
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if token.matches(presented.trim().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+async fn read_stream(
+    state: &AppState,
+    req: &HttpRequest,
+    stream: StreamName,
+    field: &'static str,
+) -> Result<HttpResponse, ApiError> {
+    authorize(state, req)?;
+    let q = web::Query::<ReadQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    let limit = q.limit.unwrap_or(10);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::BadRequest("limit must be 1..=1000".into()));
+    }
+    if let Some(after) = &q.after {
+        let valid = after.split_once('-').map_or(after.as_str(), |(ms, seq)| {
+            if seq.chars().all(|c| c.is_ascii_digit()) && !seq.is_empty() {
+                ms
+            } else {
+                ""
+            }
+        });
+        if valid.is_empty() || !valid.chars().all(|c| c.is_ascii_digit()) {
+            return Err(ApiError::BadRequest(
+                "after must be a stream id such as 1700000000000-0".into(),
+            ));
+        }
+    }
+    let entries = state
+        .backend
+        .read(stream, limit, q.after.as_deref())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "stream read failed");
+            ApiError::Unavailable
+        })?;
+    let items: Vec<serde_json::Value> = entries
+        .into_iter()
+        .map(|e| {
+            let value: serde_json::Value =
+                serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null);
+            serde_json::json!({ "stream_id": e.id, field: value })
+        })
+        .collect();
+    let next = items
+        .last()
+        .and_then(|v| v["stream_id"].as_str())
+        .map(str::to_string);
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next_after": next })))
+}
+
+async fn list_events(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    read_stream(&state, &req, StreamName::Events, "event").await
+}
+
+async fn list_deadletters(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    read_stream(&state, &req, StreamName::DeadLetter, "deadletter").await
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
+}
+
+async fn readyz(state: State) -> HttpResponse {
+    let backend = state.backend.name();
+    match state.backend.ping().await {
+        Ok(()) => {
+            let streams = state.backend.stats().await.ok();
+            HttpResponse::Ok().json(serde_json::json!({
+                "status": "ready", "backend": backend, "streams": streams
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(backend, error = %e, "readiness check failed");
+            HttpResponse::ServiceUnavailable().json(serde_json::json!({
+                "code": "dependency_unavailable",
+                "message": format!("the {backend} backend does not answer"),
+            }))
+        }
+    }
+}
+
+async fn metrics(state: State) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+/// Request id (from a sane incoming `x-request-id`, else new), a tracing span carrying it,
+/// the access metric and the access log line. The span records the route pattern, never
+/// the query string (Meta's handshake carries the verify token there).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route: Rc<str> = req
+        .match_pattern()
+        .map(Rc::from)
+        .unwrap_or_else(|| Rc::from("unmatched"));
+    let method = req.method().to_string();
+    let span =
+        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    // Handler errors arrive here already rendered as responses (the catalogue's JSON);
+    // an Err is a framework failure that actix renders itself.
+    let mut res = next.call(req).instrument(span.clone()).await?;
+    let status = res.status().as_u16();
+    let elapsed = started.elapsed();
+    HttpRequestDone {
+        route: &route,
+        method: &method,
+        status,
+        elapsed,
+    }
+    .emit();
+    if status >= 500 {
+        tracing::warn!(parent: &span, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request done");
+    } else if status >= 400 {
+        tracing::info!(parent: &span, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request done");
+    } else {
+        tracing::debug!(parent: &span, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request done");
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), v);
+    }
+    Ok(res)
+}
+
+/// JSON body for requests no route matched.
+pub async fn not_found() -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::NotFound)
+}
+
+/// JSON body for a known path with an unsupported method.
+pub async fn method_not_allowed() -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed)
+}

@@ -1,0 +1,392 @@
+//! Ingest: the HTTP edge and the order of the stages of one webhook (DESIGN.md steps 1-6).
+//!
+//! [`receive`] is the one place where the order is written down:
+//! source → size → per-IP limit → media type → body → verify → normalize → per-tenant
+//! limit → accept → answer. Handlers ([`http`]) only extract, call and map the outcome.
+//!
+//! This module must never answer 2xx before the backend confirmed the accept, and never
+//! pass bytes to a normalizer before their signature was checked.
+
+pub mod http;
+pub mod ratelimit;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use actix_web::http::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::{web, HttpRequest};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::accept::{BackendError, Batch, Item};
+use crate::error::ApiError;
+use crate::event::{rfc3339, short_hash};
+use crate::internal_events::{
+    BackendFailed, BackpressureApplied, DeadLettered, EventsAccepted, RateLimited, SignatureFailed,
+};
+use crate::normalize::{self, Context, DeadLetter, Normalized};
+use crate::state::{AppState, Source, SourceKind};
+use crate::verify::{self, Headers, Unverified};
+
+/// What a webhook request produced, once durably accepted.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Receipt {
+    /// New events appended to the inbound stream.
+    pub accepted: usize,
+    /// Events already accepted earlier (redeliveries).
+    pub duplicates: usize,
+    /// Parts stored in the dead-letter stream.
+    pub dead_lettered: usize,
+}
+
+/// The client address for rate limiting: the TCP peer, or, when the peer is a trusted proxy,
+/// the right-most `X-Forwarded-For` address that is not itself a trusted proxy.
+pub fn client_ip(state: &AppState, req: &HttpRequest) -> Option<IpAddr> {
+    let peer = req.peer_addr().map(|a| a.ip())?;
+    if !state.trusted_proxies.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !state.trusted_proxies.contains(ip))
+            .unwrap_or(peer),
+    )
+}
+
+fn source<'s>(state: &'s AppState, id: &str) -> Result<&'s std::sync::Arc<Source>, ApiError> {
+    state
+        .sources
+        .get(id)
+        .ok_or_else(|| ApiError::UnknownSource(truncate(id, 64)))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// The webhook path: every stage, in order.
+pub async fn receive(
+    state: &AppState,
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    source_id: &str,
+) -> Result<(Receipt, &'static str), ApiError> {
+    // 1. Source, size, per-IP limit, media type: cheap refusals before reading the body.
+    let src = source(state, source_id)?;
+    let provider = src.provider.as_str();
+    let limit = state.max_body_bytes;
+    if declared_length(req.headers()).is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    if let Some(ip) = client_ip(state, req) {
+        if let Err(retry_after_secs) = state.limiters.check_ip(ip) {
+            RateLimited { scope: "ip" }.emit();
+            return Err(ApiError::RateLimited {
+                scope: "client address",
+                retry_after_secs,
+            });
+        }
+    }
+    check_media_type(req.headers(), src.accepted_media_type())?;
+    let body = read_body(&mut payload, limit).await?;
+
+    // 2. Verify the raw bytes.
+    let unverified = Unverified::new(verifier_headers(req.headers()), body);
+    let verified = match &src.kind {
+        SourceKind::Meta { keys, .. } => verify::meta::verify(unverified, keys),
+    }
+    .map_err(|e| {
+        SignatureFailed {
+            provider,
+            source: &src.id,
+            reason: e.reason(),
+        }
+        .emit();
+        ApiError::InvalidSignature
+    })?;
+
+    // 3. Normalize.
+    let received_at = OffsetDateTime::now_utc();
+    let ctx = Context {
+        source: &src.id,
+        received_at,
+        include_raw: src.include_raw,
+        channels: &src.channels,
+        default_tenant: src.default_tenant.as_deref(),
+    };
+    let normalized = match &src.kind {
+        SourceKind::Meta { .. } => normalize::meta::normalize(&verified, &ctx),
+    };
+
+    // 4. Per-tenant limit, once per tenant present in the request.
+    let tenants: BTreeSet<&str> = normalized
+        .events
+        .iter()
+        .map(|e| e.tenant.as_str())
+        .collect();
+    for tenant in tenants {
+        if let Err(retry_after_secs) = state.limiters.check_tenant(tenant) {
+            RateLimited { scope: "tenant" }.emit();
+            return Err(ApiError::RateLimited {
+                scope: "tenant",
+                retry_after_secs,
+            });
+        }
+    }
+
+    // 5. Accept: dedup + enqueue atomically.
+    let batch = to_batch(
+        src,
+        &normalized,
+        verified.body(),
+        req.headers(),
+        received_at,
+    );
+    let started = Instant::now();
+    let report = match state.backend.accept(&batch).await {
+        Ok(r) => r,
+        Err(BackendError::Backpressure { backlog }) => {
+            BackpressureApplied { backlog }.emit();
+            return Err(ApiError::Backpressure {
+                retry_after_secs: 5,
+            });
+        }
+        Err(e) => {
+            BackendFailed {
+                backend: state.backend.name(),
+                op: "accept",
+                error: &e,
+            }
+            .emit();
+            return Err(ApiError::Unavailable);
+        }
+    };
+    let kinds: Vec<(&'static str, bool)> = normalized
+        .events
+        .iter()
+        .zip(&report.events)
+        .map(|(e, fresh)| (e.kind.as_str(), *fresh))
+        .collect();
+    EventsAccepted {
+        provider,
+        kinds: &kinds,
+        elapsed: started.elapsed(),
+        backend: state.backend.name(),
+    }
+    .emit();
+    for (dl, fresh) in normalized.dead_letters.iter().zip(&report.dead_letters) {
+        DeadLettered {
+            provider,
+            source: &src.id,
+            reason: dl.reason.as_str(),
+            detail: &dl.detail,
+            fresh: *fresh,
+        }
+        .emit();
+    }
+
+    // 6. Only now: the answer.
+    let fresh = report.events.iter().filter(|f| **f).count();
+    Ok((
+        Receipt {
+            accepted: fresh,
+            duplicates: report.events.len() - fresh,
+            dead_lettered: report.dead_letters.iter().filter(|f| **f).count(),
+        },
+        provider,
+    ))
+}
+
+/// The GET verification handshake (Meta): `hub.mode=subscribe` and the right
+/// `hub.verify_token` → the `hub.challenge`, verbatim.
+pub fn handshake(state: &AppState, source_id: &str, query: &str) -> Result<String, ApiError> {
+    let src = source(state, source_id)?;
+    let SourceKind::Meta { verify_token, .. } = &src.kind;
+    let mut mode = None;
+    let mut token = None;
+    let mut challenge = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "hub.mode" => mode = Some(v.into_owned()),
+            "hub.verify_token" => token = Some(v.into_owned()),
+            "hub.challenge" => challenge = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    match (mode.as_deref(), token, challenge) {
+        (Some("subscribe"), Some(token), Some(challenge))
+            if verify_token.matches(token.as_bytes()) && challenge.len() <= 1024 =>
+        {
+            tracing::info!(source = %src.id, "verification handshake accepted");
+            Ok(challenge)
+        }
+        _ => {
+            SignatureFailed {
+                provider: src.provider.as_str(),
+                source: &src.id,
+                reason: "handshake_rejected",
+            }
+            .emit();
+            Err(ApiError::HandshakeRejected)
+        }
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn check_media_type(headers: &HeaderMap, expected: &'static str) -> Result<(), ApiError> {
+    let got = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = got.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType {
+            got: truncate(got, 100),
+            expected,
+        })
+    }
+}
+
+/// Reads the body, refusing past `limit` without buffering more than `limit` bytes.
+async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            tracing::debug!(error = %e, "request body read failed");
+            ApiError::BadRequest("the request body could not be read".into())
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn verifier_headers(headers: &HeaderMap) -> Headers {
+    let mut out = Headers::new();
+    for (name, value) in headers {
+        if let Ok(v) = value.to_str() {
+            out.insert(name.as_str(), v);
+        }
+    }
+    out
+}
+
+/// The dead-letter entry: enough to understand the failure and to replay the request
+/// through verification later (the body and the signature headers, never a secret).
+#[derive(Serialize)]
+struct DeadLetterEntry<'a> {
+    schema: &'static str,
+    deadletter_id: &'a str,
+    reason: &'static str,
+    detail: &'a str,
+    source: &'a str,
+    provider: &'static str,
+    received_at: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part: Option<&'a serde_json::Value>,
+    /// The request body when it is UTF-8 (every JSON body), else `body_base64`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    headers: Vec<(&'a str, &'a str)>,
+}
+
+fn to_batch(
+    src: &Source,
+    normalized: &Normalized,
+    body: &[u8],
+    headers: &HeaderMap,
+    received_at: OffsetDateTime,
+) -> Batch {
+    let events = normalized
+        .events
+        .iter()
+        .map(|e| Item {
+            key: e.event_id.clone(),
+            payload: e.to_json(),
+        })
+        .collect();
+    let received = rfc3339(received_at);
+    let kept_headers: Vec<(&str, &str)> = src
+        .signature_headers()
+        .iter()
+        .filter_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (*name, v))
+        })
+        .collect();
+    let dead_letters = normalized
+        .dead_letters
+        .iter()
+        .map(|dl| dead_letter_item(src, dl, body, &kept_headers, &received))
+        .collect();
+    Batch {
+        events,
+        dead_letters,
+    }
+}
+
+fn dead_letter_item(
+    src: &Source,
+    dl: &DeadLetter,
+    body: &[u8],
+    headers: &[(&str, &str)],
+    received_at: &str,
+) -> Item {
+    // Stable across redeliveries of the same body: the same failure is stored once.
+    let mut basis = Vec::with_capacity(body.len() + 64);
+    basis.extend_from_slice(src.id.as_bytes());
+    basis.push(0);
+    basis.extend_from_slice(dl.reason.as_str().as_bytes());
+    basis.push(0);
+    match &dl.part {
+        Some(part) => basis.extend_from_slice(part.to_string().as_bytes()),
+        None => basis.extend_from_slice(body),
+    }
+    let id = format!("dl_{}", short_hash(&basis));
+    let entry = DeadLetterEntry {
+        schema: "switchboard.deadletter.v1",
+        deadletter_id: &id,
+        reason: dl.reason.as_str(),
+        detail: &dl.detail,
+        source: &src.id,
+        provider: src.provider.as_str(),
+        received_at,
+        part: dl.part.as_ref(),
+        body: std::str::from_utf8(body).ok(),
+        body_base64: std::str::from_utf8(body)
+            .is_err()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(body)),
+        headers: headers.to_vec(),
+    };
+    Item {
+        payload: serde_json::to_string(&entry).unwrap_or_default(),
+        key: id,
+    }
+}

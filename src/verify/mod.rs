@@ -1,0 +1,174 @@
+//! Verification: the only way from an [`Unverified`] request to a [`Verified`] one.
+//!
+//! The normalizers take `&Verified`, and `Verified` has no public constructor, so a payload
+//! that did not pass its source's signature check cannot be normalized, queued or routed.
+//! Verification always runs on the raw bytes as received, never on re-serialized JSON, and
+//! every comparison of secret-derived material is constant time.
+//!
+//! This module must never log, format or return a secret or the expected signature.
+
+pub mod meta;
+
+use std::fmt;
+
+use bytes::Bytes;
+use subtle::ConstantTimeEq;
+
+/// A secret from configuration (app secret, auth token, verify token...).
+/// `Debug` and `Display` print `[redacted]`; the value is reachable only through
+/// [`Secret::expose`], whose callers are the verifiers.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Constant-time equality against a presented value.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        ct_eq(self.0.as_bytes(), presented)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Constant-time comparison; a length mismatch returns early (lengths are not secret here:
+/// every compared value has a public, fixed length).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// Why a request failed verification. The reason goes to logs and the
+/// `switchboard_signature_failures_total{reason}` metric; the caller only sees 401.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("signature header missing")]
+    Missing,
+    #[error("signature header malformed")]
+    Malformed,
+    #[error("signature does not match any configured secret")]
+    Mismatch,
+    #[error("signature algorithm not enabled for this source")]
+    AlgorithmDisabled,
+    #[error("timestamp outside the replay window")]
+    Expired,
+}
+
+impl VerifyError {
+    /// Stable, bounded label for metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            VerifyError::Missing => "missing",
+            VerifyError::Malformed => "malformed",
+            VerifyError::Mismatch => "mismatch",
+            VerifyError::AlgorithmDisabled => "algorithm_disabled",
+            VerifyError::Expired => "expired",
+        }
+    }
+}
+
+/// Headers a verifier may read, lower-cased names. Kept as a small vector: webhooks carry few.
+#[derive(Debug, Clone, Default)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn new() -> Headers {
+        Headers(Vec::new())
+    }
+    pub fn insert(&mut self, name: &str, value: &str) {
+        self.0.push((name.to_ascii_lowercase(), value.to_string()));
+    }
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A request as received: raw body and the headers the verifier needs.
+#[derive(Debug)]
+pub struct Unverified {
+    headers: Headers,
+    body: Bytes,
+}
+
+/// A request whose signature has been checked against its source's secrets.
+#[derive(Debug)]
+pub struct Verified {
+    headers: Headers,
+    body: Bytes,
+}
+
+impl Unverified {
+    pub fn new(headers: Headers, body: Bytes) -> Unverified {
+        Unverified { headers, body }
+    }
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+    /// Called by a verifier once its check passed; private to this module tree.
+    fn into_verified(self) -> Verified {
+        Verified {
+            headers: self.headers,
+            body: self.body,
+        }
+    }
+}
+
+impl Verified {
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+    pub fn body_bytes(&self) -> &Bytes {
+        &self.body
+    }
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// For unit tests of normalizers only: a request that skips the signature check.
+    #[cfg(test)]
+    pub(crate) fn assume_verified(body: impl Into<Bytes>) -> Verified {
+        Verified {
+            headers: Headers::new(),
+            body: body.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        assert!(s.matches(b"hunter2"));
+        assert!(!s.matches(b"hunter3"));
+        assert!(!s.matches(b"hunter"));
+    }
+}
