@@ -66,6 +66,11 @@ impl Application {
         self.port
     }
 
+    /// A handle that stops the server gracefully (tests, embedding programs).
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     pub fn state(&self) -> &web::Data<AppState> {
         &self.state
     }

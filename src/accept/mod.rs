@@ -185,6 +185,14 @@ impl Backend {
         }
     }
 
+    /// For the router, on shutdown: forget this consumer if it holds nothing pending.
+    pub async fn retire_consumer(&self, consumer: &str) -> Result<(), BackendError> {
+        match self {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(b) => b.retire_consumer(consumer).await.map(|_| ()),
+        }
+    }
+
     /// For the router: append each payload to the events stream and remove its inbound
     /// entry, atomically per batch. An inbound id already moved (by another consumer after a
     /// claim) is skipped, so an entry is published once. Returns how many were moved.

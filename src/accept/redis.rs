@@ -337,6 +337,38 @@ impl RedisBackend {
         }
     }
 
+    /// Removes a stopped router consumer from the group, but only when it holds no pending
+    /// entries (deleting a consumer drops its pending list, which would lose those entries).
+    pub async fn retire_consumer(&self, consumer: &str) -> Result<bool, BackendError> {
+        let mut conn = self.conn.clone();
+        let pending: Value = self
+            .timed(
+                redis::cmd("XPENDING")
+                    .arg(&self.keys.inbound)
+                    .arg(ROUTER_GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .arg(consumer)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if matches!(&pending, Value::Array(items) if !items.is_empty()) {
+            return Ok(false);
+        }
+        let _: i64 = self
+            .timed(
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.keys.inbound)
+                    .arg(ROUTER_GROUP)
+                    .arg(consumer)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(true)
+    }
+
     pub async fn publish(&self, moves: &[StreamEntry]) -> Result<usize, BackendError> {
         if moves.is_empty() {
             return Ok(0);

@@ -89,6 +89,9 @@ impl Router {
                 }
             }
         }
+        if let Err(e) = self.backend.retire_consumer(&self.consumer).await {
+            tracing::debug!(error = %e, "router consumer not retired");
+        }
         tracing::info!(consumer = %self.consumer, "router stopped");
     }
 

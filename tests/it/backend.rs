@@ -1,0 +1,235 @@
+//! Backend conformance: the same checks against every implementation of the accept
+//! contract (src/accept/mod.rs), on a real Redis and on the memory backend.
+
+use std::time::Duration;
+
+use switchboard::accept::memory::MemoryBackend;
+use switchboard::accept::redis::RedisBackend;
+use switchboard::accept::{Backend, BackendError, Batch, Item, Limits, StreamName};
+use switchboard::config::RedisConfig;
+
+use crate::helpers::*;
+
+fn limits(max_backlog: u64) -> Limits {
+    Limits {
+        dedup_ttl: Duration::from_secs(60),
+        inbound_max_backlog: max_backlog,
+        events_max_len: 5,
+        events_max_age: Duration::ZERO,
+        deadletter_max_len: 100,
+        memory_max_dedup_keys: 10_000,
+    }
+}
+
+async fn backends(max_backlog: u64) -> Vec<Backend> {
+    let url = redis_url();
+    require_redis(&url).await;
+    let cfg = RedisConfig {
+        url,
+        key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
+        command_timeout_ms: 2000,
+        connect_timeout_ms: 1000,
+    };
+    vec![
+        Backend::Memory(MemoryBackend::new(limits(max_backlog))),
+        Backend::Redis(RedisBackend::new(&cfg, limits(max_backlog)).unwrap()),
+    ]
+}
+
+fn item(key: &str) -> Item {
+    Item {
+        key: key.to_string(),
+        payload: format!("{{\"event_id\":\"{key}\"}}"),
+    }
+}
+
+fn batch(events: &[&str], dead: &[&str]) -> Batch {
+    Batch {
+        events: events.iter().map(|k| item(k)).collect(),
+        dead_letters: dead.iter().map(|k| item(k)).collect(),
+    }
+}
+
+#[tokio::test]
+async fn accept_reports_fresh_and_duplicates_including_within_a_batch() {
+    for b in backends(100).await {
+        let r = b
+            .accept(&batch(&["evt_a", "evt_b", "evt_a"], &["dl_x"]))
+            .await
+            .unwrap();
+        assert_eq!(r.events, [true, true, false], "{}", b.name());
+        assert_eq!(r.dead_letters, [true]);
+        let r = b
+            .accept(&batch(&["evt_b", "evt_c"], &["dl_x"]))
+            .await
+            .unwrap();
+        assert_eq!(r.events, [false, true], "{}", b.name());
+        assert_eq!(r.dead_letters, [false]);
+        let inbound = b.read(StreamName::Inbound, 100, None).await.unwrap();
+        let keys: Vec<&str> = inbound.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["evt_a", "evt_b", "evt_c"], "{}", b.name());
+        assert_eq!(
+            b.read(StreamName::DeadLetter, 100, None)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let stats = b.stats().await.unwrap();
+        assert_eq!((stats.inbound, stats.deadletter), (3, 1), "{}", b.name());
+    }
+}
+
+#[tokio::test]
+async fn backpressure_stores_nothing_and_duplicates_still_pass() {
+    for b in backends(3).await {
+        b.accept(&batch(&["evt_1", "evt_2"], &[])).await.unwrap();
+        // Two fresh events would make 4 > 3: refused whole, nothing appended.
+        match b.accept(&batch(&["evt_3", "evt_4"], &["dl_1"])).await {
+            Err(BackendError::Backpressure { backlog }) => assert_eq!(backlog, 2, "{}", b.name()),
+            other => panic!("{}: expected backpressure, got {other:?}", b.name()),
+        }
+        assert_eq!(b.stats().await.unwrap().inbound, 2);
+        assert_eq!(b.stats().await.unwrap().deadletter, 0);
+        // Pure duplicates need no room and are answered.
+        let r = b.accept(&batch(&["evt_1"], &[])).await.unwrap();
+        assert_eq!(r.events, [false]);
+        // One fresh fits exactly.
+        assert_eq!(
+            b.accept(&batch(&["evt_3"], &[])).await.unwrap().events,
+            [true]
+        );
+        // evt_4 was not remembered by the refused call: it is fresh later.
+        b.publish(
+            &b.read_inbound("c1", 10, Duration::from_millis(10), Duration::from_secs(60))
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            b.accept(&batch(&["evt_4"], &[])).await.unwrap().events,
+            [true],
+            "{}",
+            b.name()
+        );
+    }
+}
+
+#[tokio::test]
+async fn router_moves_each_entry_once_and_events_retention_applies() {
+    for b in backends(100).await {
+        let keys: Vec<String> = (0..8).map(|i| format!("evt_{i}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        b.accept(&batch(&refs, &[])).await.unwrap();
+        let got = b
+            .read_inbound(
+                "c1",
+                100,
+                Duration::from_millis(50),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 8, "{}", b.name());
+        // Nothing more to hand out until new entries arrive.
+        assert!(b
+            .read_inbound(
+                "c1",
+                100,
+                Duration::from_millis(50),
+                Duration::from_secs(60)
+            )
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(b.publish(&got).await.unwrap(), 8);
+        // Publishing the same entries again moves nothing.
+        assert_eq!(b.publish(&got).await.unwrap(), 0, "{}", b.name());
+        let stats = b.stats().await.unwrap();
+        assert_eq!(stats.inbound, 0, "{}", b.name());
+        // events_max_len = 5 (approximate trimming in Redis keeps at least 5).
+        let events = b.read(StreamName::Events, 100, None).await.unwrap();
+        assert!(
+            events.len() >= 5 && events.len() <= 8,
+            "{}: {}",
+            b.name(),
+            events.len()
+        );
+        let last: Vec<&str> = events
+            .iter()
+            .rev()
+            .take(5)
+            .map(|e| e.key.as_str())
+            .collect();
+        assert_eq!(
+            last,
+            ["evt_7", "evt_6", "evt_5", "evt_4", "evt_3"],
+            "{}",
+            b.name()
+        );
+        // Paging with `after`.
+        let first = &events[0].id;
+        let page = b.read(StreamName::Events, 2, Some(first)).await.unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0].id, events[1].id);
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_consumers_entries_are_claimed_again() {
+    let url = redis_url();
+    require_redis(&url).await;
+    let cfg = RedisConfig {
+        url,
+        key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
+        command_timeout_ms: 2000,
+        connect_timeout_ms: 1000,
+    };
+    let b = Backend::Redis(RedisBackend::new(&cfg, limits(100)).unwrap());
+    b.accept(&batch(&["evt_a", "evt_b"], &[])).await.unwrap();
+    let claim = Duration::from_millis(200);
+    let taken = b
+        .read_inbound("dead", 10, Duration::from_millis(10), claim)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 2);
+    // "dead" never publishes. Before the idle time another consumer gets nothing...
+    assert!(b
+        .read_inbound("alive", 10, Duration::from_millis(10), claim)
+        .await
+        .unwrap()
+        .is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...after it, the entries are handed to the live consumer, which moves them once.
+    let again = b
+        .read_inbound("alive", 10, Duration::from_millis(10), claim)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 2);
+    assert_eq!(b.publish(&again).await.unwrap(), 2);
+    // The dead consumer waking up late cannot publish them a second time.
+    assert_eq!(b.publish(&taken).await.unwrap(), 0);
+    assert_eq!(b.stats().await.unwrap().events, 2);
+}
+
+#[tokio::test]
+async fn redis_dedup_keys_expire_with_the_configured_ttl() {
+    let url = redis_url();
+    let mut conn = require_redis(&url).await;
+    let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    let cfg = RedisConfig {
+        url,
+        key_prefix: prefix.clone(),
+        command_timeout_ms: 2000,
+        connect_timeout_ms: 1000,
+    };
+    let b = RedisBackend::new(&cfg, limits(100)).unwrap();
+    b.accept(&batch(&["evt_ttl"], &[])).await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("{{{prefix}}}:dedup:v1:evt_ttl"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 50 && ttl <= 60, "ttl {ttl}");
+}

@@ -1,0 +1,9 @@
+//! The integration-test binary: real HTTP on port 0, real Redis.
+
+mod backend;
+mod cli;
+mod helpers;
+mod metrics;
+mod outage;
+mod props;
+mod webhook;
