@@ -33,6 +33,8 @@ pub struct Source {
     pub channels: HashMap<String, String>,
     pub default_tenant: Option<String>,
     pub include_raw: bool,
+    /// Scheme, host and optional path prefix the provider calls (URL-signing schemes).
+    pub public_base_url: Option<String>,
 }
 
 impl Source {
@@ -51,6 +53,7 @@ impl Source {
                 channels: m.channels.clone().into_iter().collect(),
                 default_tenant: None,
                 include_raw: m.include_raw.unwrap_or(include_raw),
+                public_base_url: None,
             },
         }
     }

@@ -413,7 +413,7 @@ pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut u) => {
             if u.password().is_some() {
-                let _ = u.set_password(Some("[redacted]"));
+                let _ = u.set_password(Some("REDACTED"));
             }
             u.to_string()
         }
@@ -480,7 +480,7 @@ mod tests {
     fn redis_url_password_is_redacted() {
         assert_eq!(
             redact_url("redis://user:pw@host:6379/0"),
-            "redis://user:[redacted]@host:6379/0"
+            "redis://user:REDACTED@host:6379/0"
         );
     }
 }

@@ -66,6 +66,43 @@ pub fn client_ip(state: &AppState, req: &HttpRequest) -> Option<IpAddr> {
     )
 }
 
+/// The URL the provider called, as it saw it: schemes that sign the URL (Twilio, Plivo,
+/// MessageBird, Bird) need it byte for byte. In order of preference: the source's configured
+/// `public_base_url` + the request path and query; `X-Forwarded-Proto`/`X-Forwarded-Host`
+/// when the TCP peer is one of `server.trusted_proxies`; else `http://` + `Host`.
+pub fn public_url(state: &AppState, src: &Source, req: &HttpRequest) -> String {
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if let Some(base) = &src.public_base_url {
+        return format!("{}{path_and_query}", base.trim_end_matches('/'));
+    }
+    let headers = req.headers();
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let host = first("host").unwrap_or_else(|| "localhost".into());
+    let via_trusted_proxy = req
+        .peer_addr()
+        .is_some_and(|a| state.trusted_proxies.contains(&a.ip()));
+    let (scheme, host) = if via_trusted_proxy {
+        (
+            first("x-forwarded-proto").unwrap_or_else(|| "http".into()),
+            first("x-forwarded-host").unwrap_or(host),
+        )
+    } else {
+        ("http".into(), host)
+    };
+    format!("{scheme}://{host}{path_and_query}")
+}
+
 fn source<'s>(state: &'s AppState, id: &str) -> Result<&'s std::sync::Arc<Source>, ApiError> {
     state
         .sources
@@ -104,7 +141,8 @@ pub async fn receive(
     let body = read_body(&mut payload, limit).await?;
 
     // 2. Verify the raw bytes.
-    let unverified = Unverified::new(verifier_headers(req.headers()), body);
+    let unverified = Unverified::new(verifier_headers(req.headers()), body)
+        .with_url(public_url(state, src, req));
     let verified = match &src.kind {
         SourceKind::Meta { keys, .. } => verify::meta::verify(unverified, keys),
     }

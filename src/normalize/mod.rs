@@ -8,6 +8,8 @@
 //! Normalizers take `&Verified`: unverified bytes cannot reach them.
 
 pub mod meta;
+#[cfg(test)]
+pub mod testing;
 
 use std::collections::HashMap;
 

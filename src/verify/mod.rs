@@ -13,6 +13,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
 
 /// A secret from configuration (app secret, auth token, verify token...).
 /// `Debug` and `Display` print `[redacted]`; the value is reachable only through
@@ -105,11 +106,15 @@ impl Headers {
     }
 }
 
-/// A request as received: raw body and the headers the verifier needs.
+/// A request as received: the raw body, the headers, the public URL the provider called
+/// (schemes that sign the URL need it exactly as the provider saw it) and the time of receipt
+/// (schemes with a signed timestamp check it against a replay window).
 #[derive(Debug)]
 pub struct Unverified {
     headers: Headers,
     body: Bytes,
+    url: String,
+    now: OffsetDateTime,
 }
 
 /// A request whose signature has been checked against its source's secrets.
@@ -117,11 +122,27 @@ pub struct Unverified {
 pub struct Verified {
     headers: Headers,
     body: Bytes,
+    url: String,
 }
 
 impl Unverified {
     pub fn new(headers: Headers, body: Bytes) -> Unverified {
-        Unverified { headers, body }
+        Unverified {
+            headers,
+            body,
+            url: String::new(),
+            now: OffsetDateTime::now_utc(),
+        }
+    }
+    /// The public URL the provider called, scheme to query string.
+    pub fn with_url(mut self, url: impl Into<String>) -> Unverified {
+        self.url = url.into();
+        self
+    }
+    /// The time to check signed timestamps against (tests pin it).
+    pub fn with_now(mut self, now: OffsetDateTime) -> Unverified {
+        self.now = now;
+        self
     }
     pub fn headers(&self) -> &Headers {
         &self.headers
@@ -129,13 +150,30 @@ impl Unverified {
     pub fn body(&self) -> &[u8] {
         &self.body
     }
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    pub fn now(&self) -> OffsetDateTime {
+        self.now
+    }
     /// Called by a verifier once its check passed; private to this module tree.
     fn into_verified(self) -> Verified {
         Verified {
             headers: self.headers,
             body: self.body,
+            url: self.url,
         }
     }
+}
+
+/// Whether a signed unix timestamp (seconds) is within `window` of `now`, either side.
+pub fn within_window(
+    timestamp_secs: i64,
+    now: OffsetDateTime,
+    window: std::time::Duration,
+) -> bool {
+    let delta = (now.unix_timestamp() - timestamp_secs).unsigned_abs();
+    delta <= window.as_secs()
 }
 
 impl Verified {
@@ -148,6 +186,9 @@ impl Verified {
     pub fn headers(&self) -> &Headers {
         &self.headers
     }
+    pub fn url(&self) -> &str {
+        &self.url
+    }
 
     /// For unit tests of normalizers only: a request that skips the signature check.
     #[cfg(test)]
@@ -155,6 +196,7 @@ impl Verified {
         Verified {
             headers: Headers::new(),
             body: body.into(),
+            url: String::new(),
         }
     }
 }
