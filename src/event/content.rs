@@ -4,13 +4,14 @@
 //! fields) are open strings, documented with the values we produce; a value we do not know is
 //! carried through, never dropped.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A message's content. `type` is one of: text, image, audio, video, document, sticker,
 /// location, contacts, interactive, button, reaction, order, system, edit, revoke,
 /// request_welcome, postback, unsupported (and any new provider type, verbatim).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Message {
     #[serde(rename = "type")]
     pub kind: String,
@@ -49,7 +50,7 @@ pub struct Message {
     pub referral: Option<Value>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Media {
     /// image, audio, video, document, sticker, file, share, story_mention, ephemeral, ...
     #[serde(rename = "type")]
@@ -72,7 +73,7 @@ pub struct Media {
     pub animated: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Location {
     pub latitude: f64,
     pub longitude: f64,
@@ -84,7 +85,7 @@ pub struct Location {
     pub url: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Reply {
     /// button_reply, list_reply, nfm_reply, button, quick_reply, postback, ...
     #[serde(rename = "type")]
@@ -100,7 +101,7 @@ pub struct Reply {
     pub response: Option<Value>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Reaction {
     /// The message reacted to.
     pub message_id: String,
@@ -111,7 +112,7 @@ pub struct Reaction {
     pub action: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ReplyTo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
@@ -124,7 +125,7 @@ pub struct ReplyTo {
 
 /// Delivery state of a message the business sent (or, for Messenger/Instagram watermarks,
 /// of every message up to a time).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Status {
     /// accepted, queued, sent, delivered, read, played, failed, undelivered, deleted, ...
     pub state: String,
@@ -147,7 +148,7 @@ pub struct Status {
 }
 
 /// A provider notification that is neither a message nor a status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Notification {
     /// The provider's topic, e.g. Meta's `field` (`message_template_status_update`).
     pub topic: String,
@@ -158,7 +159,7 @@ pub struct Notification {
     pub data: Value,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ProviderError {
     pub code: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

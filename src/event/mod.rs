@@ -13,6 +13,7 @@
 
 pub mod content;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -23,7 +24,7 @@ pub use content::*;
 pub const SCHEMA_V1: &str = "switchboard.event.v1";
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A message from a contact (or, with `direction = outbound`, an echo of one we sent).
@@ -60,7 +61,7 @@ impl EventKind {
 }
 
 /// Who sent the webhook. A closed set: every provider has its own verifier and normalizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
     Meta,
@@ -93,7 +94,7 @@ impl Provider {
 }
 
 /// The messaging channel the event belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     Whatsapp,
@@ -125,7 +126,7 @@ impl Channel {
 
 /// Inbound: the contact wrote to the business. Outbound: the business side (an echo of a
 /// message sent from another app or the provider's inbox, or a status of a message we sent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Inbound,
@@ -133,7 +134,7 @@ pub enum Direction {
 }
 
 /// One side of a conversation.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Party {
     /// Stable address: E.164 digits for phones (no `+`), PSID/IGSID, business-scoped user id
     /// when a WhatsApp user has no phone number in the payload, page id, phone_number_id...
@@ -157,9 +158,9 @@ pub struct Party {
     pub parent_user_id: Option<String>,
 }
 
-/// Added by the router (DESIGN.md steps 7-9). Absent until the event has been routed; the
-/// pass-through router sets `strategy = "passthrough"` and no agent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Added by the routing engine (DESIGN.md steps 7-9): who the conversation is assigned to and
+/// why. Absent while events pass through unassigned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Assignment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
@@ -174,7 +175,7 @@ pub struct Assignment {
 }
 
 /// The unified event. See the module docs for the stability rules.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
     pub schema: String,
     pub event_id: String,
@@ -274,6 +275,19 @@ impl Event {
     }
 }
 
+/// The JSON Schema (draft 2020-12) of [`Event`], as published in `docs/event.schema.json`.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(Event)).unwrap_or_default();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("$id".into(), SCHEMA_V1.into());
+        obj.insert(
+            "description".into(),
+            "A unified switchboard event (docs/events.md). Optional fields are omitted when absent.".into(),
+        );
+    }
+    schema
+}
+
 /// The dedup identity of an event: provider, a namespace, the provider's id, and for statuses
 /// the state (a message is delivered once, read once...). Namespaces keep ids of different
 /// kinds (a wamid, a Messenger mid, a read watermark) from colliding.
@@ -334,6 +348,22 @@ mod tests {
         let y = conversation_id("t", Channel::Sms, "a", "bc");
         assert_ne!(x, y);
         assert_eq!(x, conversation_id("t", Channel::Sms, "ab", "c"));
+    }
+
+    /// docs/event.schema.json is generated from the types; this keeps it current
+    /// (`SWITCHBOARD_BLESS=1` rewrites it).
+    #[test]
+    fn published_schema_matches_the_types() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/event.schema.json");
+        let generated = serde_json::to_string_pretty(&json_schema()).unwrap() + "\n";
+        if std::env::var("SWITCHBOARD_BLESS").is_ok_and(|v| v == "1") {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let published = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            published == generated,
+            "docs/event.schema.json is stale: run SWITCHBOARD_BLESS=1 cargo test --lib event"
+        );
     }
 
     #[test]
