@@ -1,1 +1,458 @@
-fn main() {}
+//! Load harness: the whole gateway against a no-op actix endpoint, in the same run.
+//!
+//! `cargo bench --bench load` sends unique, correctly signed ~2 KB WhatsApp webhooks over
+//! N keep-alive connections for T seconds, first to a no-op actix server (same worker count,
+//! reads the body, answers 200), then to the real `switchboard` binary on the Redis backend,
+//! and prints req/s, latency percentiles and the ratio gateway/no-op, the gateway's RSS, and a
+//! correctness check (every 2xx is on the events stream exactly once).
+//!
+//! Knobs (environment): CONNECTIONS (64), DURATION_SECS (10), WARMUP_SECS (2),
+//! REDIS_URL (redis://127.0.0.1:6379), WORKERS (2).
+//! Run by `cargo test --all-targets` (no `--bench` argument) it does a 1-second smoke run
+//! with 4 connections, so the harness itself stays tested.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use switchboard::config::{Config, SourceConfig};
+use switchboard::verify::meta::sign_sha256;
+
+struct Params {
+    connections: usize,
+    duration: Duration,
+    warmup: Duration,
+    redis_url: String,
+    workers: usize,
+    smoke: bool,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Params {
+    fn from_env() -> Params {
+        let smoke = !std::env::args().any(|a| a == "--bench");
+        Params {
+            connections: if smoke { 4 } else { env_or("CONNECTIONS", 64) },
+            duration: Duration::from_secs(if smoke {
+                1
+            } else {
+                env_or("DURATION_SECS", 10)
+            }),
+            warmup: Duration::from_secs(if smoke { 0 } else { env_or("WARMUP_SECS", 2) }),
+            redis_url: std::env::var("REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            workers: env_or("WORKERS", 2),
+            smoke,
+        }
+    }
+}
+
+/// What one target produced.
+struct Outcome {
+    /// 2xx during the measured window.
+    ok: u64,
+    /// 2xx including the warm-up (what must be on the events stream).
+    all_ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Builds a realistic WhatsApp Cloud API text webhook of about 2 KB with a unique wamid.
+struct BodyMaker {
+    head: String,
+    tail: String,
+    phone_number_id: String,
+}
+
+impl BodyMaker {
+    fn new(phone_number_id: &str) -> BodyMaker {
+        // Padding text so the whole body is ~2 KB, like a real message with a long text.
+        let text =
+            "Hello, I would like to know more about the order I placed last week. ".repeat(22);
+        BodyMaker {
+            head: format!(
+                r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"{phone_number_id}"}},"contacts":[{{"profile":{{"name":"Sheena Nelson"}},"wa_id":"16505551234"}}],"messages":[{{"from":"16505551234","id":"wamid."#
+            ),
+            tail: format!(
+                r#"","timestamp":"1749416383","type":"text","text":{{"body":"{text}"}}}}]}},"field":"messages"}}]}}]}}"#
+            ),
+            phone_number_id: phone_number_id.to_string(),
+        }
+    }
+
+    fn make(&self, conn: usize, seq: u64, run: &str) -> Bytes {
+        let mut s = String::with_capacity(self.head.len() + self.tail.len() + 48);
+        s.push_str(&self.head);
+        s.push_str(&format!("LOAD{run}C{conn}S{seq}"));
+        s.push_str(&self.tail);
+        let _ = &self.phone_number_id;
+        Bytes::from(s)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The baseline: actix-web with the same worker count, reading the body and answering 200.
+fn start_noop(workers: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            actix_web::HttpServer::new(|| {
+                actix_web::App::new().default_service(actix_web::web::to(
+                    |body: Bytes| async move {
+                        actix_web::HttpResponse::Ok()
+                            .content_type("application/json")
+                            .body(format!("{{\"accepted\":1,\"bytes\":{}}}", body.len()))
+                    },
+                ))
+            })
+            .workers(workers)
+            .listen(listener)
+            .unwrap()
+            .run()
+            .await
+            .unwrap()
+        })
+    });
+    addr
+}
+
+async fn drive(
+    addr: SocketAddr,
+    path: &str,
+    secret: &str,
+    maker: Arc<BodyMaker>,
+    p: &Params,
+    run: &str,
+) -> Outcome {
+    let start = Instant::now();
+    let measure_from = start + p.warmup;
+    let end = measure_from + p.duration;
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let all_ok = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for conn in 0..p.connections {
+        let (maker, ok, errors, all_ok) =
+            (maker.clone(), ok.clone(), errors.clone(), all_ok.clone());
+        let (path, secret, run) = (path.to_string(), secret.to_string(), run.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(connection);
+            let mut seq = 0u64;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                seq += 1;
+                let body = maker.make(conn, seq, &run);
+                let sig = sign_sha256(&secret, &body);
+                let req = Request::post(path.as_str())
+                    .header("host", "127.0.0.1")
+                    .header("content-type", "application/json")
+                    .header("x-hub-signature-256", sig)
+                    .body(Full::new(body))
+                    .unwrap();
+                let sent = Instant::now();
+                let res = match sender.send_request(req).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                };
+                let status = res.status();
+                let _ = res.into_body().collect().await;
+                let took = sent.elapsed();
+                if status.is_success() {
+                    all_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                if sent >= measure_from {
+                    if status.is_success() {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        hist.record(took.as_micros().max(1) as u64).ok();
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else if !status.is_success() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            (hist, seq)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for t in tasks {
+        let (h, _) = t.await.unwrap();
+        hist.add(h).unwrap();
+    }
+    Outcome {
+        ok: ok.load(Ordering::Relaxed),
+        all_ok: all_ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed: p.duration,
+        hist,
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn start_gateway(p: &Params, prefix: &str) -> Gateway {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .arg("--config")
+        .arg(repo.join("config.toml"))
+        .env("SWITCHBOARD__BACKEND", "redis")
+        .env("SWITCHBOARD__REDIS__URL", &p.redis_url)
+        .env("SWITCHBOARD__REDIS__KEY_PREFIX", prefix)
+        .env("SWITCHBOARD__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD__SERVER__WORKERS", p.workers.to_string())
+        .env("SWITCHBOARD__LOG__LEVEL", "warn")
+        .env("SWITCHBOARD__LIMITS__IP_REQUESTS_PER_SEC", "10000000")
+        .env("SWITCHBOARD__LIMITS__IP_BURST", "10000000")
+        .env("SWITCHBOARD__LIMITS__TENANT_REQUESTS_PER_SEC", "10000000")
+        .env("SWITCHBOARD__LIMITS__TENANT_BURST", "10000000")
+        .env("SWITCHBOARD__STREAMS__INBOUND_MAX_BACKLOG", "10000000")
+        .env("SWITCHBOARD__STREAMS__EVENTS_MAX_LEN", "10000000")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the switchboard binary starts");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the gateway exited during start-up: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway was not ready within 30 s (is Redis at {} up?)",
+            p.redis_url
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Gateway { child, addr }
+}
+
+fn xlen(conn: &mut redis::Connection, key: &str) -> u64 {
+    redis::cmd("XLEN").arg(key).query(conn).unwrap_or(0)
+}
+
+fn cleanup(conn: &mut redis::Connection, prefix: &str) {
+    let pattern = format!("{{{prefix}}}:*");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(5000)
+            .query(conn)
+            .unwrap_or((0, Vec::new()));
+        if !keys.is_empty() {
+            let _: Result<u64, _> = redis::cmd("UNLINK").arg(&keys).query(conn);
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
+fn row(name: &str, o: &Outcome) {
+    println!(
+        "{name:<10} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7}",
+        o.ok,
+        o.rps(),
+        o.ms(0.50),
+        o.ms(0.99),
+        o.ms(0.999),
+        o.errors
+    );
+}
+
+fn main() {
+    let p = Params::from_env();
+    let config = Config::load(Some(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.toml"),
+    ))
+    .expect("the shipped config.toml loads");
+    let SourceConfig::Meta(demo) = config
+        .sources
+        .get("meta_demo")
+        .expect("meta_demo source")
+        .clone();
+    let secret = demo.app_secrets[0].expose().to_string();
+    let phone = demo
+        .channels
+        .keys()
+        .next()
+        .expect("a mapped business id")
+        .clone();
+    let maker = Arc::new(BodyMaker::new(&phone));
+    let run = format!("{:x}", std::process::id());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    println!(
+        "load: {} connections, {:?} measured after {:?} warm-up, ~{} B bodies, {} server workers{}",
+        p.connections,
+        p.duration,
+        p.warmup,
+        maker.make(0, 0, &run).len(),
+        p.workers,
+        if p.smoke {
+            " (smoke run: pass --bench via `cargo bench --bench load` for the real one)"
+        } else {
+            ""
+        }
+    );
+
+    let noop_addr = start_noop(p.workers);
+    std::thread::sleep(Duration::from_millis(200));
+    let noop = rt.block_on(drive(
+        noop_addr,
+        "/webhooks/meta_demo",
+        &secret,
+        maker.clone(),
+        &p,
+        &format!("{run}n"),
+    ));
+
+    let prefix = format!("bench-{run}");
+    let mut redis_conn = redis::Client::open(p.redis_url.as_str())
+        .and_then(|c| c.get_connection())
+        .unwrap_or_else(|e| panic!("Redis is required at {}: {e}", p.redis_url));
+    let mut gw = start_gateway(&p, &prefix);
+    let gateway = rt.block_on(drive(
+        gw.addr,
+        "/webhooks/meta_demo",
+        &secret,
+        maker.clone(),
+        &p,
+        &format!("{run}g"),
+    ));
+    let peak_kib = status_kib(gw.child.id(), "VmHWM:").unwrap_or(0);
+    let rss_kib = status_kib(gw.child.id(), "VmRSS:").unwrap_or(0);
+
+    // Correctness: every 2xx (warm-up included, which `drive` does not count) is on the
+    // events stream once the router has drained the inbound stream.
+    let events_key = format!("{{{prefix}}}:events");
+    let inbound_key = format!("{{{prefix}}}:inbound");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while xlen(&mut redis_conn, &inbound_key) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let on_stream = xlen(&mut redis_conn, &events_key);
+    let left_inbound = xlen(&mut redis_conn, &inbound_key);
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &gw.child.id().to_string()])
+        .status();
+    let _ = gw.child.wait();
+    cleanup(&mut redis_conn, &prefix);
+
+    println!();
+    println!(
+        "{:<10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7}",
+        "target", "2xx", "req/s", "p50 ms", "p99 ms", "p999 ms", "non-2xx"
+    );
+    row("no-op", &noop);
+    row("gateway", &gateway);
+    let ratio = gateway.rps() / noop.rps().max(1.0);
+    println!();
+    println!("ratio gateway/no-op = {ratio:.2}");
+    println!(
+        "gateway RSS: peak {:.1} MiB, at end {:.1} MiB",
+        peak_kib as f64 / 1024.0,
+        rss_kib as f64 / 1024.0
+    );
+    println!(
+        "events stream: {on_stream} entries for {} 2xx answers (warm-up included), inbound left {left_inbound}: {}",
+        gateway.all_ok,
+        if on_stream == gateway.all_ok && left_inbound == 0 { "OK" } else { "MISMATCH" }
+    );
+    if gateway.errors > 0 {
+        println!(
+            "!!! the gateway answered {} non-2xx responses",
+            gateway.errors
+        );
+    }
+    let goal = |ok: bool| if ok { "PASS" } else { "MISS" };
+    println!("goal ratio >= 0.30: {}", goal(ratio >= 0.30));
+    println!("goal p99 < 10 ms:   {}", goal(gateway.ms(0.99) < 10.0));
+    println!("goal RSS < 64 MiB:  {}", goal(peak_kib < 64 * 1024));
+    assert!(gateway.ok > 0, "the gateway accepted nothing");
+    assert!(
+        on_stream == gateway.all_ok && left_inbound == 0,
+        "every 2xx must be on the events stream exactly once"
+    );
+}
