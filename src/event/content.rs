@@ -8,6 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::Party;
+
 /// A message's content. `type` is one of: text, image, audio, video, document, sticker,
 /// location, contacts, interactive, button, reaction, order, system, edit, revoke,
 /// request_welcome, postback, unsupported (and any new provider type, verbatim).
@@ -34,8 +36,19 @@ pub struct Message {
     pub reaction: Option<Reaction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<Value>,
+    /// For `type = system`: the provider's system object (WhatsApp `system`, with a top-level
+    /// `identity` copied in for `customer_identity_changed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<Value>,
+    /// The type of the content behind a wrapper type: for `edit`, the type of the new content
+    /// (text, image...); for `unsupported`, the provider's name for what it could not deliver
+    /// (WhatsApp `unsupported.type`: poll_creation, edit...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// Group conversations (WhatsApp groups): the member who sent the message; `contact` is
+    /// then the group itself (`contact.id` = group id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<Party>,
     /// The message this one replies to, or (edit/revoke) the one it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<ReplyTo>,
@@ -48,6 +61,10 @@ pub struct Message {
     /// Ad or link that brought the contact (click-to-WhatsApp, Messenger/Instagram referral).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referral: Option<Value>,
+    /// Meta Handover Protocol: the item came on the `standby` channel, i.e. another app owns
+    /// the thread. Informational: this app should not answer as the thread owner.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -145,6 +162,13 @@ pub struct Status {
     /// Opaque data the business attached when sending (`biz_opaque_callback_data`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_data: Option<String>,
+    /// Group sends (WhatsApp groups): the member this status is about; `contact` is then the
+    /// group (`contact.id` = group id). A message to a group has one status per member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<Party>,
+    /// Came on Meta's `standby` channel: another app owns the thread (see `message.standby`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 /// A provider notification that is neither a message nor a status.
@@ -157,6 +181,9 @@ pub struct Notification {
     pub event: Option<String>,
     /// The notification's payload as the provider sent it.
     pub data: Value,
+    /// Came on Meta's `standby` channel: another app owns the thread (see `message.standby`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

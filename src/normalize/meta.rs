@@ -35,7 +35,12 @@ pub fn normalize(req: &Verified, ctx: &Context<'_>) -> Normalized {
             return out;
         }
     };
-    let entries = root.get("entry").and_then(Value::as_array);
+    // An empty entry array carries nothing, but the invariant is that a verified body yields
+    // events or a dead letter; treat it like a missing one.
+    let entries = root
+        .get("entry")
+        .and_then(Value::as_array)
+        .filter(|e| !e.is_empty());
     match (root.get("object").and_then(Value::as_str), entries) {
         (Some("whatsapp_business_account"), Some(entries)) => {
             for entry in entries {
@@ -60,7 +65,7 @@ pub fn normalize(req: &Verified, ctx: &Context<'_>) -> Normalized {
                 if entries.is_some() {
                     "present"
                 } else {
-                    "missing"
+                    "missing or empty"
                 }
             ),
             part: Some(root),
@@ -72,10 +77,11 @@ pub fn normalize(req: &Verified, ctx: &Context<'_>) -> Normalized {
 // ---------------------------------------------------------------------------------------
 // helpers
 
-/// A string or number field as a string (Meta sends both for ids).
+/// A string or number field as a string (Meta sends both for ids). An empty string counts as
+/// absent: an id of "" would merge every contact without one into a single conversation.
 fn s(v: &Value, key: &str) -> Option<String> {
     match v.get(key)? {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
@@ -125,13 +131,10 @@ fn finish(mut event: Event, out: &mut Normalized) {
     out.events.push(event);
 }
 
-fn unknown_channel(ctx: &Context<'_>, what: &str, id: &str, part: &Value, out: &mut Normalized) {
+fn unknown_channel(detail: String, part: &Value, out: &mut Normalized) {
     out.dead_letters.push(DeadLetter {
         reason: DeadReason::UnknownChannel,
-        detail: format!(
-            "{what} {id:?} is not in the channels of source {}",
-            ctx.source
-        ),
+        detail,
         part: Some(part.clone()),
     });
 }
@@ -149,6 +152,15 @@ fn whatsapp_entry(entry: &Value, ctx: &Context<'_>, out: &mut Normalized) {
         });
         return;
     };
+    if changes.is_empty() {
+        // Nothing to normalize, but a verified entry is never dropped silently.
+        out.dead_letters.push(DeadLetter {
+            reason: DeadReason::UnexpectedShape,
+            detail: format!("WhatsApp entry {entry_id:?} has an empty changes array"),
+            part: Some(entry.clone()),
+        });
+        return;
+    }
     for change in changes {
         let field = change.get("field").and_then(Value::as_str).unwrap_or("");
         let value = change.get("value").unwrap_or(&Value::Null);
@@ -162,11 +174,17 @@ fn whatsapp_entry(entry: &Value, ctx: &Context<'_>, out: &mut Normalized) {
             .map(String::as_str)
             .or(ctx.default_tenant);
         let Some(tenant) = tenant else {
-            let (what, id) = match &phone_number_id {
-                Some(p) => ("phone_number_id", p.as_str()),
-                None => ("WhatsApp business account id", entry_id.as_str()),
+            // Name every id that was tried, so the operator knows which one to map.
+            let mapped = format!("in the channels of source {}", ctx.source);
+            let detail = match &phone_number_id {
+                Some(p) if !entry_id.is_empty() => format!(
+                    "neither phone_number_id {p:?} nor WhatsApp business account id \
+                     {entry_id:?} is {mapped}"
+                ),
+                Some(p) => format!("phone_number_id {p:?} is not {mapped}"),
+                None => format!("WhatsApp business account id {entry_id:?} is not {mapped}"),
             };
-            unknown_channel(ctx, what, id, change, out);
+            unknown_channel(detail, change, out);
             continue;
         };
         let business = Party {
@@ -182,13 +200,14 @@ fn whatsapp_entry(entry: &Value, ctx: &Context<'_>, out: &mut Normalized) {
         };
         if field == "messages" {
             let mut produced = false;
+            let mut errors_attached = false;
             for m in value
                 .get("messages")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
             {
-                wa.message(m, value, Direction::Inbound, out);
+                errors_attached |= wa.message(m, value, Direction::Inbound, out);
                 produced = true;
             }
             for st in value
@@ -200,8 +219,10 @@ fn whatsapp_entry(entry: &Value, ctx: &Context<'_>, out: &mut Normalized) {
                 wa.status(st, out);
                 produced = true;
             }
+            // value.errors explain a message whose typed object is missing (they were attached
+            // to it); otherwise they are the change's own report and become an error event.
             let errs = errors(value.get("errors"));
-            if !errs.is_empty() {
+            if !errs.is_empty() && !errors_attached {
                 wa.error(&entry_id, value, errs, out);
                 produced = true;
             }
@@ -261,6 +282,19 @@ impl Wa<'_> {
         user_id: Option<String>,
         parent: Option<String>,
     ) -> Option<Party> {
+        self.party(phone, user_id, parent, true)
+    }
+
+    /// A user identity completed from `value.contacts`. `only_one_fallback`: when nothing
+    /// matches, take the only contact listed — right for messages (Meta lists the sender).
+    /// Statuses match exactly: for a group send the contacts describe a member, not the group.
+    fn party(
+        &self,
+        phone: Option<String>,
+        user_id: Option<String>,
+        parent: Option<String>,
+        only_one_fallback: bool,
+    ) -> Option<Party> {
         let phone = phone.map(|p| strip_plus(&p));
         let contacts = self.contacts.map(Vec::as_slice).unwrap_or(&[]);
         let found = contacts
@@ -269,7 +303,7 @@ impl Wa<'_> {
                 (phone.is_some() && s(c, "wa_id").map(|w| strip_plus(&w)) == phone)
                     || (user_id.is_some() && s(c, "user_id") == user_id)
             })
-            .or(if contacts.len() == 1 {
+            .or(if only_one_fallback && contacts.len() == 1 {
                 contacts.first()
             } else {
                 None
@@ -290,14 +324,21 @@ impl Wa<'_> {
         })
     }
 
-    fn message(&self, m: &Value, value: &Value, direction: Direction, out: &mut Normalized) {
+    /// Returns whether the change's `value.errors` were attached to this message.
+    fn message(
+        &self,
+        m: &Value,
+        value: &Value,
+        direction: Direction,
+        out: &mut Normalized,
+    ) -> bool {
         let Some(id) = s(m, "id") else {
             out.dead_letters.push(DeadLetter {
                 reason: DeadReason::UnexpectedShape,
                 detail: "WhatsApp message without an id".into(),
                 part: Some(m.clone()),
             });
-            return;
+            return false;
         };
         let kind_str = s(m, "type").unwrap_or_else(|| "unknown".into());
         let kind = match kind_str.as_str() {
@@ -318,17 +359,34 @@ impl Wa<'_> {
                 s(m, "from_user_id"),
                 s(m, "from_parent_user_id"),
             ),
-            Direction::Outbound => self.contact(s(m, "to"), s(m, "to_user_id"), None),
+            Direction::Outbound => {
+                self.contact(s(m, "to"), s(m, "to_user_id"), s(m, "to_parent_user_id"))
+            }
         };
         let mut msg = wa_content(m, &kind_str);
-        if kind == EventKind::System {
-            // A system message is about the contact: `system.wa_id` is their new number.
-            if e.contact.is_none() {
-                e.contact = self.contact(s(m, "from"), None, None);
+        if kind == EventKind::System && e.contact.is_none() {
+            // `user_changed_user_id` names nobody but the new identity: the conversation
+            // continues under it (`user_changed_number` keeps `from`, the old number).
+            if let Some(sys) = m.get("system") {
+                e.contact = self.party(
+                    s(sys, "wa_id"),
+                    s(sys, "user_id"),
+                    s(sys, "parent_user_id"),
+                    false,
+                );
             }
         }
+        if let Some(group) = s(m, "group_id") {
+            // A group message belongs to the group's conversation; the sender is a member.
+            msg.participant = e.contact.take();
+            e.contact = Some(Party {
+                id: group,
+                ..Party::default()
+            });
+        }
         if let Some(c) = m.get("context") {
-            if c.get("id").is_some() || c.get("from").is_some() {
+            // An edit's reply_to already names the edited message; its context does not.
+            if msg.reply_to.is_none() && (c.get("id").is_some() || c.get("from").is_some()) {
                 msg.reply_to = Some(ReplyTo {
                     message_id: s(c, "id"),
                     from: s(c, "from").map(|f| strip_plus(&f)),
@@ -345,6 +403,7 @@ impl Wa<'_> {
         msg.referral = m.get("referral").cloned();
         e.message = Some(msg);
         e.errors = errors(m.get("errors"));
+        let mut attached = false;
         if e.errors.is_empty()
             && m.get(kind_str.as_str()).is_none()
             && !matches!(
@@ -354,9 +413,11 @@ impl Wa<'_> {
         {
             // The typed object is missing: the reason is in value.errors (e.g. 131000).
             e.errors = errors(value.get("errors"));
+            attached = !e.errors.is_empty();
         }
         e.raw = raw(self.ctx, m);
         finish(e, out);
+        attached
     }
 
     fn status(&self, st: &Value, out: &mut Normalized) {
@@ -369,30 +430,51 @@ impl Wa<'_> {
             return;
         };
         let state = state.to_ascii_lowercase();
+        let recipient = s(st, "recipient_id").map(|r| strip_plus(&r));
+        let (contact, participant) = if s(st, "recipient_type").as_deref() == Some("group") {
+            // recipient_id is the group; the member is in recipient_participant_* (Meta's
+            // pages also spell it participant_recipient_id).
+            let member = self.party(
+                s(st, "recipient_participant_id").or_else(|| s(st, "participant_recipient_id")),
+                s(st, "recipient_participant_user_id"),
+                s(st, "recipient_participant_parent_user_id"),
+                false,
+            );
+            let group = recipient.map(|id| Party {
+                id,
+                ..Party::default()
+            });
+            (group, member)
+        } else {
+            let user = self.party(
+                recipient,
+                s(st, "recipient_user_id"),
+                s(st, "recipient_parent_user_id").or_else(|| s(st, "parent_recipient_user_id")),
+                false,
+            );
+            (user, None)
+        };
+        // Every member of a group reads the same wamid: the member is part of the identity,
+        // or the second member's "read" would be dropped as a duplicate of the first.
+        let dedup_state = match &participant {
+            Some(p) => format!("{state}:{}", p.id),
+            None => state.clone(),
+        };
         let mut e = self.event(
             EventKind::Status,
             Direction::Outbound,
-            dedup_key(Provider::Meta, "wamid", &id, Some(&state)),
+            dedup_key(Provider::Meta, "wamid", &id, Some(&dedup_state)),
             secs(st, "timestamp"),
         );
         e.provider_message_id = Some(id.clone());
-        let recipient = s(st, "recipient_id").map(|r| strip_plus(&r));
-        let recipient_user = s(st, "recipient_user_id");
-        e.contact = recipient
-            .clone()
-            .or(recipient_user.clone())
-            .map(|rid| Party {
-                id: rid,
-                phone: recipient,
-                user_id: recipient_user,
-                ..Party::default()
-            });
+        e.contact = contact;
         e.status = Some(Status {
             state,
             message_id: Some(id),
             conversation: st.get("conversation").cloned(),
             pricing: st.get("pricing").cloned(),
             callback_data: s(st, "biz_opaque_callback_data"),
+            participant,
             ..Status::default()
         });
         e.errors = errors(st.get("errors"));
@@ -431,6 +513,7 @@ impl Wa<'_> {
                 .and_then(Value::as_str)
                 .map(str::to_string),
             data: value.clone(),
+            standby: false,
         });
         e.errors = errors(value.get("errors"));
         e.raw = raw(self.ctx, value);
@@ -535,21 +618,21 @@ fn wa_content(m: &Value, kind: &str) -> Message {
             msg.system = Some(info);
         }
         ("edit", Some(ed)) => {
-            msg.reply_to = None;
-            let original = s(ed, "original_message_id");
+            // The new content is a message of its own type: map it like one, keep type "edit"
+            // and name the inner type, so an edited caption or list reply is not lost.
             if let Some(inner) = ed.get("message") {
-                let inner_kind = s(inner, "type").unwrap_or_else(|| "text".into());
-                let content = wa_content(inner, &inner_kind);
-                msg.text = content.text;
-                msg.media = content.media;
+                if let Some(inner_kind) = s(inner, "type") {
+                    msg = Message {
+                        kind: kind.to_string(),
+                        content_type: Some(inner_kind.clone()),
+                        ..wa_content(inner, &inner_kind)
+                    };
+                }
             }
-            msg.system = Some(ed.clone());
-            if original.is_some() {
-                msg.reply_to = Some(ReplyTo {
-                    message_id: original,
-                    ..ReplyTo::default()
-                });
-            }
+            msg.reply_to = s(ed, "original_message_id").map(|id| ReplyTo {
+                message_id: Some(id),
+                ..ReplyTo::default()
+            });
             return msg;
         }
         ("revoke", Some(rv)) => {
@@ -559,7 +642,7 @@ fn wa_content(m: &Value, kind: &str) -> Message {
             });
             return msg;
         }
-        ("unsupported", Some(u)) => msg.system = Some(u.clone()),
+        ("unsupported", Some(u)) => msg.content_type = s(u, "type"),
         _ => {}
     }
     msg
@@ -583,7 +666,11 @@ fn messaging_entry(entry: &Value, channel: Channel, ctx: &Context<'_>, out: &mut
         } else {
             "Instagram account id"
         };
-        unknown_channel(ctx, what, &page, entry, out);
+        let detail = format!(
+            "{what} {page:?} is not in the channels of source {}",
+            ctx.source
+        );
+        unknown_channel(detail, entry, out);
         return;
     };
     let m = Msgr {
@@ -592,23 +679,34 @@ fn messaging_entry(entry: &Value, channel: Channel, ctx: &Context<'_>, out: &mut
         channel,
         page: page.clone(),
     };
-    for key in ["messaging", "standby"] {
-        for item in entry
+    let list = |key: &str| {
+        entry
             .get(key)
             .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            m.item(item, out);
-        }
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    };
+    let (messaging, standby, changes) = (list("messaging"), list("standby"), list("changes"));
+    if messaging.is_empty() && standby.is_empty() && changes.is_empty() {
+        out.dead_letters.push(DeadLetter {
+            reason: DeadReason::UnexpectedShape,
+            detail: format!(
+                "{} entry {page:?} has no messaging, standby or changes items",
+                channel.as_str()
+            ),
+            part: Some(entry.clone()),
+        });
+        return;
+    }
+    for item in messaging {
+        m.item(item, false, out);
+    }
+    // Handover Protocol: items for threads another app owns. Same events, marked standby.
+    for item in standby {
+        m.item(item, true, out);
     }
     // Feed, comments and mentions use changes[] even on page/instagram objects.
-    for change in entry
-        .get("changes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for change in changes {
         let field = change
             .get("field")
             .and_then(Value::as_str)
@@ -629,6 +727,7 @@ fn messaging_entry(entry: &Value, channel: Channel, ctx: &Context<'_>, out: &mut
                 .and_then(Value::as_str)
                 .map(str::to_string),
             data: value.clone(),
+            standby: false,
         });
         e.raw = raw(ctx, change);
         finish(e, out);
@@ -671,7 +770,7 @@ impl Msgr<'_> {
         e
     }
 
-    fn item(&self, item: &Value, out: &mut Normalized) {
+    fn item(&self, item: &Value, standby: bool, out: &mut Normalized) {
         let sender = item
             .get("sender")
             .and_then(|v| s(v, "id"))
@@ -689,22 +788,32 @@ impl Msgr<'_> {
             })
         };
         // The user is whoever is not the page (echoes are sent by the page).
-        let contact = if sender == self.page {
+        let from_page = sender == self.page;
+        let contact = if from_page {
             user(&recipient)
         } else {
             user(&sender)
+        };
+        // Items the page itself caused (echoes, its own reactions) are the business side.
+        let direction = if from_page {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
         };
         let user_id = contact.as_ref().map(|c| c.id.clone()).unwrap_or_default();
 
         if let Some(m) = item.get("message") {
             let echo = m.get("is_echo").and_then(Value::as_bool).unwrap_or(false);
-            let direction = if echo {
-                Direction::Outbound
-            } else {
-                Direction::Inbound
-            };
+            let direction = if echo { Direction::Outbound } else { direction };
+            let deleted = m
+                .get("is_deleted")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             let mid = s(m, "mid");
             let key = match &mid {
+                // An unsend carries the mid of the message it removes: without its own state
+                // it would be deduplicated away as a redelivery of that message.
+                Some(mid) if deleted => dedup_key(Provider::Meta, "mid", mid, Some("deleted")),
                 Some(mid) => dedup_key(Provider::Meta, "mid", mid, None),
                 None => dedup_key(
                     Provider::Meta,
@@ -716,7 +825,9 @@ impl Msgr<'_> {
             let mut e = self.event(EventKind::Message, direction, key, at);
             e.provider_message_id = mid;
             e.contact = contact;
-            e.message = Some(messenger_content(m, item));
+            let mut msg = messenger_content(m, item);
+            msg.standby = standby;
+            e.message = Some(msg);
             e.raw = raw(self.ctx, item);
             return finish(e, out);
         }
@@ -744,6 +855,7 @@ impl Msgr<'_> {
                     ..Reply::default()
                 }),
                 referral: p.get("referral").cloned(),
+                standby,
                 ..Message::default()
             });
             e.raw = raw(self.ctx, item);
@@ -759,7 +871,7 @@ impl Msgr<'_> {
             );
             let mut e = self.event(
                 EventKind::Reaction,
-                Direction::Inbound,
+                direction,
                 dedup_key(Provider::Meta, "reaction", &id, None),
                 at,
             );
@@ -771,6 +883,7 @@ impl Msgr<'_> {
                     emoji: if action == "unreact" { None } else { emoji },
                     action,
                 }),
+                standby,
                 ..Message::default()
             });
             e.raw = raw(self.ctx, item);
@@ -807,6 +920,7 @@ impl Msgr<'_> {
                     message_id: mid,
                     message_ids: mids,
                     watermark,
+                    standby,
                     ..Status::default()
                 });
                 e.raw = raw(self.ctx, item);
@@ -817,7 +931,7 @@ impl Msgr<'_> {
             let id = format!("{}:{user_id}:{ts}", self.page);
             let mut e = self.event(
                 EventKind::Referral,
-                Direction::Inbound,
+                direction,
                 dedup_key(Provider::Meta, "referral", &id, None),
                 at,
             );
@@ -825,6 +939,7 @@ impl Msgr<'_> {
             e.message = Some(Message {
                 kind: "referral".into(),
                 referral: Some(r.clone()),
+                standby,
                 ..Message::default()
             });
             e.raw = raw(self.ctx, item);
@@ -845,7 +960,7 @@ impl Msgr<'_> {
         );
         let mut e = self.event(
             EventKind::Notification,
-            Direction::Inbound,
+            direction,
             dedup_key(Provider::Meta, &topic, &short_hash(basis.as_bytes()), None),
             at,
         );
@@ -854,6 +969,7 @@ impl Msgr<'_> {
             topic,
             event: None,
             data,
+            standby,
         });
         e.raw = raw(self.ctx, item);
         finish(e, out);
@@ -1039,7 +1155,9 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
         #[test]
-        fn never_panics_on_arbitrary_bytes(body in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        fn never_panics_on_arbitrary_bytes(
+            body in proptest::collection::vec(any::<u8>(), 0..4096),
+        ) {
             let ch = channels();
             let _ = normalize(&Verified::assume_verified(body), &ctx(&ch));
         }
@@ -1055,21 +1173,193 @@ mod tests {
             let _ = normalize(&Verified::assume_verified(mutate(&body, &edits)), &ctx(&ch));
         }
 
+        /// Byte edits mostly break the JSON; this keeps it valid and swaps or deletes one
+        /// node of a real payload, so the normalizer meets every documented path with the
+        /// wrong type, a missing field or a stranger value.
+        #[test]
+        fn never_panics_on_structurally_mutated_fixtures(
+            which in 0usize..1000,
+            edits in proptest::collection::vec(
+                (any::<prop::sample::Index>(), prop::option::of(arb_json())),
+                1..6,
+            ),
+        ) {
+            let ch = channels();
+            let bodies = testing::bodies(FIXTURES);
+            let body = std::fs::read(&bodies[which % bodies.len()]).unwrap();
+            let Ok(mut v) = serde_json::from_slice::<Value>(&body) else { return Ok(()); };
+            for (at, replacement) in &edits {
+                let paths = pointers(&v, String::new());
+                let path = &paths[at.index(paths.len())];
+                replace_at(&mut v, path, replacement.clone());
+            }
+            let n = normalize(&Verified::assume_verified(v.to_string()), &ctx(&ch));
+            for e in &n.events {
+                prop_assert!(e.event_id.starts_with("evt_") && e.event_id.len() == 36);
+                prop_assert_eq!(
+                    e.conversation_id.is_some(),
+                    e.contact.is_some() && e.business.is_some()
+                );
+            }
+        }
+
         #[test]
         fn never_panics_on_arbitrary_json_shapes(v in arb_json()) {
             let ch = channels();
             for object in ["whatsapp_business_account", "page", "instagram"] {
-                let wrapped = serde_json::json!({"object": object, "entry": [v.clone(), {"id": "106540352242922", "changes": [{"field": "messages", "value": v.clone()}], "messaging": [v.clone()]}]});
+                let entry = serde_json::json!({
+                    "id": "106540352242922",
+                    "changes": [{"field": "messages", "value": v.clone()}],
+                    "messaging": [v.clone()],
+                });
+                let wrapped = serde_json::json!({"object": object, "entry": [v.clone(), entry]});
                 let _ = normalize(&Verified::assume_verified(wrapped.to_string()), &ctx(&ch));
             }
         }
+    }
+
+    /// JSON pointers of every node of `v` (the root is "").
+    fn pointers(v: &Value, here: String) -> Vec<String> {
+        let mut out = vec![here.clone()];
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    out.extend(pointers(
+                        child,
+                        format!("{here}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    ));
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    out.extend(pointers(child, format!("{here}/{i}")));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Replaces the node at `path` (None: removes it from its parent).
+    fn replace_at(root: &mut Value, path: &str, replacement: Option<Value>) {
+        let Some((parent, last)) = path.rsplit_once('/') else {
+            *root = replacement.unwrap_or(Value::Null);
+            return;
+        };
+        let key = last.replace("~1", "/").replace("~0", "~");
+        match (root.pointer_mut(parent), replacement) {
+            (Some(Value::Object(m)), Some(r)) => {
+                m.insert(key, r);
+            }
+            (Some(Value::Object(m)), None) => {
+                m.remove(&key);
+            }
+            (Some(Value::Array(a)), r) => {
+                if let Ok(i) = key.parse::<usize>() {
+                    if i < a.len() {
+                        match r {
+                            Some(r) => a[i] = r,
+                            None => {
+                                a.remove(i);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn run(body: &str) -> Normalized {
+        let ch = channels();
+        normalize(&Verified::assume_verified(body.to_string()), &ctx(&ch))
+    }
+
+    #[test]
+    fn an_unsend_is_not_a_duplicate_of_the_message_it_removes() {
+        let item = |message: &str| {
+            format!(
+                r#"{{"sender":{{"id":"7"}},"recipient":{{"id":"1234567890321"}},"timestamp":1,"message":{message}}}"#
+            )
+        };
+        let body = format!(
+            r#"{{"object":"page","entry":[{{"id":"1234567890321","messaging":[{},{}]}}]}}"#,
+            item(r#"{"mid":"m_1","text":"hi"}"#),
+            item(r#"{"mid":"m_1","is_deleted":true}"#)
+        );
+        let n = run(&body);
+        assert_eq!(n.events.len(), 2);
+        assert_ne!(n.events[0].event_id, n.events[1].event_id);
+        assert_eq!(n.events[1].message.as_ref().unwrap().kind, "revoke");
+    }
+
+    #[test]
+    fn standby_items_are_marked_and_keep_their_kind() {
+        let body = r#"{"object":"instagram","entry":[{"id":"17841452691600098","standby":[
+            {"sender":{"id":"5"},"recipient":{"id":"17841452691600098"},"timestamp":1,"read":{"mid":"m_9"}},
+            {"sender":{"id":"5"},"recipient":{"id":"17841452691600098"},"timestamp":2,"optin":{"ref":"x"}}]}]}"#;
+        let n = run(body);
+        assert_eq!(n.events.len(), 2);
+        assert_eq!(n.events[0].kind, EventKind::Status);
+        assert!(n.events[0].status.as_ref().unwrap().standby);
+        assert_eq!(n.events[1].kind, EventKind::Notification);
+        assert!(n.events[1].notification.as_ref().unwrap().standby);
+    }
+
+    #[test]
+    fn an_unknown_page_is_dead_lettered_and_the_rest_of_the_post_still_counts() {
+        let body = r#"{"object":"page","entry":[
+            {"id":"404404404","messaging":[{"sender":{"id":"5"},"recipient":{"id":"404404404"},"timestamp":1,"message":{"mid":"m_a","text":"?"}}]},
+            {"id":1234567890321,"messaging":[{"sender":{"id":5},"recipient":{"id":1234567890321},"timestamp":2,"message":{"mid":"m_b","text":"ok"}}]}]}"#;
+        let n = run(body);
+        assert_eq!(n.dead_letters.len(), 1);
+        assert_eq!(n.dead_letters[0].reason, DeadReason::UnknownChannel);
+        assert!(n.dead_letters[0].detail.contains("404404404"));
+        assert!(n.dead_letters[0].detail.contains("meta_test"));
+        assert_eq!(n.events.len(), 1);
+        // Numeric ids become the same strings as quoted ones.
+        assert_eq!(n.events[0].business.as_ref().unwrap().id, "1234567890321");
+        assert_eq!(n.events[0].contact.as_ref().unwrap().id, "5");
+    }
+
+    #[test]
+    fn entries_with_nothing_in_them_are_dead_lettered_not_dropped() {
+        for body in [
+            r#"{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[]}]}"#,
+            r#"{"object":"page","entry":[{"id":"1234567890321","time":1}]}"#,
+            r#"{"object":"instagram","entry":[7]}"#,
+            r#"{"object":"page","entry":[]}"#,
+        ] {
+            let n = run(body);
+            assert!(n.events.is_empty(), "{body}");
+            assert_eq!(n.dead_letters.len(), 1, "{body}");
+            assert_eq!(
+                n.dead_letters[0].reason,
+                DeadReason::UnexpectedShape,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn notification_identity_ignores_key_order_but_not_content() {
+        let body = |value: &str| {
+            format!(
+                r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","time":1,"changes":[{{"field":"account_update","value":{value}}}]}}]}}"#
+            )
+        };
+        let a = run(&body(r#"{"event":"X","info":{"a":1,"b":2}}"#));
+        let b = run(&body(r#"{"info":{"b":2,"a":1},"event":"X"}"#));
+        let c = run(&body(r#"{"event":"Y","info":{"a":1,"b":2}}"#));
+        assert_eq!(a.events[0].event_id, b.events[0].event_id);
+        assert_ne!(a.events[0].event_id, c.events[0].event_id);
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|n| Value::from(n)),
+            any::<i64>().prop_map(Value::from),
             "[a-z_]{0,12}".prop_map(Value::String),
         ];
         leaf.prop_recursive(4, 64, 8, |inner| {
@@ -1086,7 +1376,7 @@ mod tests {
                 Just("interactive".to_string()),
                 Just("contacts".to_string()),
                 Just("metadata".to_string()),
-                "[a-z]{1,8}".prop_map(|s| s),
+                "[a-z]{1,8}",
             ];
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
