@@ -15,15 +15,17 @@ local n_events = tonumber(ARGV[3])
 local dl_max = tonumber(ARGV[4])
 local n = #KEYS - 2
 
-local fresh_events = 0
-for i = 1, n_events do
-  if redis.call('EXISTS', KEYS[i + 2]) == 0 then
-    fresh_events = fresh_events + 1
+-- Backpressure: the common case (room for every event of the batch) costs one XLEN; only
+-- near the bound are the fresh events counted exactly (duplicates need no room).
+local backlog = redis.call('XLEN', KEYS[1])
+if n_events > 0 and backlog + n_events > max_backlog then
+  local fresh_events = 0
+  for i = 1, n_events do
+    if redis.call('EXISTS', KEYS[i + 2]) == 0 then
+      fresh_events = fresh_events + 1
+    end
   end
-end
-if fresh_events > 0 then
-  local backlog = redis.call('XLEN', KEYS[1])
-  if backlog + fresh_events > max_backlog then
+  if fresh_events > 0 and backlog + fresh_events > max_backlog then
     return {-1, backlog}
   end
 end
@@ -31,7 +33,7 @@ end
 local out = {0}
 for i = 1, n do
   local key = KEYS[i + 2]
-  -- Checked again here, not from the first pass: the same key may appear twice in a batch.
+  -- Checked per item, not from the first pass: the same key may appear twice in a batch.
   if redis.call('EXISTS', key) == 0 then
     local id
     if i <= n_events then

@@ -19,6 +19,7 @@
 //! pipelined behind it). Both reconnect on their own; a call that fails or times out is
 //! [`BackendError::Unavailable`], which the edge answers with 503.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -71,6 +72,8 @@ pub struct RedisBackend {
     accept_script: Script,
     publish_script: Script,
     command_timeout: Duration,
+    /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
+    last_claim: std::sync::Arc<AtomicU64>,
 }
 
 fn unavailable(e: RedisError) -> BackendError {
@@ -109,7 +112,20 @@ impl RedisBackend {
             accept_script: Script::new(include_str!("accept.lua")),
             publish_script: Script::new(include_str!("publish.lua")),
             command_timeout,
+            last_claim: std::sync::Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    fn claim_due(&self, claim_idle: Duration) -> bool {
+        let now = now_ms();
+        let last = self.last_claim.load(Ordering::Relaxed);
+        let every = (claim_idle.as_millis() as u64 / 4).max(1);
+        if now.saturating_sub(last) >= every {
+            self.last_claim.store(now, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -283,30 +299,38 @@ impl RedisBackend {
         block: Duration,
         claim_idle: Duration,
     ) -> Result<Vec<StreamEntry>, BackendError> {
-        let mut conn = self.conn.clone();
-        // Entries another consumer took and never routed (it crashed) come first.
-        let claimed: Result<StreamAutoClaimReply, BackendError> = self
-            .timed(
-                redis::cmd("XAUTOCLAIM")
-                    .arg(&self.keys.inbound)
-                    .arg(ROUTER_GROUP)
-                    .arg(consumer)
-                    .arg(claim_idle.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn),
-            )
-            .await;
-        match claimed {
-            Ok(reply) if !reply.claimed.is_empty() => {
-                return Ok(reply.claimed.iter().map(entry).collect())
+        // Entries another consumer took and never routed (it crashed) come first. Looking for
+        // them costs a scan of the pending list, so it is done at most every claim_idle / 4.
+        if self.claim_due(claim_idle) {
+            let mut conn = self.conn.clone();
+            let claimed: Result<StreamAutoClaimReply, BackendError> = self
+                .timed(
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(&self.keys.inbound)
+                        .arg(ROUTER_GROUP)
+                        .arg(consumer)
+                        .arg(claim_idle.as_millis() as u64)
+                        .arg("0-0")
+                        .arg("COUNT")
+                        .arg(count)
+                        .query_async(&mut conn),
+                )
+                .await;
+            match claimed {
+                Ok(reply) if !reply.claimed.is_empty() => {
+                    // More may be waiting: look again on the next call.
+                    self.last_claim.store(0, Ordering::Relaxed);
+                    return Ok(reply.claimed.iter().map(entry).collect());
+                }
+                Ok(_) => {}
+                Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => {
+                    self.ensure_group().await?
+                }
+                Err(e) => {
+                    self.last_claim.store(0, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
-            Ok(_) => {}
-            Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => {
-                self.ensure_group().await?
-            }
-            Err(e) => return Err(e),
         }
         let mut blocking = self.blocking.clone();
         let read = redis::cmd("XREADGROUP")
@@ -376,10 +400,7 @@ impl RedisBackend {
         let min_id = if self.limits.events_max_age.is_zero() {
             "0".to_string()
         } else {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
+            let now = now_ms();
             format!(
                 "{}-0",
                 now.saturating_sub(self.limits.events_max_age.as_millis() as u64)
@@ -398,6 +419,13 @@ impl RedisBackend {
         let moved: usize = self.timed(inv.invoke_async(&mut conn)).await?;
         Ok(moved)
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn field(id: &StreamId, name: &str) -> String {
