@@ -91,7 +91,9 @@ impl AppState {
         let limits = Limits::from_config(config);
         let backend = match config.backend {
             BackendKind::Memory => Backend::Memory(MemoryBackend::new(limits)),
-            BackendKind::Redis => Backend::Redis(RedisBackend::new(&config.redis, limits)?),
+            BackendKind::Redis => {
+                Backend::Redis(Box::new(RedisBackend::new(&config.redis, limits)?))
+            }
         };
         Ok(AppState {
             sources: config

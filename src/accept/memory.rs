@@ -44,8 +44,11 @@ impl StreamId {
         let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
         Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
     }
-    fn to_string(self) -> String {
-        format!("{}-{}", self.0, self.1)
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
     }
 }
 

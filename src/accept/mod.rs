@@ -121,7 +121,9 @@ impl Limits {
 #[derive(Clone)]
 pub enum Backend {
     Memory(memory::MemoryBackend),
-    Redis(redis::RedisBackend),
+    // Boxed: the Redis backend holds two connection managers and scripts; the enum is
+    // cloned per request path and should stay small.
+    Redis(Box<redis::RedisBackend>),
 }
 
 impl Backend {

@@ -32,7 +32,9 @@ async fn backends(max_backlog: u64) -> Vec<Backend> {
     };
     vec![
         Backend::Memory(MemoryBackend::new(limits(max_backlog))),
-        Backend::Redis(RedisBackend::new(&cfg, limits(max_backlog)).unwrap()),
+        Backend::Redis(Box::new(
+            RedisBackend::new(&cfg, limits(max_backlog)).unwrap(),
+        )),
     ]
 }
 
@@ -186,7 +188,7 @@ async fn a_crashed_consumers_entries_are_claimed_again() {
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
     };
-    let b = Backend::Redis(RedisBackend::new(&cfg, limits(100)).unwrap());
+    let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100)).unwrap()));
     b.accept(&batch(&["evt_a", "evt_b"], &[])).await.unwrap();
     let claim = Duration::from_millis(200);
     let taken = b

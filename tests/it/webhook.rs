@@ -482,3 +482,42 @@ async fn health_and_readiness() {
     assert_eq!(body_json(res).await["code"], "dependency_unavailable");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_meta_fixture_is_accepted_over_http() {
+    // Map each business id the expected events name to the tenant they expect, so that the
+    // gateway resolves tenants exactly as the fixture tests do.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/meta");
+    let mut cases = Vec::new();
+    let mut config = test_config(BackendKind::Memory);
+    config.limits.ip_burst = 100_000;
+    config.limits.tenant_burst = 100_000;
+    let switchboard::config::SourceConfig::Meta(meta) =
+        config.sources.get_mut("meta_test").unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let Some(stem) = name.strip_suffix(".expected.json") else {
+            continue;
+        };
+        let expected: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for e in expected["events"].as_array().unwrap() {
+            if let (Some(b), Some(t)) = (e["business"]["id"].as_str(), e["tenant"].as_str()) {
+                meta.channels.insert(b.to_string(), t.to_string());
+            }
+        }
+        let n_events = expected["events"].as_array().unwrap().len() as u64;
+        cases.push((stem.to_string(), n_events));
+    }
+    assert!(cases.len() > 50, "fixtures found: {}", cases.len());
+    let app = spawn_with(config).await;
+    for (stem, n_events) in cases {
+        let body = fixture(&format!("meta/{stem}.json"));
+        let res = app.post(&body).await;
+        assert_eq!(res.status(), 200, "{stem}");
+        let r = body_json(res).await;
+        let seen = r["accepted"].as_u64().unwrap() + r["duplicates"].as_u64().unwrap();
+        assert_eq!(seen, n_events, "{stem}: {r}");
+    }
+    app.stop().await;
+}
