@@ -341,11 +341,9 @@ fn main() {
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.toml"),
     ))
     .expect("the shipped config.toml loads");
-    let SourceConfig::Meta(demo) = config
-        .sources
-        .get("meta_demo")
-        .expect("meta_demo source")
-        .clone();
+    let Some(SourceConfig::Meta(demo)) = config.sources.get("meta_demo").cloned() else {
+        panic!("the shipped config.toml has the meta_demo Meta source");
+    };
     let secret = demo.app_secrets[0].expose().to_string();
     let phone = demo
         .channels

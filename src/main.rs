@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use switchboard::config::{Config, SourceConfig};
 use switchboard::startup::Application;
-use switchboard::verify::meta::{sign_sha1, sign_sha256, HEADER_SHA1, HEADER_SHA256};
+use switchboard::verify::meta::{sign_sha1, sign_sha256};
+use switchboard::verify::{Method, SignRequest};
 
 #[derive(Parser)]
 #[command(
@@ -36,8 +37,8 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print a summary, exit non-zero if invalid.
     CheckConfig,
-    /// Print the signature header a provider would send for a body, using a configured
-    /// source's secret (for trying the gateway out with curl).
+    /// Print the signature header(s) a provider would send for a body, using a configured
+    /// source's current secret (for trying the gateway out with curl).
     Sign {
         /// Source id from the configuration.
         #[arg(long)]
@@ -45,10 +46,17 @@ enum Command {
         /// Body file; standard input when absent.
         #[arg(long)]
         file: Option<PathBuf>,
-        /// Signature algorithm.
+        /// Meta only: signature algorithm.
         #[arg(long, value_enum, default_value_t = Algorithm::Sha256)]
         algorithm: Algorithm,
-        /// Print only the header value, not "Name: value".
+        /// The public URL the provider calls, for schemes that sign the URL (Twilio, Plivo,
+        /// MessageBird, Bird); default http://<server.bind>/webhooks/<source>.
+        #[arg(long)]
+        url: Option<String>,
+        /// Sign a GET delivery (parameters in --url's query) instead of a POST.
+        #[arg(long)]
+        get: bool,
+        /// Print only the (first) header value, not "Name: value" lines.
         #[arg(long)]
         value_only: bool,
     },
@@ -58,6 +66,36 @@ enum Command {
 enum Algorithm {
     Sha256,
     Sha1,
+}
+
+/// The signature headers `source` would carry for this request.
+fn sign_headers(
+    src: &SourceConfig,
+    algorithm: Algorithm,
+    req: &SignRequest<'_>,
+) -> Result<Vec<(String, String)>, String> {
+    use switchboard::verify as v;
+    match src {
+        SourceConfig::Meta(m) => {
+            let secret = m.app_secrets[0].expose();
+            Ok(vec![match algorithm {
+                Algorithm::Sha256 => (
+                    "X-Hub-Signature-256".to_string(),
+                    sign_sha256(secret, req.body),
+                ),
+                Algorithm::Sha1 => ("X-Hub-Signature".to_string(), sign_sha1(secret, req.body)),
+            }])
+        }
+        SourceConfig::Twilio(c) => v::twilio::sign(c, req),
+        SourceConfig::Vonage(c) => v::vonage::sign(c, req),
+        SourceConfig::Messagebird(c) => v::messagebird::sign(c, req),
+        SourceConfig::Bird(c) => v::bird::sign(c, req),
+        SourceConfig::Telnyx(c) => v::telnyx::sign(c, req),
+        SourceConfig::Plivo(c) => v::plivo::sign(c, req),
+        SourceConfig::Sinch(c) => v::sinch::sign(c, req),
+        SourceConfig::Telegram(c) => v::telegram::sign(c, req),
+        SourceConfig::Standard(c) => v::standard::sign(c, req),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +123,8 @@ fn main() -> anyhow::Result<()> {
             source,
             file,
             algorithm,
+            url,
+            get,
             value_only,
         } => {
             let Some(src) = config.sources.get(&source) else {
@@ -100,22 +140,27 @@ fn main() -> anyhow::Result<()> {
                     std::io::stdin().read_to_end(&mut body)?;
                 }
             }
-            let (name, value) = match src {
-                SourceConfig::Meta(m) => {
-                    let secret = m.app_secrets[0].expose();
-                    match algorithm {
-                        Algorithm::Sha256 => ("X-Hub-Signature-256", sign_sha256(secret, &body)),
-                        Algorithm::Sha1 => ("X-Hub-Signature", sign_sha1(secret, &body)),
-                    }
-                }
+            let url = url.unwrap_or_else(|| {
+                format!("http://{}/webhooks/{source}", config.server.bind)
+            });
+            let req = SignRequest {
+                method: if get { Method::Get } else { Method::Post },
+                url: &url,
+                body: &body,
+                now: time::OffsetDateTime::now_utc(),
             };
-            debug_assert!(
-                name.eq_ignore_ascii_case(HEADER_SHA256) || name.eq_ignore_ascii_case(HEADER_SHA1)
-            );
+            let headers = match sign_headers(src, algorithm, &req) {
+                Ok(h) => h,
+                Err(why) => bail!("cannot sign for source {source}: {why}"),
+            };
             if value_only {
-                println!("{value}");
+                if let Some((_, value)) = headers.first() {
+                    println!("{value}");
+                }
             } else {
-                println!("{name}: {value}");
+                for (name, value) in &headers {
+                    println!("{name}: {value}");
+                }
             }
             Ok(())
         }

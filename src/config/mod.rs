@@ -18,6 +18,85 @@ use serde::{Deserialize, Serialize};
 
 use crate::verify::Secret;
 
+pub mod bird;
+pub mod messagebird;
+pub mod plivo;
+pub mod sinch;
+pub mod standard;
+pub mod telegram;
+pub mod telnyx;
+pub mod twilio;
+pub mod vonage;
+
+/// Declares a non-Meta source's configuration: the provider's own keys, followed by the keys
+/// every such source shares (tenant, channels, include_raw, public_base_url,
+/// replay_window_secs). A macro rather than `#[serde(flatten)]`, which cannot be combined
+/// with `deny_unknown_fields`.
+macro_rules! source_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+            /// Tenant of every event of this source, unless `channels` maps the business
+            /// address (the number or id the contact wrote to) to another one.
+            #[serde(default)]
+            pub tenant: Option<String>,
+            /// Business address (E.164 digits without `+`, sender id, bot id...) → tenant.
+            #[serde(default)]
+            pub channels: std::collections::BTreeMap<String, String>,
+            /// Overrides `streams.include_raw` for this source.
+            #[serde(default)]
+            pub include_raw: Option<bool>,
+            /// Scheme, host and optional path prefix the provider calls, e.g.
+            /// `https://hooks.example.com` (schemes that sign the URL need it exact).
+            #[serde(default)]
+            pub public_base_url: Option<String>,
+            /// How far a signed timestamp may be from our clock, either side.
+            #[serde(default = "crate::config::default_replay_window_secs")]
+            pub replay_window_secs: u64,
+        }
+
+        impl crate::config::CommonSource for $name {
+            fn common(&self) -> crate::config::Common<'_> {
+                crate::config::Common {
+                    tenant: self.tenant.as_deref(),
+                    channels: &self.channels,
+                    include_raw: self.include_raw,
+                    public_base_url: self.public_base_url.as_deref(),
+                    replay_window_secs: self.replay_window_secs,
+                }
+            }
+        }
+    };
+}
+pub(crate) use source_config;
+
+/// Default replay window: 5 minutes, the window most providers' SDKs use.
+pub fn default_replay_window_secs() -> u64 {
+    300
+}
+
+/// The keys every non-Meta source shares (see `source_config!`).
+#[derive(Debug, Clone, Copy)]
+pub struct Common<'a> {
+    pub tenant: Option<&'a str>,
+    pub channels: &'a BTreeMap<String, String>,
+    pub include_raw: Option<bool>,
+    pub public_base_url: Option<&'a str>,
+    pub replay_window_secs: u64,
+}
+
+pub trait CommonSource {
+    fn common(&self) -> Common<'_>;
+}
+
 /// Which implementation holds dedup keys and streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -129,6 +208,94 @@ pub struct TenantConfig {
 #[serde(tag = "provider", rename_all = "snake_case")]
 pub enum SourceConfig {
     Meta(MetaSourceConfig),
+    Twilio(twilio::TwilioSourceConfig),
+    Vonage(vonage::VonageSourceConfig),
+    Messagebird(messagebird::MessagebirdSourceConfig),
+    Bird(bird::BirdSourceConfig),
+    Telnyx(telnyx::TelnyxSourceConfig),
+    Plivo(plivo::PlivoSourceConfig),
+    Sinch(sinch::SinchSourceConfig),
+    Telegram(telegram::TelegramSourceConfig),
+    Standard(standard::StandardSourceConfig),
+}
+
+impl SourceConfig {
+    /// The shared keys of a non-Meta source; `None` for Meta (its tenants come only from
+    /// its channel map, and it signs no URL or timestamp).
+    pub fn common(&self) -> Option<Common<'_>> {
+        Some(match self {
+            SourceConfig::Meta(_) => return None,
+            SourceConfig::Twilio(c) => c.common(),
+            SourceConfig::Vonage(c) => c.common(),
+            SourceConfig::Messagebird(c) => c.common(),
+            SourceConfig::Bird(c) => c.common(),
+            SourceConfig::Telnyx(c) => c.common(),
+            SourceConfig::Plivo(c) => c.common(),
+            SourceConfig::Sinch(c) => c.common(),
+            SourceConfig::Telegram(c) => c.common(),
+            SourceConfig::Standard(c) => c.common(),
+        })
+    }
+
+    /// Provider-specific checks (secrets present and well-formed...), each message naming
+    /// the key as `sources.<id>.<key>`.
+    fn validate_provider(&self, id: &str, errs: &mut Vec<String>) {
+        match self {
+            SourceConfig::Meta(_) => {}
+            SourceConfig::Twilio(c) => c.validate(id, errs),
+            SourceConfig::Vonage(c) => c.validate(id, errs),
+            SourceConfig::Messagebird(c) => c.validate(id, errs),
+            SourceConfig::Bird(c) => c.validate(id, errs),
+            SourceConfig::Telnyx(c) => c.validate(id, errs),
+            SourceConfig::Plivo(c) => c.validate(id, errs),
+            SourceConfig::Sinch(c) => c.validate(id, errs),
+            SourceConfig::Telegram(c) => c.validate(id, errs),
+            SourceConfig::Standard(c) => c.validate(id, errs),
+        }
+    }
+}
+
+/// Checks of the shared keys of a non-Meta source.
+fn validate_common(
+    id: &str,
+    c: &Common<'_>,
+    tenants: &BTreeMap<String, TenantConfig>,
+    errs: &mut Vec<String>,
+) {
+    match c.tenant {
+        Some(t) if !tenants.contains_key(t) => errs.push(format!(
+            "sources.{id}.tenant = {t:?}: no [tenants.{t}] is defined"
+        )),
+        None if c.channels.is_empty() => errs.push(format!(
+            "sources.{id}: set `tenant` (the tenant of every event of this source) or map business numbers to tenants in `channels`"
+        )),
+        _ => {}
+    }
+    for (business, tenant) in c.channels {
+        if !tenants.contains_key(tenant) {
+            errs.push(format!(
+                "sources.{id}.channels.{business} = {tenant:?}: no [tenants.{tenant}] is defined"
+            ));
+        }
+    }
+    if let Some(base) = c.public_base_url {
+        match url::Url::parse(base) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none() => {}
+            _ => errs.push(format!(
+                "sources.{id}.public_base_url = {base:?}: expected scheme://host[:port][/prefix] as the provider calls it, e.g. \"https://hooks.example.com\", without query or fragment"
+            )),
+        }
+    }
+    if c.replay_window_secs == 0 || c.replay_window_secs > 86_400 {
+        errs.push(format!(
+            "sources.{id}.replay_window_secs = {}: use 1..=86400 (default 300)",
+            c.replay_window_secs
+        ));
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,6 +524,10 @@ impl Config {
                     "sources.{id}: ids use a-z, 0-9, '_' and '-' (1-64 chars); prefer '_' so the source can be set from the environment"
                 ));
             }
+            if let Some(common) = source.common() {
+                validate_common(id, &common, &self.tenants, &mut errs);
+            }
+            source.validate_provider(id, &mut errs);
             match source {
                 SourceConfig::Meta(m) => {
                     if m.app_secrets.is_empty()
@@ -390,6 +561,7 @@ impl Config {
                         }
                     }
                 }
+                _ => {}
             }
         }
         if errs.is_empty() {

@@ -14,6 +14,8 @@ use tracing::Instrument;
 
 use crate::accept::StreamName;
 use crate::error::ApiError;
+use crate::event::Provider;
+use crate::verify::Method;
 use crate::internal_events::{HttpRequestDone, WebhookAnswered};
 use crate::state::AppState;
 
@@ -24,7 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/webhooks/{source}")
             .route(web::post().to(webhook))
-            .route(web::get().to(handshake))
+            .route(web::get().to(get_webhook))
             .default_service(web::to(method_not_allowed)),
     )
     .route("/v1/events", web::get().to(list_events))
@@ -40,14 +42,44 @@ async fn webhook(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let source_id = path.into_inner();
+    deliver(state, req, path.into_inner(), payload, Method::Post).await
+}
+
+/// Empty TwiML: Twilio expects an XML document from a messaging webhook, and an empty
+/// `<Response/>` tells it to send no reply.
+const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+
+async fn deliver(
+    state: State,
+    req: HttpRequest,
+    source_id: String,
+    payload: web::Payload,
+    method: Method,
+) -> HttpResponse {
     let provider = state
         .sources
         .get(&source_id)
-        .map(|s| s.provider.as_str())
-        .unwrap_or("unknown");
-    let result = super::receive(&state, &req, payload, &source_id).await;
+        .map(|s| s.provider)
+        .unwrap_or(Provider::Meta);
+    let provider_label = if state.sources.contains_key(&source_id) {
+        provider.as_str()
+    } else {
+        "unknown"
+    };
+    let result = super::receive(&state, &req, payload, &source_id, method).await;
     let (response, code) = match result {
+        Ok((receipt, _)) if provider == Provider::Twilio => (
+            HttpResponse::Ok()
+                .content_type("text/xml; charset=utf-8")
+                .insert_header(("x-switchboard-accepted", receipt.accepted.to_string()))
+                .insert_header(("x-switchboard-duplicates", receipt.duplicates.to_string()))
+                .insert_header((
+                    "x-switchboard-dead-lettered",
+                    receipt.dead_lettered.to_string(),
+                ))
+                .body(EMPTY_TWIML),
+            "ok",
+        ),
         Ok((receipt, _)) => (HttpResponse::Ok().json(receipt), "ok"),
         Err(e) => {
             let code = e.code();
@@ -55,7 +87,7 @@ async fn webhook(
         }
     };
     WebhookAnswered {
-        provider,
+        provider: provider_label,
         status: response.status().as_u16(),
         code,
     }
@@ -63,8 +95,25 @@ async fn webhook(
     response
 }
 
-async fn handshake(state: State, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
-    match super::handshake(&state, &path, req.query_string()) {
+/// GET on a webhook URL: Meta's handshake, a query-string delivery for providers that may
+/// deliver with GET, else 405 (404 for an unknown source).
+async fn get_webhook(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> HttpResponse {
+    match super::get_kind(&state, &path) {
+        Ok(super::GetKind::Delivery) => {
+            deliver(state, req, path.into_inner(), payload, Method::Get).await
+        }
+        Ok(super::GetKind::Handshake) => handshake(&state, &req, &path),
+        Err(e) => actix_web::ResponseError::error_response(&e),
+    }
+}
+
+fn handshake(state: &AppState, req: &HttpRequest, path: &str) -> HttpResponse {
+    match super::handshake(state, path, req.query_string()) {
         Ok(challenge) => HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             .body(challenge),

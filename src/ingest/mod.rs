@@ -28,9 +28,9 @@ use crate::event::{rfc3339, short_hash};
 use crate::internal_events::{
     BackendFailed, BackpressureApplied, DeadLettered, EventsAccepted, RateLimited, SignatureFailed,
 };
-use crate::normalize::{self, Context, DeadLetter, Normalized};
+use crate::normalize::{Context, DeadLetter, Normalized};
 use crate::state::{AppState, Source, SourceKind};
-use crate::verify::{self, Headers, Unverified};
+use crate::verify::{Headers, Method, Unverified};
 
 /// What a webhook request produced, once durably accepted.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -120,6 +120,7 @@ pub async fn receive(
     req: &HttpRequest,
     mut payload: web::Payload,
     source_id: &str,
+    method: Method,
 ) -> Result<(Receipt, &'static str), ApiError> {
     // 1. Source, size, per-IP limit, media type: cheap refusals before reading the body.
     let src = source(state, source_id)?;
@@ -137,16 +138,16 @@ pub async fn receive(
             });
         }
     }
-    check_media_type(req.headers(), src.accepted_media_type())?;
+    if method == Method::Post {
+        check_media_type(req.headers(), src.accepted_media_types())?;
+    }
     let body = read_body(&mut payload, limit).await?;
 
     // 2. Verify the raw bytes.
     let unverified = Unverified::new(verifier_headers(req.headers()), body)
+        .with_method(method)
         .with_url(public_url(state, src, req));
-    let verified = match &src.kind {
-        SourceKind::Meta { keys, .. } => verify::meta::verify(unverified, keys),
-    }
-    .map_err(|e| {
+    let verified = src.verify(unverified).map_err(|e| {
         SignatureFailed {
             provider,
             source: &src.id,
@@ -165,9 +166,7 @@ pub async fn receive(
         channels: &src.channels,
         default_tenant: src.default_tenant.as_deref(),
     };
-    let normalized = match &src.kind {
-        SourceKind::Meta { .. } => normalize::meta::normalize(&verified, &ctx),
-    };
+    let normalized = src.normalize(&verified, &ctx);
 
     // 4. Per-tenant limit, once per tenant present in the request.
     let tenants: BTreeSet<&str> = normalized
@@ -248,11 +247,31 @@ pub async fn receive(
     ))
 }
 
+/// What a GET on a webhook URL is for this source.
+pub enum GetKind {
+    /// Meta's subscription handshake ([`handshake`]).
+    Handshake,
+    /// A webhook delivered with its parameters in the query string ([`receive`] with GET).
+    Delivery,
+}
+
+/// Whether a GET on `/webhooks/{source_id}` is a handshake, a delivery, or not allowed.
+pub fn get_kind(state: &AppState, source_id: &str) -> Result<GetKind, ApiError> {
+    let src = source(state, source_id)?;
+    match src.kind {
+        SourceKind::Meta { .. } => Ok(GetKind::Handshake),
+        _ if src.accepts_get_delivery() => Ok(GetKind::Delivery),
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
 /// The GET verification handshake (Meta): `hub.mode=subscribe` and the right
 /// `hub.verify_token` → the `hub.challenge`, verbatim.
 pub fn handshake(state: &AppState, source_id: &str, query: &str) -> Result<String, ApiError> {
     let src = source(state, source_id)?;
-    let SourceKind::Meta { verify_token, .. } = &src.kind;
+    let SourceKind::Meta { verify_token, .. } = &src.kind else {
+        return Err(ApiError::MethodNotAllowed);
+    };
     let mut mode = None;
     let mut token = None;
     let mut challenge = None;
@@ -290,18 +309,21 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn check_media_type(headers: &HeaderMap, expected: &'static str) -> Result<(), ApiError> {
+fn check_media_type(
+    headers: &HeaderMap,
+    accepted: &'static [&'static str],
+) -> Result<(), ApiError> {
     let got = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let essence = got.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case(expected) {
+    if accepted.iter().any(|a| essence.eq_ignore_ascii_case(a)) {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType {
             got: truncate(got, 100),
-            expected,
+            expected: accepted.first().copied().unwrap_or("application/json"),
         })
     }
 }

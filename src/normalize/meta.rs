@@ -15,6 +15,7 @@
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
+use super::util::{finish, millis, raw, s, secs, strip_plus, unknown_channel};
 use super::{Context, DeadLetter, DeadReason, Normalized};
 use crate::event::{
     dedup_key, short_hash, Channel, Direction, Event, EventKind, Location, Media, Message,
@@ -77,32 +78,6 @@ pub fn normalize(req: &Verified, ctx: &Context<'_>) -> Normalized {
 // ---------------------------------------------------------------------------------------
 // helpers
 
-/// A string or number field as a string (Meta sends both for ids). An empty string counts as
-/// absent: an id of "" would merge every contact without one into a single conversation.
-fn s(v: &Value, key: &str) -> Option<String> {
-    match v.get(key)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn strip_plus(id: &str) -> String {
-    id.strip_prefix('+').unwrap_or(id).to_string()
-}
-
-/// WhatsApp: unix seconds as a string (or number).
-fn secs(v: &Value, key: &str) -> Option<OffsetDateTime> {
-    let n: i64 = s(v, key)?.parse().ok()?;
-    OffsetDateTime::from_unix_timestamp(n).ok()
-}
-
-/// Messenger/Instagram: unix milliseconds.
-fn millis(v: &Value, key: &str) -> Option<OffsetDateTime> {
-    let n: i128 = s(v, key)?.parse().ok()?;
-    OffsetDateTime::from_unix_timestamp_nanos(n.checked_mul(1_000_000)?).ok()
-}
-
 fn errors(v: Option<&Value>) -> Vec<ProviderError> {
     v.and_then(Value::as_array)
         .map(|list| {
@@ -120,23 +95,6 @@ fn errors(v: Option<&Value>) -> Vec<ProviderError> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn raw(ctx: &Context<'_>, v: &Value) -> Option<Value> {
-    ctx.include_raw.then(|| v.clone())
-}
-
-fn finish(mut event: Event, out: &mut Normalized) {
-    event.derive_conversation_id();
-    out.events.push(event);
-}
-
-fn unknown_channel(detail: String, part: &Value, out: &mut Normalized) {
-    out.dead_letters.push(DeadLetter {
-        reason: DeadReason::UnknownChannel,
-        detail,
-        part: Some(part.clone()),
-    });
 }
 
 // ---------------------------------------------------------------------------------------

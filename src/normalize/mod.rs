@@ -7,9 +7,19 @@
 //!
 //! Normalizers take `&Verified`: unverified bytes cannot reach them.
 
+pub mod bird;
+pub mod messagebird;
 pub mod meta;
+pub mod plivo;
+pub mod sinch;
+pub mod standard;
+pub mod telegram;
+pub mod telnyx;
+pub mod twilio;
+pub mod vonage;
 #[cfg(test)]
 pub mod testing;
+pub mod util;
 
 use std::collections::HashMap;
 

@@ -2,7 +2,8 @@
 //!
 //! For each body file in `fixtures/<provider>/` (any name not ending in `.expected.json`, nor
 //! `README.md`/`*.headers.json`), the normalizer's output must equal `<stem>.expected.json`:
-//! `{"events": [...], "dead_letters": [{"reason", "detail", "part"}]}`. A body without an
+//! `{"events": [...], "dead_letters": [{"reason", "detail", "part"}]}`. A body file ending in
+//! `.url` is a GET delivery: it holds the URL, with the parameters in the query string. A body without an
 //! expected file fails. `SWITCHBOARD_BLESS=1` writes the expected files instead; each written
 //! file must then be read and checked by hand — it becomes the test's truth.
 
@@ -68,7 +69,13 @@ pub fn check_all(
     let mut failures = Vec::new();
     for body_path in &bodies {
         let body = std::fs::read(body_path).unwrap();
-        let got = to_value(&normalize(&Verified::assume_verified(body), ctx));
+        let verified = if body_path.extension().is_some_and(|e| e == "url") {
+            // A GET delivery: the file holds the URL, parameters in its query string.
+            Verified::assume_verified_get(String::from_utf8_lossy(&body).trim())
+        } else {
+            Verified::assume_verified(body)
+        };
+        let got = to_value(&normalize(&verified, ctx));
         let exp_path = expected_path(body_path);
         if bless {
             let text = serde_json::to_string_pretty(&got).unwrap() + "\n";

@@ -7,7 +7,16 @@
 //!
 //! This module must never log, format or return a secret or the expected signature.
 
+pub mod bird;
+pub mod messagebird;
 pub mod meta;
+pub mod plivo;
+pub mod sinch;
+pub mod standard;
+pub mod telegram;
+pub mod telnyx;
+pub mod twilio;
+pub mod vonage;
 
 use std::fmt;
 
@@ -72,6 +81,12 @@ pub enum VerifyError {
     AlgorithmDisabled,
     #[error("timestamp outside the replay window")]
     Expired,
+    #[error("signed body hash does not match the body")]
+    BodyHash,
+    #[error("signed URL hash does not match the URL")]
+    UrlHash,
+    #[error("signed token claims are missing or invalid")]
+    Claims,
 }
 
 impl VerifyError {
@@ -83,6 +98,9 @@ impl VerifyError {
             VerifyError::Mismatch => "mismatch",
             VerifyError::AlgorithmDisabled => "algorithm_disabled",
             VerifyError::Expired => "expired",
+            VerifyError::BodyHash => "body_hash_mismatch",
+            VerifyError::UrlHash => "url_hash_mismatch",
+            VerifyError::Claims => "invalid_claims",
         }
     }
 }
@@ -111,15 +129,25 @@ impl Headers {
 /// (schemes with a signed timestamp check it against a replay window).
 #[derive(Debug)]
 pub struct Unverified {
+    method: Method,
     headers: Headers,
     body: Bytes,
     url: String,
     now: OffsetDateTime,
 }
 
+/// The HTTP method of a webhook delivery: most providers POST; some (Vonage SMS API,
+/// MessageBird, Plivo, Twilio when so configured) may GET with the parameters in the query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
 /// A request whose signature has been checked against its source's secrets.
 #[derive(Debug)]
 pub struct Verified {
+    method: Method,
     headers: Headers,
     body: Bytes,
     url: String,
@@ -128,11 +156,19 @@ pub struct Verified {
 impl Unverified {
     pub fn new(headers: Headers, body: Bytes) -> Unverified {
         Unverified {
+            method: Method::Post,
             headers,
             body,
             url: String::new(),
             now: OffsetDateTime::now_utc(),
         }
+    }
+    pub fn with_method(mut self, method: Method) -> Unverified {
+        self.method = method;
+        self
+    }
+    pub fn method(&self) -> Method {
+        self.method
     }
     /// The public URL the provider called, scheme to query string.
     pub fn with_url(mut self, url: impl Into<String>) -> Unverified {
@@ -159,6 +195,7 @@ impl Unverified {
     /// Called by a verifier once its check passed; private to this module tree.
     fn into_verified(self) -> Verified {
         Verified {
+            method: self.method,
             headers: self.headers,
             body: self.body,
             url: self.url,
@@ -177,6 +214,9 @@ pub fn within_window(
 }
 
 impl Verified {
+    pub fn method(&self) -> Method {
+        self.method
+    }
     pub fn body(&self) -> &[u8] {
         &self.body
     }
@@ -194,10 +234,55 @@ impl Verified {
     #[cfg(test)]
     pub(crate) fn assume_verified(body: impl Into<Bytes>) -> Verified {
         Verified {
+            method: Method::Post,
             headers: Headers::new(),
             body: body.into(),
             url: String::new(),
         }
+    }
+
+    /// For unit tests of normalizers only: a GET delivery to `url` (parameters in the query).
+    #[cfg(test)]
+    pub(crate) fn assume_verified_get(url: &str) -> Verified {
+        Verified {
+            method: Method::Get,
+            headers: Headers::new(),
+            body: Bytes::new(),
+            url: url.to_string(),
+        }
+    }
+
+    /// The request's parameters: the form body of a POST, else the query string of the URL.
+    /// Order, repeats and empty values are kept as sent; `+` decodes to a space.
+    pub fn form_params(&self) -> Vec<(String, String)> {
+        match self.method {
+            Method::Post => form_pairs(&self.body),
+            Method::Get => query_pairs(&self.url),
+        }
+    }
+}
+
+/// What a signer needs to produce a provider's signature headers (`switchboard sign`, tests,
+/// the load harness).
+#[derive(Debug, Clone)]
+pub struct SignRequest<'a> {
+    pub method: Method,
+    /// The public URL the provider calls, with any query string.
+    pub url: &'a str,
+    pub body: &'a [u8],
+    pub now: OffsetDateTime,
+}
+
+/// `application/x-www-form-urlencoded` pairs in order, repeats and empty values kept.
+pub fn form_pairs(bytes: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(bytes).into_owned().collect()
+}
+
+/// The decoded query pairs of a URL (empty when it has no query).
+pub fn query_pairs(url: &str) -> Vec<(String, String)> {
+    match url.split_once('?') {
+        Some((_, q)) => form_pairs(q.split('#').next().unwrap_or("").as_bytes()),
+        None => Vec::new(),
     }
 }
 

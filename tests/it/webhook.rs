@@ -492,8 +492,10 @@ async fn every_meta_fixture_is_accepted_over_http() {
     let mut config = test_config(BackendKind::Memory);
     config.limits.ip_burst = 100_000;
     config.limits.tenant_burst = 100_000;
-    let switchboard::config::SourceConfig::Meta(meta) =
-        config.sources.get_mut("meta_test").unwrap();
+    let Some(switchboard::config::SourceConfig::Meta(meta)) = config.sources.get_mut("meta_test")
+    else {
+        panic!("test_config has the meta_test source");
+    };
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_string();

@@ -1,0 +1,23 @@
+//! Standard Webhooks senders (v1 HMAC-SHA256, v1a Ed25519): source configuration.
+//!
+//! WORK IN PROGRESS (issue 3): fields and validation to be completed by the provider's author.
+
+use crate::config::source_config;
+use crate::verify::Secret;
+
+source_config! {
+    /// `[sources.<id>]` with `provider = "standard"`.
+    pub struct StandardSourceConfig {
+        /// Secrets accepted, first one current (several during rotation).
+        pub secrets: Vec<Secret>,
+    }
+}
+
+impl StandardSourceConfig {
+    /// Provider-specific checks; messages name the key as `sources.<id>.<key>`.
+    pub fn validate(&self, id: &str, errs: &mut Vec<String>) {
+        if self.secrets.is_empty() || self.secrets.iter().any(|s| s.expose().is_empty()) {
+            errs.push(format!("sources.{id}.secrets: give at least one non-empty value"));
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Bird (bird.com Channels/Notifications, `messagebird-signature`): payloads into unified events.
+//!
+//! WORK IN PROGRESS (issue 3).
+
+use super::{Context, Normalized};
+use crate::verify::Verified;
+
+pub fn normalize(v: &Verified, ctx: &Context<'_>) -> Normalized {
+    let _ = (v, ctx);
+    Normalized::default()
+}

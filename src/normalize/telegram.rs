@@ -1,0 +1,11 @@
+//! Telegram Bot API (`X-Telegram-Bot-Api-Secret-Token`): payloads into unified events.
+//!
+//! WORK IN PROGRESS (issue 3).
+
+use super::{Context, Normalized};
+use crate::verify::Verified;
+
+pub fn normalize(v: &Verified, ctx: &Context<'_>) -> Normalized {
+    let _ = (v, ctx);
+    Normalized::default()
+}
