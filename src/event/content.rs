@@ -144,8 +144,14 @@ pub struct ReplyTo {
 /// of every message up to a time).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Status {
-    /// accepted, queued, sent, delivered, read, played, failed, undelivered, deleted, ...
+    /// The state in switchboard's vocabulary, the same for every provider: accepted, queued,
+    /// sending, sent, delivered, read, played, failed, undelivered, rejected, expired,
+    /// deleted, unknown.
     pub state: String,
+    /// The provider's own word for the state when it differs from `state` (e.g. Telnyx
+    /// `delivery_failed`, Vonage SMS `buffered`, Sinch `QUEUED_ON_CHANNEL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_state: Option<String>,
     /// The provider id of the message this status is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
