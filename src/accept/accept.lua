@@ -1,50 +1,76 @@
--- Dedup + enqueue for one webhook request, atomically (one EVALSHA per request).
+-- Dedup + enqueue for one or more webhook requests, atomically (one EVALSHA per group of
+-- requests: the gateway combines concurrent requests into one call). Each request is decided
+-- on its own: one request refused for backpressure does not affect the others.
 --
 -- KEYS[1]  inbound stream          KEYS[2]  dead-letter stream
--- KEYS[3..2+n]  dedup keys, first the n_events events, then the dead letters
--- ARGV[1] dedup TTL (s)  ARGV[2] inbound max backlog  ARGV[3] n_events
--- ARGV[4] dead-letter max length  ARGV[5..4+n] payloads (JSON), aligned with the dedup keys
--- ARGV[5+n..4+n+n_events] event ids, aligned with the events
+-- KEYS[3..]  dedup keys, per request in order: its events, then its dead letters
+-- ARGV[1] dedup TTL (s)  ARGV[2] inbound max backlog  ARGV[3] dead-letter max length
+-- ARGV[4] number of requests r
+-- ARGV[5..4+2r] per request: number of events, number of dead letters
+-- then one payload (JSON) per dedup key, in the same order
+-- then one event id per event, in the same order
 --
--- Returns {-1, backlog} when the fresh events would push the inbound stream past its bound
--- (nothing written), else {0, f1, f2, ...}: 1 = stored, 0 = duplicate, per item.
--- The dedup key's value is the stream id the item was stored under (for debugging).
+-- Returns, per request in order: {-1, backlog} when its fresh events would push the inbound
+-- stream past its bound (nothing of it written), else {0, f1, f2, ...} with 1 = stored,
+-- 0 = duplicate per item. The dedup key's value is the stream id the item was stored under.
 local ttl = tonumber(ARGV[1])
 local max_backlog = tonumber(ARGV[2])
-local n_events = tonumber(ARGV[3])
-local dl_max = tonumber(ARGV[4])
-local n = #KEYS - 2
+local dl_max = tonumber(ARGV[3])
+local n_req = tonumber(ARGV[4])
+local total = #KEYS - 2
+local payload_base = 4 + 2 * n_req
+local id_base = payload_base + total
+-- Dead-letter ids are the dedup keys without their prefix ({prefix}:dedup:v1:).
+local dedup_prefix_len = string.len(KEYS[1]) - string.len('inbound') + string.len('dedup:v1:')
 
--- Backpressure: the common case (room for every event of the batch) costs one XLEN; only
--- near the bound are the fresh events counted exactly (duplicates need no room).
 local backlog = redis.call('XLEN', KEYS[1])
-if n_events > 0 and backlog + n_events > max_backlog then
-  local fresh_events = 0
-  for i = 1, n_events do
-    if redis.call('EXISTS', KEYS[i + 2]) == 0 then
-      fresh_events = fresh_events + 1
+local out = {}
+local item = 0
+local event = 0
+for r = 1, n_req do
+  local n_events = tonumber(ARGV[3 + 2 * r])
+  local n_dead = tonumber(ARGV[4 + 2 * r])
+  -- Backpressure: the common case (room for every event) costs nothing more; only near the
+  -- bound are this request's fresh events counted exactly (duplicates need no room).
+  local refused = false
+  if n_events > 0 and backlog + n_events > max_backlog then
+    local fresh = 0
+    for i = 1, n_events do
+      if redis.call('EXISTS', KEYS[2 + item + i]) == 0 then
+        fresh = fresh + 1
+      end
     end
+    refused = fresh > 0 and backlog + fresh > max_backlog
   end
-  if fresh_events > 0 and backlog + fresh_events > max_backlog then
-    return {-1, backlog}
-  end
-end
-
-local out = {0}
-for i = 1, n do
-  local key = KEYS[i + 2]
-  -- Checked per item, not from the first pass: the same key may appear twice in a batch.
-  if redis.call('EXISTS', key) == 0 then
-    local id
-    if i <= n_events then
-      id = redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[4 + n + i], 'event', ARGV[4 + i])
-    else
-      id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', dl_max, '*', 'deadletter', ARGV[4 + i])
-    end
-    redis.call('SET', key, id, 'EX', ttl)
-    out[#out + 1] = 1
+  if refused then
+    out[#out + 1] = -1
+    out[#out + 1] = backlog
+    item = item + n_events + n_dead
+    event = event + n_events
   else
     out[#out + 1] = 0
+    for i = 1, n_events + n_dead do
+      item = item + 1
+      local key = KEYS[2 + item]
+      local is_event = i <= n_events
+      if is_event then
+        event = event + 1
+      end
+      -- Checked per item: the same key may appear twice in a request, or in two requests.
+      if redis.call('EXISTS', key) == 0 then
+        local id
+        if is_event then
+          id = redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[id_base + event], 'event', ARGV[payload_base + item])
+          backlog = backlog + 1
+        else
+          id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', dl_max, '*', 'deadletter_id', string.sub(key, dedup_prefix_len + 1), 'deadletter', ARGV[payload_base + item])
+        end
+        redis.call('SET', key, id, 'EX', ttl)
+        out[#out + 1] = 1
+      else
+        out[#out + 1] = 0
+      end
+    end
   end
 end
 return out

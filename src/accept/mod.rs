@@ -135,9 +135,9 @@ impl Backend {
     }
 
     /// Dedup and enqueue a batch atomically (see the module docs).
-    pub async fn accept(&self, batch: &Batch) -> Result<AcceptReport, BackendError> {
+    pub async fn accept(&self, batch: Batch) -> Result<AcceptReport, BackendError> {
         match self {
-            Backend::Memory(b) => b.accept(batch),
+            Backend::Memory(b) => b.accept(&batch),
             Backend::Redis(b) => b.accept(batch).await,
         }
     }

@@ -8,8 +8,9 @@
 //!   (503) past `inbound_max_backlog` instead.
 //! - `{prefix}:events` — stream the CRM backends read with XREADGROUP; fields `event_id`,
 //!   `event`. Trimmed approximately to `events_max_len` and/or `events_max_age_secs`.
-//! - `{prefix}:deadletter` — verified payload parts that could not become events; field
-//!   `deadletter` (JSON: reason, detail, source, provider, received_at, part, body).
+//! - `{prefix}:deadletter` — verified payload parts that could not become events; fields
+//!   `deadletter_id` and `deadletter` (JSON: reason, detail, source, provider, received_at,
+//!   part, body).
 //!   Trimmed approximately to `deadletter_max_len`.
 //! - `{prefix}:dedup:v1:<event id | dead-letter id>` — string holding the stream id the item
 //!   was stored under; expires after `dedup_ttl_secs`. `v1` changes if the id derivation does.
@@ -24,7 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::{RedisError, Script, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{AcceptReport, BackendError, Batch, Limits, StreamEntry, StreamName, StreamStats};
 use crate::config::RedisConfig;
@@ -74,6 +77,9 @@ pub struct RedisBackend {
     command_timeout: Duration,
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
+    /// Queue of the group-commit task; `None` when created outside a runtime (each accept
+    /// is then its own script call) and in the task's own copy.
+    combiner: Option<mpsc::Sender<Pending>>,
 }
 
 fn unavailable(e: RedisError) -> BackendError {
@@ -104,7 +110,7 @@ impl RedisBackend {
             base.set_response_timeout(Some(command_timeout + Duration::from_secs(60))),
         )
         .map_err(unavailable)?;
-        Ok(RedisBackend {
+        let mut backend = RedisBackend {
             conn,
             blocking,
             keys: Keys::new(&cfg.key_prefix),
@@ -113,7 +119,14 @@ impl RedisBackend {
             publish_script: Script::new(include_str!("publish.lua")),
             command_timeout,
             last_claim: std::sync::Arc::new(AtomicU64::new(0)),
-        })
+            combiner: None,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (tx, rx) = mpsc::channel(COMBINER_QUEUE);
+            runtime.spawn(combine(backend.clone(), rx));
+            backend.combiner = Some(tx);
+        }
+        Ok(backend)
     }
 
     fn claim_due(&self, claim_idle: Duration) -> bool {
@@ -144,48 +157,64 @@ impl RedisBackend {
         }
     }
 
-    pub async fn accept(&self, batch: &Batch) -> Result<AcceptReport, BackendError> {
-        let n_events = batch.events.len();
-        let n = n_events + batch.dead_letters.len();
-        if n == 0 {
+    /// Dedup and enqueue one request's items. Concurrent requests are combined into one
+    /// script call (see [`combine`]); each still gets its own all-or-nothing outcome.
+    pub async fn accept(&self, batch: Batch) -> Result<AcceptReport, BackendError> {
+        if batch.events.is_empty() && batch.dead_letters.is_empty() {
             return Ok(AcceptReport::default());
         }
-        let mut inv = self.accept_script.prepare_invoke();
-        inv.key(&self.keys.inbound).key(&self.keys.deadletter);
-        for item in batch.events.iter().chain(&batch.dead_letters) {
-            inv.key(self.keys.dedup(&item.key));
-        }
-        inv.arg(self.limits.dedup_ttl.as_secs().max(1))
-            .arg(self.limits.inbound_max_backlog)
-            .arg(n_events)
-            .arg(self.limits.deadletter_max_len);
-        for item in batch.events.iter().chain(&batch.dead_letters) {
-            inv.arg(&item.payload);
-        }
-        for item in &batch.events {
-            inv.arg(&item.key);
-        }
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
-        match reply.first() {
-            Some(-1) => Err(BackendError::Backpressure {
-                backlog: reply.get(1).copied().unwrap_or(0).max(0) as u64,
-            }),
-            Some(0) if reply.len() == n + 1 => {
-                let flags: Vec<bool> = reply[1..].iter().map(|f| *f == 1).collect();
-                let (events, dead) = flags.split_at(n_events);
-                Ok(AcceptReport {
-                    events: events.to_vec(),
-                    dead_letters: dead.to_vec(),
-                })
-            }
-            _ => Err(BackendError::Protocol(format!(
-                "accept script returned {} values for {n} items",
-                reply.len()
-            ))),
+        let Some(queue) = &self.combiner else {
+            return self.accept_group(&[&batch]).await?.remove(0);
+        };
+        let (done, outcome) = oneshot::channel();
+        let stopped = || BackendError::Unavailable("the accept combiner has stopped".into());
+        let wait = async {
+            queue
+                .send(Pending { batch, done })
+                .await
+                .map_err(|_| stopped())?;
+            outcome.await.map_err(|_| stopped())?
+        };
+        // Queued behind at most a few calls in flight, each bounded by the command timeout.
+        match tokio::time::timeout(self.command_timeout * 2, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Unavailable("redis accept timed out".into())),
         }
     }
 
+    /// One script call for several requests' batches; per batch its report, or backpressure.
+    async fn accept_group(
+        &self,
+        batches: &[&Batch],
+    ) -> Result<Vec<Result<AcceptReport, BackendError>>, BackendError> {
+        let mut inv = self.accept_script.prepare_invoke();
+        inv.key(&self.keys.inbound).key(&self.keys.deadletter);
+        for b in batches {
+            for item in b.events.iter().chain(&b.dead_letters) {
+                inv.key(self.keys.dedup(&item.key));
+            }
+        }
+        inv.arg(self.limits.dedup_ttl.as_secs().max(1))
+            .arg(self.limits.inbound_max_backlog)
+            .arg(self.limits.deadletter_max_len)
+            .arg(batches.len());
+        for b in batches {
+            inv.arg(b.events.len()).arg(b.dead_letters.len());
+        }
+        for b in batches {
+            for item in b.events.iter().chain(&b.dead_letters) {
+                inv.arg(&item.payload);
+            }
+        }
+        for b in batches {
+            for item in &b.events {
+                inv.arg(&item.key);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
+        parse_group_reply(batches, &reply)
+    }
     pub async fn ping(&self) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
         let pong: String = self
@@ -421,6 +450,130 @@ impl RedisBackend {
     }
 }
 
+/// Splits the accept script's flat reply into one outcome per batch.
+fn parse_group_reply(
+    batches: &[&Batch],
+    reply: &[i64],
+) -> Result<Vec<Result<AcceptReport, BackendError>>, BackendError> {
+    let mut out = Vec::with_capacity(batches.len());
+    let mut rest = reply;
+    for b in batches {
+        let n_events = b.events.len();
+        let n = n_events + b.dead_letters.len();
+        match rest {
+            [-1, backlog, tail @ ..] => {
+                out.push(Err(BackendError::Backpressure {
+                    backlog: (*backlog).max(0) as u64,
+                }));
+                rest = tail;
+            }
+            [0, tail @ ..] if tail.len() >= n => {
+                let (flags, tail) = tail.split_at(n);
+                let (events, dead) = flags.split_at(n_events);
+                out.push(Ok(AcceptReport {
+                    events: events.iter().map(|f| *f == 1).collect(),
+                    dead_letters: dead.iter().map(|f| *f == 1).collect(),
+                }));
+                rest = tail;
+            }
+            _ => {
+                return Err(BackendError::Protocol(format!(
+                    "accept script returned {} values for {} requests",
+                    reply.len(),
+                    batches.len()
+                )))
+            }
+        }
+    }
+    if rest.is_empty() {
+        Ok(out)
+    } else {
+        Err(BackendError::Protocol(format!(
+            "accept script returned {} values more than expected",
+            rest.len()
+        )))
+    }
+}
+
+/// A request waiting for its accept.
+struct Pending {
+    batch: Batch,
+    done: oneshot::Sender<Result<AcceptReport, BackendError>>,
+}
+
+/// Most requests waiting for the combiner (a bounded queue: past it, callers wait).
+const COMBINER_QUEUE: usize = 1024;
+/// Most items and payload bytes combined into one script call (a single larger request
+/// still goes alone).
+const GROUP_MAX_ITEMS: usize = 512;
+const GROUP_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Script calls in flight at once.
+const GROUPS_IN_FLIGHT: usize = 4;
+
+/// Group commit: takes whatever requests are waiting, up to the group bounds, and accepts
+/// them with one script call, with a few calls in flight at once. Under load this turns
+/// hundreds of round trips and script invocations per second into a few, which is most of
+/// Redis's cost per event; idle, a request goes alone at once. Ends when every sender (every
+/// clone of the backend that accepts) is gone, after finishing what is in flight.
+async fn combine(backend: RedisBackend, mut queue: mpsc::Receiver<Pending>) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            first = queue.recv(), if open && in_flight.len() < GROUPS_IN_FLIGHT => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let mut items = first.batch.events.len() + first.batch.dead_letters.len();
+                let mut bytes = batch_bytes(&first.batch);
+                let mut group = vec![first];
+                while items < GROUP_MAX_ITEMS && bytes < GROUP_MAX_BYTES {
+                    match queue.try_recv() {
+                        Ok(p) => {
+                            items += p.batch.events.len() + p.batch.dead_letters.len();
+                            bytes += batch_bytes(&p.batch);
+                            group.push(p);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let backend = backend.clone();
+                in_flight.push(async move {
+                    let batches: Vec<&Batch> = group.iter().map(|p| &p.batch).collect();
+                    let outcome = backend.accept_group(&batches).await;
+                    match outcome {
+                        Ok(reports) => {
+                            for (p, r) in group.into_iter().zip(reports) {
+                                let _ = p.done.send(r);
+                            }
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            for p in group {
+                                let _ = p.done.send(Err(match &e {
+                                    BackendError::Protocol(_) => BackendError::Protocol(msg.clone()),
+                                    _ => BackendError::Unavailable(msg.clone()),
+                                }));
+                            }
+                        }
+                    }
+                });
+            }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            else => break,
+        }
+    }
+}
+
+fn batch_bytes(b: &Batch) -> usize {
+    b.events
+        .iter()
+        .chain(&b.dead_letters)
+        .map(|i| i.payload.len() + i.key.len())
+        .sum()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -442,9 +595,14 @@ fn entry(id: &StreamId) -> StreamEntry {
     } else {
         field(id, "deadletter")
     };
+    let key = if id.map.contains_key("event_id") {
+        field(id, "event_id")
+    } else {
+        field(id, "deadletter_id")
+    };
     StreamEntry {
         id: id.id.clone(),
-        key: field(id, "event_id"),
+        key,
         payload,
     }
 }

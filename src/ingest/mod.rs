@@ -193,7 +193,7 @@ pub async fn receive(
         received_at,
     );
     let started = Instant::now();
-    let report = match state.backend.accept(&batch).await {
+    let report = match state.backend.accept(batch).await {
         Ok(r) => r,
         Err(BackendError::Backpressure { backlog }) => {
             BackpressureApplied { backlog }.emit();

@@ -56,13 +56,13 @@ fn batch(events: &[&str], dead: &[&str]) -> Batch {
 async fn accept_reports_fresh_and_duplicates_including_within_a_batch() {
     for b in backends(100).await {
         let r = b
-            .accept(&batch(&["evt_a", "evt_b", "evt_a"], &["dl_x"]))
+            .accept(batch(&["evt_a", "evt_b", "evt_a"], &["dl_x"]))
             .await
             .unwrap();
         assert_eq!(r.events, [true, true, false], "{}", b.name());
         assert_eq!(r.dead_letters, [true]);
         let r = b
-            .accept(&batch(&["evt_b", "evt_c"], &["dl_x"]))
+            .accept(batch(&["evt_b", "evt_c"], &["dl_x"]))
             .await
             .unwrap();
         assert_eq!(r.events, [false, true], "{}", b.name());
@@ -85,20 +85,20 @@ async fn accept_reports_fresh_and_duplicates_including_within_a_batch() {
 #[tokio::test]
 async fn backpressure_stores_nothing_and_duplicates_still_pass() {
     for b in backends(3).await {
-        b.accept(&batch(&["evt_1", "evt_2"], &[])).await.unwrap();
+        b.accept(batch(&["evt_1", "evt_2"], &[])).await.unwrap();
         // Two fresh events would make 4 > 3: refused whole, nothing appended.
-        match b.accept(&batch(&["evt_3", "evt_4"], &["dl_1"])).await {
+        match b.accept(batch(&["evt_3", "evt_4"], &["dl_1"])).await {
             Err(BackendError::Backpressure { backlog }) => assert_eq!(backlog, 2, "{}", b.name()),
             other => panic!("{}: expected backpressure, got {other:?}", b.name()),
         }
         assert_eq!(b.stats().await.unwrap().inbound, 2);
         assert_eq!(b.stats().await.unwrap().deadletter, 0);
         // Pure duplicates need no room and are answered.
-        let r = b.accept(&batch(&["evt_1"], &[])).await.unwrap();
+        let r = b.accept(batch(&["evt_1"], &[])).await.unwrap();
         assert_eq!(r.events, [false]);
         // One fresh fits exactly.
         assert_eq!(
-            b.accept(&batch(&["evt_3"], &[])).await.unwrap().events,
+            b.accept(batch(&["evt_3"], &[])).await.unwrap().events,
             [true]
         );
         // evt_4 was not remembered by the refused call: it is fresh later.
@@ -110,11 +110,56 @@ async fn backpressure_stores_nothing_and_duplicates_still_pass() {
         .await
         .unwrap();
         assert_eq!(
-            b.accept(&batch(&["evt_4"], &[])).await.unwrap().events,
+            b.accept(batch(&["evt_4"], &[])).await.unwrap().events,
             [true],
             "{}",
             b.name()
         );
+    }
+}
+
+/// Concurrent requests are combined into one Redis call (group commit); each must still get
+/// its own outcome: its own duplicates, its own backpressure refusal, nothing of a refused
+/// request stored, and one copy of a key two requests share.
+#[tokio::test]
+async fn concurrent_accepts_keep_their_own_outcomes() {
+    for b in backends(6).await {
+        b.accept(batch(&["evt_0"], &[])).await.unwrap();
+        let requests = vec![
+            batch(&["evt_1", "evt_2"], &["dl_a"]),
+            batch(&["evt_2", "evt_3"], &[]),
+            batch(&["evt_0"], &["dl_a"]),
+            // Would push the backlog past 6 on its own: refused whole.
+            batch(&["evt_10", "evt_11", "evt_12", "evt_13", "evt_14", "evt_15"], &["dl_b"]),
+            batch(&[], &["dl_c"]),
+        ];
+        let outcomes =
+            futures_util::future::join_all(requests.into_iter().map(|r| b.accept(r))).await;
+        let name = b.name();
+        let ok: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .collect();
+        assert_eq!(ok.len(), 4, "{name}: {outcomes:?}");
+        assert!(
+            matches!(outcomes[3], Err(BackendError::Backpressure { .. })),
+            "{name}: {outcomes:?}"
+        );
+        assert_eq!(outcomes[2].as_ref().unwrap().events, [false], "{name}");
+        // evt_2 is in two requests: stored once, whichever ran first.
+        let fresh_2 = [&outcomes[0], &outcomes[1]]
+            .iter()
+            .filter(|o| o.as_ref().unwrap().events.iter().filter(|f| **f).count() == 2)
+            .count();
+        assert_eq!(fresh_2, 1, "{name}: {outcomes:?}");
+        let inbound = b.read(StreamName::Inbound, 100, None).await.unwrap();
+        let mut keys: Vec<&str> = inbound.iter().map(|e| e.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["evt_0", "evt_1", "evt_2", "evt_3"], "{name}");
+        let dead = b.read(StreamName::DeadLetter, 100, None).await.unwrap();
+        let mut dl: Vec<&str> = dead.iter().map(|e| e.key.as_str()).collect();
+        dl.sort();
+        assert_eq!(dl, ["dl_a", "dl_c"], "{name}");
     }
 }
 
@@ -123,7 +168,7 @@ async fn router_moves_each_entry_once_and_events_retention_applies() {
     for b in backends(100).await {
         let keys: Vec<String> = (0..8).map(|i| format!("evt_{i}")).collect();
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        b.accept(&batch(&refs, &[])).await.unwrap();
+        b.accept(batch(&refs, &[])).await.unwrap();
         let got = b
             .read_inbound(
                 "c1",
@@ -189,7 +234,7 @@ async fn a_crashed_consumers_entries_are_claimed_again() {
         connect_timeout_ms: 1000,
     };
     let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100)).unwrap()));
-    b.accept(&batch(&["evt_a", "evt_b"], &[])).await.unwrap();
+    b.accept(batch(&["evt_a", "evt_b"], &[])).await.unwrap();
     let claim = Duration::from_millis(200);
     let taken = b
         .read_inbound("dead", 10, Duration::from_millis(10), claim)
@@ -227,7 +272,7 @@ async fn redis_dedup_keys_expire_with_the_configured_ttl() {
         connect_timeout_ms: 1000,
     };
     let b = RedisBackend::new(&cfg, limits(100)).unwrap();
-    b.accept(&batch(&["evt_ttl"], &[])).await.unwrap();
+    b.accept(batch(&["evt_ttl"], &[])).await.unwrap();
     let ttl: i64 = redis::cmd("TTL")
         .arg(format!("{{{prefix}}}:dedup:v1:evt_ttl"))
         .query_async(&mut conn)
