@@ -58,10 +58,29 @@ pub struct HttpRequestDone<'a> {
     pub elapsed: Duration,
 }
 
+/// A status code as a label without allocating for the codes the gateway answers.
+fn status_label(status: u16) -> metrics::SharedString {
+    let known = match status {
+        200 => "200",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        _ => return status.to_string().into(),
+    };
+    known.into()
+}
+
 impl HttpRequestDone<'_> {
     pub fn emit(self) {
-        let status = self.status.to_string();
-        counter!(HTTP_REQUESTS, "route" => self.route.to_string(), "method" => self.method.to_string(), "status" => status)
+        counter!(HTTP_REQUESTS, "route" => self.route.to_string(), "method" => self.method.to_string(), "status" => status_label(self.status))
             .increment(1);
         histogram!(HTTP_DURATION, "route" => self.route.to_string())
             .record(self.elapsed.as_secs_f64());
@@ -77,7 +96,7 @@ pub struct WebhookAnswered {
 
 impl WebhookAnswered {
     pub fn emit(self) {
-        counter!(WEBHOOK_REQUESTS, "provider" => self.provider, "status" => self.status.to_string(), "code" => self.code)
+        counter!(WEBHOOK_REQUESTS, "provider" => self.provider, "status" => status_label(self.status), "code" => self.code)
             .increment(1);
     }
 }
