@@ -299,7 +299,7 @@ impl RedisBackend {
                 r
             }
         };
-        Ok(reply.ids.iter().map(entry).collect())
+        Ok(reply.ids.into_iter().map(entry).collect())
     }
 
     async fn ensure_group(&self) -> Result<(), BackendError> {
@@ -349,7 +349,7 @@ impl RedisBackend {
                 Ok(reply) if !reply.claimed.is_empty() => {
                     // More may be waiting: look again on the next call.
                     self.last_claim.store(0, Ordering::Relaxed);
-                    return Ok(reply.claimed.iter().map(entry).collect());
+                    return Ok(reply.claimed.into_iter().map(entry).collect());
                 }
                 Ok(_) => {}
                 Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => {
@@ -378,8 +378,8 @@ impl RedisBackend {
         match read {
             Ok(Some(reply)) => Ok(reply
                 .keys
-                .iter()
-                .flat_map(|k| k.ids.iter().map(entry))
+                .into_iter()
+                .flat_map(|k| k.ids.into_iter().map(entry))
                 .collect()),
             Ok(None) => Ok(Vec::new()),
             Err(e) if e.to_string().contains("NOGROUP") => {
@@ -581,27 +581,27 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn field(id: &StreamId, name: &str) -> String {
-    match id.map.get(name) {
-        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(Value::SimpleString(s)) => s.clone(),
-        _ => String::new(),
+/// Takes a field's value out of an entry (no copy; invalid UTF-8, which the gateway never
+/// writes, is replaced rather than failing the batch).
+fn take_field(id: &mut StreamId, name: &str) -> Option<String> {
+    match id.map.remove(name)? {
+        Value::BulkString(b) => Some(
+            String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
     }
 }
 
-fn entry(id: &StreamId) -> StreamEntry {
-    let payload = if id.map.contains_key("event") {
-        field(id, "event")
-    } else {
-        field(id, "deadletter")
-    };
-    let key = if id.map.contains_key("event_id") {
-        field(id, "event_id")
-    } else {
-        field(id, "deadletter_id")
-    };
+fn entry(mut id: StreamId) -> StreamEntry {
+    let payload = take_field(&mut id, "event")
+        .or_else(|| take_field(&mut id, "deadletter"))
+        .unwrap_or_default();
+    let key = take_field(&mut id, "event_id")
+        .or_else(|| take_field(&mut id, "deadletter_id"))
+        .unwrap_or_default();
     StreamEntry {
-        id: id.id.clone(),
+        id: id.id,
         key,
         payload,
     }

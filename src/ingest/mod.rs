@@ -126,7 +126,8 @@ pub async fn receive(
     let src = source(state, source_id)?;
     let provider = src.provider.as_str();
     let limit = state.max_body_bytes;
-    if declared_length(req.headers()).is_some_and(|n| n > limit) {
+    let declared = declared_length(req.headers());
+    if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     if let Some(ip) = client_ip(state, req) {
@@ -141,7 +142,7 @@ pub async fn receive(
     if method == Method::Post {
         check_media_type(req.headers(), src.accepted_media_types())?;
     }
-    let body = read_body(&mut payload, limit).await?;
+    let body = read_body(&mut payload, limit, declared).await?;
 
     // 2. Verify the raw bytes.
     let unverified = Unverified::new(verifier_headers(req.headers()), body)
@@ -328,18 +329,37 @@ fn check_media_type(
     }
 }
 
-/// Reads the body, refusing past `limit` without buffering more than `limit` bytes.
-async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<Bytes, ApiError> {
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            tracing::debug!(error = %e, "request body read failed");
-            ApiError::BadRequest("the request body could not be read".into())
-        })?;
+/// Reads the body, refusing past `limit` without buffering more than `limit` bytes. A body
+/// that arrives in one chunk (most webhooks) is used as is, without a copy.
+async fn read_body(
+    payload: &mut web::Payload,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<Bytes, ApiError> {
+    let read_failed = |e: actix_web::error::PayloadError| {
+        tracing::debug!(error = %e, "request body read failed");
+        ApiError::BadRequest("the request body could not be read".into())
+    };
+    let Some(first) = payload.next().await else {
+        return Ok(Bytes::new());
+    };
+    let first = first.map_err(read_failed)?;
+    if first.len() > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let Some(second) = payload.next().await else {
+        return Ok(first);
+    };
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).clamp(first.len(), limit));
+    buf.extend_from_slice(&first);
+    let mut next = Some(second);
+    while let Some(chunk) = next {
+        let chunk = chunk.map_err(read_failed)?;
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }
         buf.extend_from_slice(&chunk);
+        next = payload.next().await;
     }
     Ok(buf.freeze())
 }
