@@ -528,40 +528,37 @@ impl Config {
                 validate_common(id, &common, &self.tenants, &mut errs);
             }
             source.validate_provider(id, &mut errs);
-            match source {
-                SourceConfig::Meta(m) => {
-                    if m.app_secrets.is_empty()
-                        || m.app_secrets.iter().any(|s| s.expose().is_empty())
-                    {
+            if let SourceConfig::Meta(m) = source {
+                if m.app_secrets.is_empty()
+                    || m.app_secrets.iter().any(|s| s.expose().is_empty())
+                {
+                    errs.push(format!(
+                        "sources.{id}.app_secrets: give at least one non-empty App Secret (Meta App Dashboard → App settings → Basic)"
+                    ));
+                }
+                if m.verify_token.expose().is_empty() {
+                    errs.push(format!(
+                        "sources.{id}.verify_token: must not be empty (it is the Verify Token typed in the App Dashboard)"
+                    ));
+                }
+                if m.channels.is_empty() {
+                    errs.push(format!(
+                        "sources.{id}.channels: map at least one business id (phone_number_id, WABA id, Page id or Instagram account id) to a tenant"
+                    ));
+                }
+                if self.server.max_body_bytes < 3 * 1024 * 1024 {
+                    errs.push(format!(
+                        "sources.{id}: server.max_body_bytes = {} is below Meta's 3 MB payloads; raise it to at least 3145728",
+                        self.server.max_body_bytes
+                    ));
+                }
+                for (business, tenant) in &m.channels {
+                    if !self.tenants.contains_key(tenant) {
                         errs.push(format!(
-                            "sources.{id}.app_secrets: give at least one non-empty App Secret (Meta App Dashboard → App settings → Basic)"
+                            "sources.{id}.channels.{business} = {tenant:?}: no [tenants.{tenant}] is defined"
                         ));
-                    }
-                    if m.verify_token.expose().is_empty() {
-                        errs.push(format!(
-                            "sources.{id}.verify_token: must not be empty (it is the Verify Token typed in the App Dashboard)"
-                        ));
-                    }
-                    if m.channels.is_empty() {
-                        errs.push(format!(
-                            "sources.{id}.channels: map at least one business id (phone_number_id, WABA id, Page id or Instagram account id) to a tenant"
-                        ));
-                    }
-                    if self.server.max_body_bytes < 3 * 1024 * 1024 {
-                        errs.push(format!(
-                            "sources.{id}: server.max_body_bytes = {} is below Meta's 3 MB payloads; raise it to at least 3145728",
-                            self.server.max_body_bytes
-                        ));
-                    }
-                    for (business, tenant) in &m.channels {
-                        if !self.tenants.contains_key(tenant) {
-                            errs.push(format!(
-                                "sources.{id}.channels.{business} = {tenant:?}: no [tenants.{tenant}] is defined"
-                            ));
-                        }
                     }
                 }
-                _ => {}
             }
         }
         if errs.is_empty() {
