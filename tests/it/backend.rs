@@ -130,16 +130,16 @@ async fn concurrent_accepts_keep_their_own_outcomes() {
             batch(&["evt_2", "evt_3"], &[]),
             batch(&["evt_0"], &["dl_a"]),
             // Would push the backlog past 6 on its own: refused whole.
-            batch(&["evt_10", "evt_11", "evt_12", "evt_13", "evt_14", "evt_15"], &["dl_b"]),
+            batch(
+                &["evt_10", "evt_11", "evt_12", "evt_13", "evt_14", "evt_15"],
+                &["dl_b"],
+            ),
             batch(&[], &["dl_c"]),
         ];
         let outcomes =
             futures_util::future::join_all(requests.into_iter().map(|r| b.accept(r))).await;
         let name = b.name();
-        let ok: Vec<_> = outcomes
-            .iter()
-            .filter_map(|o| o.as_ref().ok())
-            .collect();
+        let ok: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
         assert_eq!(ok.len(), 4, "{name}: {outcomes:?}");
         assert!(
             matches!(outcomes[3], Err(BackendError::Backpressure { .. })),

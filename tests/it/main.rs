@@ -6,4 +6,5 @@ mod helpers;
 mod metrics;
 mod outage;
 mod props;
+mod providers;
 mod webhook;
