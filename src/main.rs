@@ -146,9 +146,8 @@ fn main() -> anyhow::Result<()> {
                     std::io::stdin().read_to_end(&mut body)?;
                 }
             }
-            let url = url.unwrap_or_else(|| {
-                format!("http://{}/webhooks/{source}", config.server.bind)
-            });
+            let url =
+                url.unwrap_or_else(|| format!("http://{}/webhooks/{source}", config.server.bind));
             let req = SignRequest {
                 method: if get { Method::Get } else { Method::Post },
                 url: &url,

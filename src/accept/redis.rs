@@ -23,9 +23,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::{RedisError, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -586,7 +586,8 @@ fn now_ms() -> u64 {
 fn take_field(id: &mut StreamId, name: &str) -> Option<String> {
     match id.map.remove(name)? {
         Value::BulkString(b) => Some(
-            String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         ),
         Value::SimpleString(s) => Some(s),
         _ => None,

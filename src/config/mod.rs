@@ -529,9 +529,7 @@ impl Config {
             }
             source.validate_provider(id, &mut errs);
             if let SourceConfig::Meta(m) = source {
-                if m.app_secrets.is_empty()
-                    || m.app_secrets.iter().any(|s| s.expose().is_empty())
-                {
+                if m.app_secrets.is_empty() || m.app_secrets.iter().any(|s| s.expose().is_empty()) {
                     errs.push(format!(
                         "sources.{id}.app_secrets: give at least one non-empty App Secret (Meta App Dashboard → App settings → Basic)"
                     ));

@@ -14,9 +14,9 @@ use tracing::Instrument;
 use crate::accept::StreamName;
 use crate::error::ApiError;
 use crate::event::Provider;
-use crate::verify::Method;
 use crate::internal_events::{HttpRequestDone, WebhookAnswered};
 use crate::state::AppState;
+use crate::verify::Method;
 
 pub type State = web::Data<AppState>;
 
@@ -290,7 +290,10 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
-        p if p.strip_prefix("/webhooks/").is_some_and(|rest| !rest.is_empty() && !rest.contains('/')) => {
+        p if p
+            .strip_prefix("/webhooks/")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')) =>
+        {
             "/webhooks/{source}"
         }
         _ => "unmatched",

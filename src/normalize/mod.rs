@@ -15,11 +15,11 @@ pub mod sinch;
 pub mod standard;
 pub mod telegram;
 pub mod telnyx;
-pub mod twilio;
-pub mod vonage;
 #[cfg(test)]
 pub mod testing;
+pub mod twilio;
 pub mod util;
+pub mod vonage;
 
 use std::collections::HashMap;
 
