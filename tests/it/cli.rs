@@ -86,6 +86,63 @@ fn sign_prints_the_header_meta_would_send() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn sign_signs_the_url_for_url_signing_providers() {
+    let dir = std::env::temp_dir().join(format!("sb-sign-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // twilio/twilio-python @ 306691e7, tests/unit/test_request_validator.py: token 12345,
+    // this URL and these form parameters sign to RSOYDt4T1cUTdK1PDd93/VVr8B8=.
+    let body = dir.join("body");
+    std::fs::write(
+        &body,
+        "CallSid=CA1234567890ABCDE&Caller=%2B14158675309&Digits=1234&From=%2B14158675309&To=%2B18005551212",
+    )
+    .unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[tenants.t]\n[sources.tw]\nprovider = \"twilio\"\nauth_tokens = [\"12345\"]\ntenant = \"t\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["sign", "--source", "tw", "--config"])
+        .arg(&cfg)
+        .arg("--file")
+        .arg(&body)
+        .args(["--url", "https://mycompany.com/myapp.php?foo=1&bar=2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "X-Twilio-Signature: RSOYDt4T1cUTdK1PDd93/VVr8B8="
+    );
+    // A provider that signs with a private key says why it cannot.
+    std::fs::write(
+        &cfg,
+        "[tenants.t]\n[sources.tx]\nprovider = \"telnyx\"\npublic_keys = [\"O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=\"]\ntenant = \"t\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["sign", "--source", "tx", "--config"])
+        .arg(&cfg)
+        .arg("--file")
+        .arg(&body)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("private key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 struct Served {
     child: Child,
     port: u16,
