@@ -22,9 +22,13 @@
 //!   invoice, story, giveaway...) → `message.type` = Telegram's field name verbatim.
 //! - `callback_query` → `kind = postback`, `message.reply {type: callback_query, id: data}`,
 //!   `provider_message_id` = the query id, `reply_to` = the message that had the button.
-//! - Every other update type (my_chat_member, chat_member, chat_join_request,
-//!   message_reaction, inline_query, poll_answer, ...) → `kind = notification`, topic = the
-//!   update field, contact = its chat or user when it has one.
+//! - `message_reaction` → `kind = reaction`, `message.reaction {message_id: "<chat>:<id>",
+//!   emoji: the first new emoji, action: react}` (an empty new set: `unreact` with the old
+//!   emoji), the user as `participant` in groups.
+//! - Every other update type (my_chat_member, chat_member, chat_join_request, inline_query,
+//!   poll_answer, ...) → `kind = notification`, topic = the update field, event = the new
+//!   member status for membership changes (`kicked` = the user blocked the bot), contact =
+//!   its chat or user when it has one.
 //!
 //! Never panics, never drops: what cannot be read becomes a dead letter.
 
@@ -35,7 +39,7 @@ use super::util::{finish, json_body, raw, s, secs, tenant_or_dead, unexpected};
 use super::{Context, Normalized};
 use crate::event::{
     dedup_key, Channel, Direction, Event, EventKind, Location, Media, Message, Notification, Party,
-    Provider, Reply, ReplyTo,
+    Provider, Reaction, Reply, ReplyTo,
 };
 use crate::verify::Verified;
 
@@ -182,6 +186,8 @@ pub fn normalize(req: &Verified, ctx: &Context<'_>) -> Normalized {
         t.message(value, true, &mut out);
     } else if field == "callback_query" {
         t.callback(value, &mut out);
+    } else if field == "message_reaction" {
+        t.reaction(value, &mut out);
     } else {
         t.notification(field, value, &mut out);
     }
@@ -466,6 +472,45 @@ impl Tg<'_> {
         finish(e, out);
     }
 
+    /// `message_reaction`: a user changed their reactions to a message. The new set's first
+    /// emoji is the reaction; an empty new set is a removal (`unreact`, the old emoji kept).
+    fn reaction(&self, v: &Value, out: &mut Normalized) {
+        let (Some(chat), Some(target)) = (v.get("chat").and_then(party), message_ref(v)) else {
+            return unexpected(
+                "Telegram message_reaction without chat.id or message_id".into(),
+                v,
+                out,
+            );
+        };
+        let emoji_of = |key: &str| {
+            v.get(key)
+                .and_then(Value::as_array)
+                .and_then(|list| list.iter().find_map(|r| s(r, "emoji")))
+        };
+        let (emoji, action) = match emoji_of("new_reaction") {
+            Some(e) => (Some(e), "react"),
+            None => (emoji_of("old_reaction"), "unreact"),
+        };
+        let mut e = self.event(EventKind::Reaction, secs(v, "date"));
+        let participant = ["user", "actor_chat"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(party))
+            .filter(|p| p.id != chat.id);
+        e.contact = Some(chat);
+        e.message = Some(Message {
+            kind: "reaction".into(),
+            reaction: Some(Reaction {
+                message_id: target,
+                emoji,
+                action: action.into(),
+            }),
+            participant,
+            ..Message::default()
+        });
+        e.raw = raw(self.ctx, v);
+        finish(e, out);
+    }
+
     fn notification(&self, field: &str, v: &Value, out: &mut Normalized) {
         let mut e = self.event(EventKind::Notification, secs(v, "date"));
         e.contact = ["chat", "from", "user", "voter_chat"]
@@ -473,7 +518,11 @@ impl Tg<'_> {
             .find_map(|k| v.get(*k).and_then(party));
         e.notification = Some(Notification {
             topic: field.to_string(),
-            event: None,
+            // Membership changes say what happened in the member's new status
+            // (`kicked` = the user blocked the bot, `member` = unblocked or joined...).
+            event: v
+                .get("new_chat_member")
+                .and_then(|m| s(m, "status")),
             data: v.clone(),
             standby: false,
         });

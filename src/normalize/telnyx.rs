@@ -266,7 +266,15 @@ fn statuses(
                 "unknown".into()
             }
         });
-        let (ours, provider_state) = state(&word);
+        // message.sent means "handed to the carrier", whatever the recipient's word still
+        // says (Telnyx's own example carries `queued` there): the state is `sent`, the word
+        // stays in provider_state.
+        let (ours, provider_state) =
+            if event_type == "message.sent" && matches!(word.as_str(), "queued" | "sending") {
+                ("sent", Some(word.clone()))
+            } else {
+                state(&word)
+            };
         let mut e = Event::new(
             EventKind::Status,
             Provider::Telnyx,
