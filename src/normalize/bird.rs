@@ -300,36 +300,51 @@ fn status(p: &Value, platform: &str, root: &Value, ctx: &Context<'_>, out: &mut 
         return;
     };
     let state = state_of(&provider_state);
-    let mut e = event(
-        EventKind::Status,
-        channel_of(platform),
-        Direction::Outbound,
-        tenant,
-        dedup_key(Provider::Bird, "msg", &id, Some(&provider_state)),
-        rfc3339(p, "lastStatusAt").or_else(|| rfc3339(p, "updatedAt")),
-        ctx,
-    );
-    e.provider_message_id = Some(id.clone());
-    e.contact = p
+    // The status is the message's; a message to several contacts yields one status event
+    // per contact (each its own conversation), keyed by message id + contact + state.
+    let contacts: Vec<Party> = p
         .get("receiver")
         .and_then(|r| r.get("contacts"))
         .and_then(Value::as_array)
-        .and_then(|c| c.first())
-        .and_then(contact_party);
-    e.business = Some(Party {
-        id: business,
-        ..Party::default()
-    });
-    e.status = Some(Status {
-        state: state.to_string(),
-        provider_state: (state != provider_state).then(|| provider_state.clone()),
-        message_id: Some(id),
-        callback_data: s(p, "reference"),
-        ..Status::default()
-    });
-    e.errors = errors_of(p);
-    e.raw = raw(ctx, root);
-    finish(e, out);
+        .map(|c| c.iter().filter_map(contact_party).collect())
+        .unwrap_or_default();
+    let several = contacts.len() > 1;
+    let contacts: Vec<Option<Party>> = if contacts.is_empty() {
+        vec![None]
+    } else {
+        contacts.into_iter().map(Some).collect()
+    };
+    for contact in contacts {
+        let identity = match (&contact, several) {
+            (Some(c), true) => format!("{id}:{}", c.id),
+            _ => id.clone(),
+        };
+        let mut e = event(
+            EventKind::Status,
+            channel_of(platform),
+            Direction::Outbound,
+            tenant,
+            dedup_key(Provider::Bird, "msg", &identity, Some(&provider_state)),
+            rfc3339(p, "lastStatusAt").or_else(|| rfc3339(p, "updatedAt")),
+            ctx,
+        );
+        e.provider_message_id = Some(id.clone());
+        e.contact = contact;
+        e.business = Some(Party {
+            id: business.clone(),
+            ..Party::default()
+        });
+        e.status = Some(Status {
+            state: state.to_string(),
+            provider_state: (state != provider_state).then(|| provider_state.clone()),
+            message_id: Some(id.clone()),
+            callback_data: s(p, "reference"),
+            ..Status::default()
+        });
+        e.errors = errors_of(p);
+        e.raw = raw(ctx, root);
+        finish(e, out);
+    }
 }
 
 fn notification(
@@ -459,6 +474,28 @@ mod tests {
             };
             assert_eq!(ids(&body), ids(&body), "{}", path.display());
         }
+    }
+
+    #[test]
+    fn a_status_for_several_contacts_is_one_event_each() {
+        let mut body: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(testing::dir(FIXTURES).join("whatsapp_outbound_read.json")).unwrap(),
+        )
+        .unwrap();
+        body["payload"]["receiver"]["contacts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"identifierKey": "phonenumber", "identifierValue": "+31687654321"}));
+        let n = run(&body.to_string());
+        assert_eq!(n.events.len(), 2, "{:?}", n.dead_letters);
+        let contacts: Vec<_> = n
+            .events
+            .iter()
+            .map(|e| e.contact.as_ref().unwrap().id.clone())
+            .collect();
+        assert_eq!(contacts, ["31612345678", "31687654321"]);
+        assert_ne!(n.events[0].event_id, n.events[1].event_id);
+        assert_ne!(n.events[0].conversation_id, n.events[1].conversation_id);
     }
 
     #[test]
