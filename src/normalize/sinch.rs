@@ -308,9 +308,16 @@ fn contact_content(c: &Value) -> Message {
             ..ReplyTo::default()
         });
     } else if let Some(f) = c.get("fallback_message") {
+        // Content Sinch could not map: `raw_message` is the channel's own payload (JSON for
+        // most channels), not text the contact typed. Its type names what arrived; the
+        // payload itself stays in `raw`.
         msg.kind = "unsupported".into();
-        msg.content_type = Some("fallback_message".into());
-        msg.text = s(f, "raw_message");
+        msg.content_type = Some(
+            s(f, "raw_message")
+                .and_then(|r| serde_json::from_str::<Value>(&r).ok())
+                .and_then(|r| s(&r, "type"))
+                .unwrap_or_else(|| "fallback_message".into()),
+        );
     } else if let Some((k, v)) = c
         .as_object()
         .and_then(|o| o.iter().find(|(k, _)| k.as_str() != "reply_to"))
@@ -580,8 +587,11 @@ fn sms_report(o: &Value, ctx: &Context<'_>, out: &mut Normalized) {
         finish(report(recipient, status, s(o, "code"), at), out);
         return;
     }
-    // A batch report: one status per listed recipient.
+    // A batch report: one status per listed recipient. A status entry with counts only (no
+    // recipients, the `summary` report type) is kept in a notification carrying the whole
+    // report; an entry without a status word is a dead letter. Nothing is skipped.
     let mut produced = false;
+    let mut counts_only = false;
     for st in o
         .get("statuses")
         .and_then(Value::as_array)
@@ -589,8 +599,14 @@ fn sms_report(o: &Value, ctx: &Context<'_>, out: &mut Normalized) {
         .flatten()
     {
         let Some(status) = s(st, "status") else {
+            unexpected(
+                format!("SMS {kind} for batch {batch}: a statuses[] entry without status"),
+                st,
+                out,
+            );
             continue;
         };
+        let mut listed = false;
         for r in st
             .get("recipients")
             .and_then(Value::as_array)
@@ -603,10 +619,12 @@ fn sms_report(o: &Value, ctx: &Context<'_>, out: &mut Normalized) {
                 report(r.to_string(), status.clone(), s(st, "code"), None),
                 out,
             );
-            produced = true;
+            listed = true;
         }
+        produced |= listed;
+        counts_only |= !listed;
     }
-    if !produced {
+    if !produced || counts_only {
         // A summary (counts only): nothing to attach to a recipient.
         let mut e = new_event(
             EventKind::Notification,
@@ -671,6 +689,18 @@ mod tests {
     fn run(body: &str) -> Normalized {
         let ch = channels();
         normalize(&Verified::assume_verified(body.to_string()), &ctx(&ch))
+    }
+
+    #[test]
+    fn batch_report_entries_are_never_skipped() {
+        let n = run(r#"{"type":"delivery_report_sms","batch_id":"B1","statuses":[
+            {"code":0,"status":"Delivered","count":1,"recipients":["14155550100"]},
+            {"code":402,"status":"Failed","count":2},
+            {"code":401,"count":1,"recipients":["14155550101"]}]}"#);
+        let kinds: Vec<_> = n.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventKind::Status, EventKind::Notification]);
+        assert_eq!(n.dead_letters.len(), 1);
+        assert_eq!(n.dead_letters[0].reason, DeadReason::UnexpectedShape);
     }
 
     #[test]
