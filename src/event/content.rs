@@ -67,6 +67,16 @@ pub struct Message {
     pub standby: bool,
 }
 
+impl Message {
+    /// Sets the message's media from every item it carries, in order: the first is `media`,
+    /// the others `attachments` (the contract: `attachments` never repeats `media`).
+    pub fn set_media(&mut self, items: impl IntoIterator<Item = Media>) {
+        let mut items = items.into_iter();
+        self.media = items.next();
+        self.attachments = items.collect();
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Media {
     /// image, audio, video, document, sticker, file, share, story_mention, ephemeral, ...

@@ -200,7 +200,9 @@ fn content(body: &Value) -> Message {
         }
         _ => {}
     }
-    msg.media = msg.attachments.first().cloned();
+    // Built above as the full list; the contract keeps the first as `media`.
+    let items = std::mem::take(&mut msg.attachments);
+    msg.set_media(items);
     msg
 }
 

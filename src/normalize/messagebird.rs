@@ -411,16 +411,13 @@ fn conversation_content(m: &Value) -> Message {
             if let Some(o) = content.get(&kind) {
                 let md = media(mtype, o);
                 msg.text = md.caption.clone();
-                msg.attachments = vec![md.clone()];
                 msg.media = Some(md);
             }
         }
         "whatsappSticker" => {
             msg.kind = "sticker".into();
             if let Some(o) = content.get("whatsappSticker") {
-                let md = media("sticker", o);
-                msg.attachments = vec![md.clone()];
-                msg.media = Some(md);
+                msg.media = Some(media("sticker", o));
             }
         }
         "location" => {

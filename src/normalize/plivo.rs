@@ -153,14 +153,14 @@ fn message(p: &Params, uuid: &str, from: &str, to: &str, ctx: &Context<'_>, out:
         title: text.clone(),
         ..Reply::default()
     });
-    event.message = Some(Message {
+    let mut message = Message {
         kind,
         text,
-        media: media.first().cloned(),
-        attachments: media,
         reply,
         ..Message::default()
-    });
+    };
+    message.set_media(media);
+    event.message = Some(message);
     event.errors = errors(p);
     event.raw = raw(ctx, raw_obj);
     finish(event, out);

@@ -279,7 +279,6 @@ fn contact_content(c: &Value) -> Message {
             ..Media::default()
         };
         msg.text = media.caption.clone();
-        msg.attachments = vec![media.clone()];
         msg.media = Some(media);
     } else if let Some(l) = c.get("location_message") {
         msg.kind = "location".into();
@@ -494,7 +493,7 @@ fn sms_inbound(o: &Value, kind: &str, ctx: &Context<'_>, out: &mut Normalized) {
         _ => {
             let body = o.get("body").unwrap_or(&Value::Null);
             msg.text = s(body, "message");
-            msg.attachments = body
+            let items: Vec<Media> = body
                 .get("media")
                 .and_then(Value::as_array)
                 .into_iter()
@@ -515,7 +514,7 @@ fn sms_inbound(o: &Value, kind: &str, ctx: &Context<'_>, out: &mut Normalized) {
                     }
                 })
                 .collect();
-            msg.media = msg.attachments.first().cloned();
+            msg.set_media(items);
             if let Some(m) = &msg.media {
                 msg.kind = m.kind.clone();
             }

@@ -304,11 +304,9 @@ fn message(
     e.provider_message_id = Some(id);
     e.contact = Some(contact);
     e.business = Some(business);
-    e.message = Some(Message {
+    let mut message = Message {
         kind,
         text,
-        media: media.first().cloned(),
-        attachments: media,
         location,
         reply,
         reply_to: reply_to.map(|id| ReplyTo {
@@ -316,7 +314,9 @@ fn message(
             ..ReplyTo::default()
         }),
         ..Message::default()
-    });
+    };
+    message.set_media(media);
+    e.message = Some(message);
     e.raw = raw(ctx, root);
     finish(e, out);
     Ok(())

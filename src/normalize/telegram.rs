@@ -260,7 +260,6 @@ fn content(m: &Value) -> (bool, Message) {
     let media = |msg: &mut Message, kind: &str, media: Media| {
         msg.kind = kind.into();
         msg.text = media.caption.clone();
-        msg.attachments = vec![media.clone()];
         msg.media = Some(media);
     };
     if let Some(text) = s(m, "text") {

@@ -192,13 +192,13 @@ fn inbound(data: &Value, payload: &Value, ctx: &Context<'_>, out: &mut Normalize
         id: business,
         ..Party::default()
     });
-    e.message = Some(Message {
+    let mut message = Message {
         kind,
         text,
-        media: media.first().cloned(),
-        attachments: media,
         ..Message::default()
-    });
+    };
+    message.set_media(media);
+    e.message = Some(message);
     e.errors = errors(payload);
     e.raw = raw(ctx, data);
     finish(e, out);

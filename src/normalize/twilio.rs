@@ -389,8 +389,7 @@ fn message(p: &Params, sid: &str, from: &str, to: &str, ctx: &Context<'_>, out: 
             ..Reply::default()
         });
     }
-    msg.media = media.first().cloned();
-    msg.attachments = media;
+    msg.set_media(media);
     msg.location = location;
     if let Some(replied) = p.get("OriginalRepliedMessageSid") {
         msg.reply_to = Some(ReplyTo {

@@ -311,15 +311,12 @@ fn messages_content(o: &Value, provider_type: &str) -> Message {
                 media(media_kind(&kind), c)
             })
             .collect();
-        if msg.media.is_none() {
-            msg.media = attachments.first().cloned();
-        }
         if msg.text.is_none() {
             msg.text = attachments.iter().find_map(|a| a.caption.clone());
         }
-        msg.attachments = attachments;
-    } else if let Some(m) = &msg.media {
-        msg.attachments = vec![m.clone()];
+        // A typed media object (image, file...) next to `content` is the first item.
+        let typed = msg.media.take();
+        msg.set_media(typed.into_iter().chain(attachments));
     }
     if let Some(c) = o.get("context") {
         if provider_type != "reaction" {
