@@ -229,6 +229,14 @@ fn sms_report(o: &Value, ctx: &Context<'_>, out: &mut Normalized) {
     });
     let mut st = status_of(state, &status, &id);
     st.callback_data = s(o, "reference");
+    // `price[amount]` / `price[currency]` (form-style keys) and the network, when given.
+    if let Some(amount) = s(o, "price[amount]") {
+        st.pricing = Some(serde_json::json!({
+            "amount": amount,
+            "currency": s(o, "price[currency]"),
+            "mccmnc": s(o, "mccmnc"),
+        }));
+    }
     e.status = Some(st);
     // statusErrorCode explains a failure; on a success it is absent or meaningless.
     let failure = matches!(state, "failed" | "expired" | "unknown");

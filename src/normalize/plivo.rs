@@ -231,10 +231,28 @@ fn status(
         display: Some(from.trim().to_string()),
         ..Party::default()
     });
+    // WhatsApp statuses carry the conversation (window) they were charged to, and every
+    // receipt the amount charged.
+    let conversation = p.get("ConversationID").filter(|c| !c.is_empty()).map(|id| {
+        serde_json::json!({
+            "id": id,
+            "origin": p.get("ConversationOrigin"),
+            "expiration": p.get("ConversationExpirationTimestamp"),
+        })
+    });
+    let pricing = p.get("TotalAmount").filter(|a| !a.is_empty()).map(|amount| {
+        serde_json::json!({
+            "amount": amount,
+            "rate": p.get("TotalRate"),
+            "units": p.get("Units"),
+        })
+    });
     event.status = Some(Status {
         state: state.to_string(),
         provider_state: (state != word).then(|| word.to_string()),
         message_id: Some(uuid.to_string()),
+        conversation,
+        pricing,
         ..Status::default()
     });
     event.errors = errors(p);
