@@ -5,22 +5,63 @@
 -- ARGV[3] events min id for age retention ('0' = none)
 -- ARGV[4..] triples: inbound entry id, event id, event JSON
 --
--- An entry is published only if this call acknowledges it (XACK returns 1): an entry that
--- another consumer already moved after claiming it is skipped, so each entry reaches the
--- events stream once. Returns the number moved.
+-- Each entry reaches the events stream once. Publishing an entry deletes it from the inbound
+-- stream in the same script, so an entry that still exists there has not been published by
+-- anyone. Common case: one XACK acknowledges the whole batch and every entry was ours (the
+-- ack count says so): publish all, then one XDEL. Otherwise (another consumer claimed and
+-- moved some after we read them) each entry is published only if it still exists.
+-- Returns the number moved.
 local maxlen = tonumber(ARGV[2])
-local moved = 0
+local n = (#ARGV - 3) / 3
+if n < 1 then
+  return 0
+end
+local ids = {}
 for i = 4, #ARGV, 3 do
-  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    if maxlen > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'event_id', ARGV[i + 1], 'event', ARGV[i + 2])
-    else
-      redis.call('XADD', KEYS[2], '*', 'event_id', ARGV[i + 1], 'event', ARGV[i + 2])
-    end
-    redis.call('XDEL', KEYS[1], ARGV[i])
-    moved = moved + 1
+  ids[#ids + 1] = ARGV[i]
+end
+
+local function publish(i)
+  if maxlen > 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'event_id', ARGV[i + 1], 'event', ARGV[i + 2])
+  else
+    redis.call('XADD', KEYS[2], '*', 'event_id', ARGV[i + 1], 'event', ARGV[i + 2])
   end
 end
+
+-- XACK / XDEL over all ids, in chunks (unpack is bounded by Lua's C stack).
+local function each_chunk(cmd, ...)
+  local extra = {...}
+  local total = 0
+  for first = 1, #ids, 1000 do
+    local args = {}
+    for _, a in ipairs(extra) do
+      args[#args + 1] = a
+    end
+    for j = first, math.min(first + 999, #ids) do
+      args[#args + 1] = ids[j]
+    end
+    total = total + redis.call(cmd, KEYS[1], unpack(args))
+  end
+  return total
+end
+
+local moved = 0
+local acked = each_chunk('XACK', ARGV[1])
+if acked == n then
+  for i = 4, #ARGV, 3 do
+    publish(i)
+  end
+  moved = n
+else
+  for i = 4, #ARGV, 3 do
+    if #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then
+      publish(i)
+      moved = moved + 1
+    end
+  end
+end
+each_chunk('XDEL')
 if ARGV[3] ~= '0' then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[3])
 end
