@@ -36,6 +36,20 @@ pub enum ApiError {
     BadRequest(String),
     #[error("no route for this method and path")]
     NotFound,
+    #[error("no tenant named {0:?} is configured")]
+    UnknownTenant(String),
+    #[error("{message}")]
+    NotFoundResource { code: &'static str, message: String },
+    #[error("tenant {0:?} has no routing configured (set [tenants.{0}.routing] or PUT its rules)")]
+    RoutingNotConfigured(String),
+    #[error("invalid routing rules: {}", .0.join("; "))]
+    InvalidRules(Vec<String>),
+    #[error("the rule set changed meanwhile: version {current} is current")]
+    VersionConflict { current: u64 },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    AgentUnavailable(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("internal error")]
@@ -63,6 +77,13 @@ impl ApiError {
             ApiError::ApiDisabled => "api_disabled",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound => "not_found",
+            ApiError::UnknownTenant(_) => "unknown_tenant",
+            ApiError::NotFoundResource { code, .. } => code,
+            ApiError::RoutingNotConfigured(_) => "routing_not_configured",
+            ApiError::InvalidRules(_) => "invalid_rules",
+            ApiError::VersionConflict { .. } => "version_conflict",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::AgentUnavailable(_) => "agent_unavailable",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Internal => "internal",
         }
@@ -83,7 +104,15 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::UnknownSource(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UnknownSource(_)
+            | ApiError::NotFound
+            | ApiError::UnknownTenant(_)
+            | ApiError::NotFoundResource { .. }
+            | ApiError::RoutingNotConfigured(_) => StatusCode::NOT_FOUND,
+            ApiError::InvalidRules(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::VersionConflict { .. }
+            | ApiError::Conflict(_)
+            | ApiError::AgentUnavailable(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidSignature | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -24,6 +24,23 @@ pub const STREAM_LENGTH: &str = "switchboard_stream_length";
 pub const STREAM_PENDING: &str = "switchboard_stream_pending";
 pub const ROUTED_EVENTS: &str = "switchboard_routed_events_total";
 pub const ROUTER_BATCH_DURATION: &str = "switchboard_router_batch_duration_seconds";
+pub const ROUTING_ASSIGNMENTS: &str = "switchboard_routing_assignments_total";
+pub const ROUTING_DECISION_DURATION: &str = "switchboard_routing_decision_duration_seconds";
+pub const ROUTING_DECISIONS_PER_CALL: &str = "switchboard_routing_decisions_per_call";
+pub const ROUTING_QUEUE_WAIT: &str = "switchboard_routing_queue_wait_seconds";
+pub const ROUTING_QUEUE_DEPTH: &str = "switchboard_routing_queue_depth";
+pub const ROUTING_QUEUE_OLDEST: &str = "switchboard_routing_queue_oldest_wait_seconds";
+pub const ROUTING_AGENTS: &str = "switchboard_routing_agents";
+pub const ROUTING_UTILIZATION: &str = "switchboard_routing_agent_utilization_ratio";
+pub const ROUTING_RULESET_CHANGES: &str = "switchboard_routing_ruleset_changes_total";
+
+/// Queue wait buckets (seconds): 1 s .. 4 h.
+const WAIT_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0,
+];
+
+/// Decisions per routing store call (batch sizes).
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0];
 
 /// Latency buckets (seconds) for request and accept histograms: 0.5 ms .. 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -37,9 +54,19 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install_recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            // Full-name matchers are consulted before suffix matchers.
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .expect("bucket list is non-empty");
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(ROUTING_QUEUE_WAIT.into()), WAIT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(ROUTING_DECISIONS_PER_CALL.into()),
+                        COUNT_BUCKETS,
+                    )
+                })
+                .expect("bucket lists are non-empty");
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (an embedding program's); then ours
@@ -243,5 +270,89 @@ impl BatchRouted {
         counter!(ROUTED_EVENTS, "router" => self.router).increment(self.count as u64);
         histogram!(ROUTER_BATCH_DURATION, "router" => self.router)
             .record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// A routing decision was made (for a message, a drain or an API operation).
+pub struct RoutingDecided<'a> {
+    pub strategy: &'a str,
+    pub action: &'a str,
+}
+
+impl RoutingDecided<'_> {
+    pub fn emit(self) {
+        // Strategy names come from code (built-ins and registered ones), actions from a
+        // fixed vocabulary: both bounded.
+        counter!(ROUTING_ASSIGNMENTS, "strategy" => self.strategy.to_string(), "action" => self.action.to_string())
+            .increment(1);
+    }
+}
+
+/// One routing store call decided a tenant's part of a batch.
+pub struct RoutingDecisionTimed {
+    pub decisions: usize,
+    pub elapsed: Duration,
+}
+
+impl RoutingDecisionTimed {
+    pub fn emit(self) {
+        histogram!(ROUTING_DECISION_DURATION).record(self.elapsed.as_secs_f64());
+        histogram!(ROUTING_DECISIONS_PER_CALL).record(self.decisions as f64);
+    }
+}
+
+/// A queued conversation was assigned after waiting.
+pub struct RoutingDrained {
+    pub wait_ms: u64,
+}
+
+impl RoutingDrained {
+    pub fn emit(self) {
+        histogram!(ROUTING_QUEUE_WAIT).record(self.wait_ms as f64 / 1000.0);
+    }
+}
+
+/// A tenant's rule set was replaced.
+pub struct RulesetApplied<'a> {
+    pub tenant: &'a str,
+    pub version: u64,
+    pub origin: &'a str,
+}
+
+impl RulesetApplied<'_> {
+    pub fn emit(self) {
+        tracing::info!(
+            tenant = self.tenant,
+            version = self.version,
+            origin = self.origin,
+            "routing rules applied"
+        );
+        let origin = if self.origin == "api" { "api" } else { "file" };
+        counter!(ROUTING_RULESET_CHANGES, "origin" => origin).increment(1);
+    }
+}
+
+/// Queue and agent gauges, sampled periodically over every tenant.
+pub struct RoutingSampled {
+    pub queued: u64,
+    pub oldest_wait_ms: u64,
+    pub online: u64,
+    pub away: u64,
+    pub offline: u64,
+    pub utilization_min: f64,
+    pub utilization_mean: f64,
+    pub utilization_max: f64,
+}
+
+impl RoutingSampled {
+    pub fn emit(self) {
+        gauge!(ROUTING_QUEUE_DEPTH).set(self.queued as f64);
+        gauge!(ROUTING_QUEUE_OLDEST).set(self.oldest_wait_ms as f64 / 1000.0);
+        gauge!(ROUTING_AGENTS, "presence" => "online").set(self.online as f64);
+        gauge!(ROUTING_AGENTS, "presence" => "away").set(self.away as f64);
+        gauge!(ROUTING_AGENTS, "presence" => "offline").set(self.offline as f64);
+        gauge!(ROUTING_UTILIZATION, "stat" => "min").set(self.utilization_min);
+        gauge!(ROUTING_UTILIZATION, "stat" => "mean").set(self.utilization_mean);
+        gauge!(ROUTING_UTILIZATION, "stat" => "max").set(self.utilization_max);
     }
 }

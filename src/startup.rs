@@ -19,9 +19,19 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::ingest::http::{configure, not_found, observe};
-use crate::internal_events::{install_recorder, StreamSampled};
-use crate::route::Router;
-use crate::state::AppState;
+use crate::internal_events::{install_recorder, RoutingSampled, StreamSampled};
+use crate::route::strategy::Strategies;
+use crate::route::{Engine, Router};
+use crate::state::{routing_store, AppState};
+
+/// What an embedding program (or `main`) can add to a configuration.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The file the configuration came from (`POST /v1/routing/reload` re-reads it).
+    pub config_path: Option<std::path::PathBuf>,
+    /// Routing strategies rules may name (default: the built-in ones).
+    pub strategies: Strategies,
+}
 
 pub struct Application {
     port: u16,
@@ -33,9 +43,31 @@ pub struct Application {
 impl Application {
     /// Binds the listener and builds the state; nothing runs until [`Self::run_until_stopped`].
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        Self::build_with(config, Options::default()).await
+    }
+
+    pub async fn build_with(config: Config, options: Options) -> anyhow::Result<Application> {
         let metrics = install_recorder();
-        let state =
-            web::Data::new(AppState::build(&config, metrics).context("cannot set up the backend")?);
+        let mut state = AppState::build(&config, metrics).context("cannot set up the backend")?;
+        state.config_path = options.config_path.clone();
+        if config.routing.enabled {
+            let file = config
+                .tenants
+                .iter()
+                .filter_map(|(id, t)| t.routing.clone().map(|r| (id.clone(), r)))
+                .collect();
+            let engine = Engine::start(
+                routing_store(&state.backend, &config),
+                state.backend.clone(),
+                options.strategies.clone(),
+                config.tenants.keys().cloned().collect(),
+                file,
+            )
+            .await
+            .context("cannot start the routing engine")?;
+            state.engine = Some(Arc::new(engine));
+        }
+        let state = web::Data::new(state);
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("cannot listen on server.bind = {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -78,8 +110,19 @@ impl Application {
     /// Serves until SIGTERM/SIGINT (or the server handle stops it), then shuts down in order.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let router = Router::new(self.state.backend.clone(), &self.config.router);
+        let router = Router::new(
+            self.state.backend.clone(),
+            self.state.engine.clone(),
+            &self.config.router,
+        );
         let router_task = tokio::spawn(router.run(stop_rx.clone()));
+        let maintain_task = self.state.engine.clone().map(|engine| {
+            tokio::spawn(crate::route::maintain(
+                engine,
+                Duration::from_millis(self.config.routing.sweep_interval_ms),
+                stop_rx.clone(),
+            ))
+        });
         let sampler_task = tokio::spawn(sample(self.state.clone(), stop_rx));
         tracing::info!(
             port = self.port,
@@ -91,6 +134,9 @@ impl Application {
         tracing::info!("HTTP server stopped; stopping workers");
         let _ = stop_tx.send(true);
         let _ = router_task.await;
+        if let Some(t) = maintain_task {
+            let _ = t.await;
+        }
         let _ = sampler_task.await;
         served.context("HTTP server failed")
     }
@@ -128,6 +174,21 @@ async fn sample(state: web::Data<AppState>, mut stop: watch::Receiver<bool>) {
                 pending: None,
             }
             .emit();
+        }
+        if let Some(engine) = &state.engine {
+            if let Ok(l) = engine.load_summary().await {
+                RoutingSampled {
+                    queued: l.queued,
+                    oldest_wait_ms: l.oldest_wait_ms,
+                    online: l.online,
+                    away: l.away,
+                    offline: l.offline,
+                    utilization_min: l.utilization_min,
+                    utilization_mean: l.utilization_mean,
+                    utilization_max: l.utilization_max,
+                }
+                .emit();
+            }
         }
     }
 }

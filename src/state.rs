@@ -13,6 +13,7 @@ use crate::config::{BackendKind, Config, SourceConfig};
 use crate::event::Provider;
 use crate::ingest::ratelimit::Limiters;
 use crate::normalize::{self, Context, Normalized};
+use crate::route::store::{memory::MemoryStore, redis::RedisStore, RoutingStore};
 use crate::verify::meta::MetaKeys;
 use crate::verify::{self, Secret, Unverified, Verified, VerifyError};
 
@@ -209,6 +210,10 @@ impl Source {
 pub struct AppState {
     pub sources: HashMap<String, Arc<Source>>,
     pub backend: Backend,
+    /// The routing engine (None with `routing.enabled = false`).
+    pub engine: Option<Arc<crate::route::Engine>>,
+    /// The configuration file, for `POST /v1/routing/reload`.
+    pub config_path: Option<std::path::PathBuf>,
     pub limiters: Limiters,
     pub max_body_bytes: usize,
     pub trusted_proxies: HashSet<IpAddr>,
@@ -237,11 +242,26 @@ impl AppState {
                 })
                 .collect(),
             backend,
+            engine: None,
+            config_path: None,
             limiters: Limiters::from_config(config),
             max_body_bytes: config.server.max_body_bytes,
             trusted_proxies: config.server.trusted_proxies.iter().copied().collect(),
             api_token: config.api.token.clone(),
             metrics,
         })
+    }
+}
+
+/// The routing store that goes with a backend: in-process with the memory backend, the
+/// same Redis (and connection) with the Redis backend.
+pub fn routing_store(backend: &Backend, config: &Config) -> RoutingStore {
+    match backend {
+        Backend::Memory(_) => RoutingStore::Memory(MemoryStore::new()),
+        Backend::Redis(r) => RoutingStore::Redis(Box::new(RedisStore::new(
+            r.connection(),
+            &config.redis.key_prefix,
+            r.command_timeout(),
+        ))),
     }
 }

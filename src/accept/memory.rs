@@ -233,6 +233,43 @@ impl MemoryBackend {
         }
     }
 
+    /// Appends events to the events stream unless their key was seen (see the Redis
+    /// backend's `append_events`).
+    pub fn append_events(&self, items: &[super::Item]) -> usize {
+        let now = Instant::now();
+        let expiry = now + self.limits.dedup_ttl;
+        let mut g = self.lock();
+        g.expire(now, self.limits.memory_max_dedup_keys);
+        let mut appended = 0;
+        for item in items {
+            if g.seen(&item.key, now) {
+                continue;
+            }
+            g.remember(&item.key, expiry);
+            let id = g.next_id();
+            g.events
+                .push_back((id, item.key.clone(), item.payload.clone()));
+            appended += 1;
+        }
+        self.trim_events(&mut g);
+        appended
+    }
+
+    fn trim_events(&self, g: &mut Inner) {
+        let max_len = self.limits.events_max_len;
+        if max_len > 0 {
+            while g.events.len() as u64 > max_len {
+                g.events.pop_front();
+            }
+        }
+        if !self.limits.events_max_age.is_zero() {
+            let min_ms = now_ms().saturating_sub(self.limits.events_max_age.as_millis() as u64);
+            while g.events.front().is_some_and(|(id, _, _)| id.0 < min_ms) {
+                g.events.pop_front();
+            }
+        }
+    }
+
     pub fn publish(&self, moves: &[StreamEntry]) -> usize {
         let mut g = self.lock();
         let mut moved = 0;
@@ -252,18 +289,7 @@ impl MemoryBackend {
                 .push_back((new_id, entry.key.clone(), entry.payload.clone()));
             moved += 1;
         }
-        let max_len = self.limits.events_max_len;
-        if max_len > 0 {
-            while g.events.len() as u64 > max_len {
-                g.events.pop_front();
-            }
-        }
-        if !self.limits.events_max_age.is_zero() {
-            let min_ms = now_ms().saturating_sub(self.limits.events_max_age.as_millis() as u64);
-            while g.events.front().is_some_and(|(id, _, _)| id.0 < min_ms) {
-                g.events.pop_front();
-            }
-        }
+        self.trim_events(&mut g);
         moved
     }
 }

@@ -195,6 +195,15 @@ impl Backend {
         }
     }
 
+    /// Appends events straight to the events stream, each unless its key (event id) was
+    /// appended or accepted before: assignment changes made without a message.
+    pub async fn append_events(&self, items: &[Item]) -> Result<usize, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.append_events(items)),
+            Backend::Redis(b) => b.append_events(items).await,
+        }
+    }
+
     /// For the router: append each payload to the events stream and remove its inbound
     /// entry, atomically per batch. An inbound id already moved (by another consumer after a
     /// claim) is skipped, so an entry is published once. Returns how many were moved.

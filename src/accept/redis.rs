@@ -74,6 +74,7 @@ pub struct RedisBackend {
     limits: std::sync::Arc<Limits>,
     accept_script: Script,
     publish_script: Script,
+    append_script: Script,
     command_timeout: Duration,
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
@@ -117,6 +118,7 @@ impl RedisBackend {
             limits: std::sync::Arc::new(limits),
             accept_script: Script::new(include_str!("accept.lua")),
             publish_script: Script::new(include_str!("publish.lua")),
+            append_script: Script::new(include_str!("append.lua")),
             command_timeout,
             last_claim: std::sync::Arc::new(AtomicU64::new(0)),
             combiner: None,
@@ -143,6 +145,15 @@ impl RedisBackend {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// The request-path connection (shared by the routing store).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
     }
 
     /// Runs a request-path future under the command timeout (the connection's own timeout
@@ -426,15 +437,7 @@ impl RedisBackend {
         if moves.is_empty() {
             return Ok(0);
         }
-        let min_id = if self.limits.events_max_age.is_zero() {
-            "0".to_string()
-        } else {
-            let now = now_ms();
-            format!(
-                "{}-0",
-                now.saturating_sub(self.limits.events_max_age.as_millis() as u64)
-            )
-        };
+        let min_id = self.events_min_id();
         let mut inv = self.publish_script.prepare_invoke();
         inv.key(&self.keys.inbound)
             .key(&self.keys.events)
@@ -447,6 +450,39 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         let moved: usize = self.timed(inv.invoke_async(&mut conn)).await?;
         Ok(moved)
+    }
+}
+
+impl RedisBackend {
+    /// Appends events to the events stream, skipping those whose id was appended before.
+    pub async fn append_events(&self, items: &[super::Item]) -> Result<usize, BackendError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.append_script.prepare_invoke();
+        inv.key(&self.keys.events);
+        for it in items {
+            inv.key(self.keys.dedup(&it.key));
+        }
+        inv.arg(self.limits.dedup_ttl.as_secs().max(1))
+            .arg(self.limits.events_max_len)
+            .arg(self.events_min_id());
+        for it in items {
+            inv.arg(&it.key).arg(&it.payload);
+        }
+        let mut conn = self.conn.clone();
+        self.timed(inv.invoke_async(&mut conn)).await
+    }
+
+    fn events_min_id(&self) -> String {
+        if self.limits.events_max_age.is_zero() {
+            "0".to_string()
+        } else {
+            format!(
+                "{}-0",
+                now_ms().saturating_sub(self.limits.events_max_age.as_millis() as u64)
+            )
+        }
     }
 }
 

@@ -122,6 +122,7 @@ pub struct Config {
     pub streams: StreamsConfig,
     pub redis: RedisConfig,
     pub router: RouterConfig,
+    pub routing: RoutingSection,
     pub api: ApiConfig,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
@@ -188,6 +189,18 @@ pub struct RouterConfig {
     pub claim_idle_ms: u64,
 }
 
+/// `[routing]`: the routing engine as a whole (each tenant's rules are in
+/// `[tenants.<id>.routing]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// false: the router only moves events to the events stream, unassigned.
+    pub enabled: bool,
+    /// How often offline grace periods, overflow timeouts and idle conversations are
+    /// checked, queues drained and rule set changes from other replicas picked up.
+    pub sweep_interval_ms: u64,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
@@ -201,6 +214,9 @@ pub struct TenantConfig {
     pub name: Option<String>,
     pub requests_per_sec: Option<u32>,
     pub burst: Option<u32>,
+    /// Agents, teams and rules of this tenant (see docs/routing.md). Absent: its events are
+    /// published unassigned.
+    pub routing: Option<crate::route::model::RoutingConfig>,
 }
 
 /// One webhook endpoint, `/webhooks/{id}`, tagged by provider.
@@ -322,6 +338,7 @@ struct Defaults {
     streams: StreamsConfig,
     redis: RedisConfig,
     router: RouterConfig,
+    routing: RoutingSection,
     api: BTreeMap<String, String>,
 }
 
@@ -366,6 +383,10 @@ fn defaults() -> Defaults {
             batch_size: 256,
             block_ms: 1000,
             claim_idle_ms: 30_000,
+        },
+        routing: RoutingSection {
+            enabled: true,
+            sweep_interval_ms: 1000,
         },
         api: BTreeMap::new(),
     }
@@ -503,6 +524,9 @@ impl Config {
         if self.router.claim_idle_ms < 1000 {
             errs.push("router.claim_idle_ms must be at least 1000".into());
         }
+        if self.routing.sweep_interval_ms < 50 || self.routing.sweep_interval_ms > 60_000 {
+            errs.push("routing.sweep_interval_ms must be 50..=60000".into());
+        }
         for (id, t) in &self.tenants {
             if !valid_id(id) {
                 errs.push(format!(
@@ -513,6 +537,22 @@ impl Config {
                 errs.push(format!(
                     "tenants.{id}: requests_per_sec and burst must be at least 1"
                 ));
+            }
+            if let Some(r) = &t.routing {
+                // Strategy names are checked against the running build's registry when
+                // the engine starts; here only their shape.
+                let shape = |s: &str| {
+                    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                };
+                if let Err(e) = crate::route::model::Ruleset::compile(
+                    id,
+                    0,
+                    r.clone(),
+                    &format!("tenants.{id}.routing"),
+                    &shape,
+                ) {
+                    errs.extend(e);
+                }
             }
         }
         if self.sources.is_empty() {

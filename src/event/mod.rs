@@ -43,6 +43,9 @@ pub enum EventKind {
     Notification,
     /// Errors the provider reported without a message or status to attach them to.
     Error,
+    /// A routing change made without a message from the contact (capacity freed, transfer,
+    /// close, requeue, overflow): carries `assignment` and the conversation's parties.
+    Assignment,
 }
 
 impl EventKind {
@@ -56,6 +59,7 @@ impl EventKind {
             EventKind::System => "system",
             EventKind::Notification => "notification",
             EventKind::Error => "error",
+            EventKind::Assignment => "assignment",
         }
     }
 }
@@ -156,22 +160,56 @@ pub struct Party {
     /// WhatsApp parent business-scoped user id (`parent_user_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_user_id: Option<String>,
+    /// The contact's language as the provider reports it (Telegram `language_code`, an
+    /// IETF tag such as "en" or "pt-BR"), for routing rules on language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
-/// Added by the routing engine (DESIGN.md steps 7-9): who the conversation is assigned to and
-/// why. Absent while events pass through unassigned.
+/// Added by the routing engine (DESIGN.md steps 7-9): who the conversation is assigned to,
+/// how it was chosen and why. On `kind = message` (and reaction, postback, referral) events it
+/// is the decision for that event; on `kind = assignment` events it is a change made without
+/// a message (capacity freed, transfer, close, requeue, overflow). Absent on statuses and
+/// notifications, and for tenants without routing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Assignment {
+    /// What happened: `assigned` (a new owner), `kept` (the open conversation stays with its
+    /// owner), `queued` (waiting for capacity), `waiting` (already queued), `transferred`,
+    /// `requeued` (owner went offline), `overflowed` (moved to the fallback queue after a
+    /// wait), `closed`, `unrouted` (queues full: not queued).
+    #[serde(default)]
+    pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// The owner before this change (transfer, reassignment after going offline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    /// The queue the conversation waits in or was served from (`team:<id>`, `rule:<id>`,
+    /// `rule:<id>:fallback`, `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The rule that matched; absent when the tenant default applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub strategy: String,
+    /// A short explanation, e.g. "rule vip-es → team es-sales, least_loaded: alice 2/5
+    /// open, 3 candidates".
     pub reason: String,
     #[serde(default)]
     pub queued: bool,
+    /// Whether the conversation waited in a queue before this assignment, and how long.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waited: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// Queue priority of the conversation (0..=100, higher first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Eligible candidates the strategy ranked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<u32>,
 }
 
 /// The unified event. See the module docs for the stability rules.

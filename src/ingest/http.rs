@@ -30,6 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/events", web::get().to(list_events))
     .route("/v1/deadletters", web::get().to(list_deadletters))
+    .configure(crate::api::configure)
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(metrics));
@@ -127,30 +128,13 @@ struct ReadQuery {
     after: Option<String>,
 }
 
-fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-    let Some(token) = &state.api_token else {
-        return Err(ApiError::ApiDisabled);
-    };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    if token.matches(presented.trim().as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
-}
-
 async fn read_stream(
     state: &AppState,
     req: &HttpRequest,
     stream: StreamName,
     field: &'static str,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(state, req)?;
+    crate::api::authorize(state, req)?;
     let q = web::Query::<ReadQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let limit = q.limit.unwrap_or(10);
@@ -290,6 +274,7 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
+        p if p.starts_with("/v1/") => crate::api::route_label(p),
         p if p
             .strip_prefix("/webhooks/")
             .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')) =>

@@ -279,6 +279,7 @@ impl Wa<'_> {
             phone,
             user_id,
             parent_user_id,
+            language: None,
         })
     }
 

@@ -240,13 +240,16 @@ fn status(
             "expiration": p.get("ConversationExpirationTimestamp"),
         })
     });
-    let pricing = p.get("TotalAmount").filter(|a| !a.is_empty()).map(|amount| {
-        serde_json::json!({
-            "amount": amount,
-            "rate": p.get("TotalRate"),
-            "units": p.get("Units"),
-        })
-    });
+    let pricing = p
+        .get("TotalAmount")
+        .filter(|a| !a.is_empty())
+        .map(|amount| {
+            serde_json::json!({
+                "amount": amount,
+                "rate": p.get("TotalRate"),
+                "units": p.get("Units"),
+            })
+        });
     event.status = Some(Status {
         state: state.to_string(),
         provider_state: (state != word).then(|| word.to_string()),

@@ -692,10 +692,12 @@ mod tests {
 
     #[test]
     fn batch_report_entries_are_never_skipped() {
-        let n = run(r#"{"type":"delivery_report_sms","batch_id":"B1","statuses":[
+        let n = run(
+            r#"{"type":"delivery_report_sms","batch_id":"B1","statuses":[
             {"code":0,"status":"Delivered","count":1,"recipients":["14155550100"]},
             {"code":402,"status":"Failed","count":2},
-            {"code":401,"count":1,"recipients":["14155550101"]}]}"#);
+            {"code":401,"count":1,"recipients":["14155550101"]}]}"#,
+        );
         let kinds: Vec<_> = n.events.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, [EventKind::Status, EventKind::Notification]);
         assert_eq!(n.dead_letters.len(), 1);

@@ -213,6 +213,7 @@ fn party(v: &Value) -> Option<Party> {
         id: s(v, "id")?,
         name: s(v, "title").or_else(|| full_name(v)),
         username: s(v, "username"),
+        language: s(v, "language_code"),
         ..Party::default()
     })
 }
@@ -368,13 +369,17 @@ impl Tg<'_> {
     }
 
     fn message(&self, m: &Value, edit: bool, out: &mut Normalized) {
-        let (Some(chat), Some(id)) = (m.get("chat").and_then(party), message_ref(m)) else {
+        let (Some(mut chat), Some(id)) = (m.get("chat").and_then(party), message_ref(m)) else {
             return unexpected(
                 "Telegram message without chat.id or message_id".into(),
                 m,
                 out,
             );
         };
+        // A private chat is the user: the chat object has no language, its sender does.
+        if let Some(from) = m.get("from").and_then(party).filter(|f| f.id == chat.id) {
+            chat.language = chat.language.or(from.language);
+        }
         let (service, mut msg) = content(m);
         if edit {
             msg.content_type = Some(std::mem::replace(&mut msg.kind, "edit".into()));
@@ -519,9 +524,7 @@ impl Tg<'_> {
             topic: field.to_string(),
             // Membership changes say what happened in the member's new status
             // (`kicked` = the user blocked the bot, `member` = unblocked or joined...).
-            event: v
-                .get("new_chat_member")
-                .and_then(|m| s(m, "status")),
+            event: v.get("new_chat_member").and_then(|m| s(m, "status")),
             data: v.clone(),
             standby: false,
         });

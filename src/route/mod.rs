@@ -1,10 +1,27 @@
-//! Routing (DESIGN.md steps 7-9). Until the routing engine lands this is the pass-through
-//! router: it moves each accepted event from the inbound stream to the events stream
-//! unchanged and unassigned, with the same guarantees the real router will keep —
-//! at-least-once from inbound (a crashed consumer's entries are claimed again after
-//! `claim_idle_ms`), exactly-once onto the events stream (the publish script acknowledges
-//! and appends in one step and skips entries someone else already moved).
+//! Routing (DESIGN.md steps 7-9): the router worker moves each accepted event from the
+//! inbound stream to the events stream, with its assignment added by the [`engine`] when the
+//! event's tenant has routing configured (pass-through otherwise, or with
+//! `routing.enabled = false`).
+//!
+//! Guarantees: at least once from inbound (a crashed consumer's entries are claimed again
+//! after `claim_idle_ms`), exactly once onto the events stream (the publish script
+//! acknowledges and appends in one step and skips entries someone else already moved), and
+//! reprocessing an entry yields the decision made the first time (the store remembers
+//! decisions by event id), so capacity is never counted twice.
+//!
+//! Layout: [`model`] (rule sets: configuration and compiled form), [`rules`] (pure rule
+//! evaluation), [`strategy`] (ranking agents; a trait users can implement), [`store`]
+//! (atomic state operations: memory and Redis), [`engine`] (puts them together),
+//! [`simulate`] (offline replay of traffic through the rules).
 
+pub mod engine;
+pub mod model;
+pub mod rules;
+pub mod simulate;
+pub mod store;
+pub mod strategy;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -13,8 +30,11 @@ use crate::accept::Backend;
 use crate::config::RouterConfig;
 use crate::internal_events::{BackendFailed, BatchRouted};
 
+pub use engine::Engine;
+
 pub struct Router {
     backend: Backend,
+    engine: Option<Arc<Engine>>,
     consumer: String,
     batch_size: usize,
     block: Duration,
@@ -22,10 +42,12 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(backend: Backend, cfg: &RouterConfig) -> Router {
+    /// `engine`: None for the pass-through router.
+    pub fn new(backend: Backend, engine: Option<Arc<Engine>>, cfg: &RouterConfig) -> Router {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Router {
             backend,
+            engine,
             // Unique per process: a restarted process must not inherit a dead one's pending
             // list by name; it claims it by idle time instead.
             consumer: format!(
@@ -53,16 +75,33 @@ impl Router {
             };
             match read {
                 Ok(entries) if entries.is_empty() => {}
-                Ok(entries) => {
+                Ok(mut entries) => {
                     let started = Instant::now();
-                    // Pass-through: the payload is published as accepted.
+                    if let Some(engine) = &self.engine {
+                        if let Err(e) = engine.route_batch(&mut entries, engine::now_ms()).await {
+                            // Nothing was published: the entries stay pending and are
+                            // routed again (with the decisions already made, if any).
+                            BackendFailed {
+                                backend: engine.store().name(),
+                                op: "route",
+                                error: &e,
+                            }
+                            .emit();
+                            self.pause(&mut backoff, &mut stop).await;
+                            continue;
+                        }
+                    }
                     match self.backend.publish(&entries).await {
                         Ok(moved) => {
                             backoff = Duration::from_millis(100);
                             BatchRouted {
                                 count: moved,
                                 elapsed: started.elapsed(),
-                                router: "passthrough",
+                                router: if self.engine.is_some() {
+                                    "rules"
+                                } else {
+                                    "passthrough"
+                                },
                             }
                             .emit();
                         }
@@ -101,5 +140,25 @@ impl Router {
             _ = tokio::time::sleep(*backoff) => {}
         }
         *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Periodic routing work (sweep, drain, relay, rule set refresh) until `stop` turns true.
+pub async fn maintain(engine: Arc<Engine>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = engine.maintain(engine::now_ms()).await {
+            BackendFailed {
+                backend: engine.store().name(),
+                op: "routing_maintenance",
+                error: &e,
+            }
+            .emit();
+        }
     }
 }

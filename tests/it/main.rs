@@ -7,4 +7,5 @@ mod metrics;
 mod outage;
 mod props;
 mod providers;
+mod routing_store;
 mod webhook;

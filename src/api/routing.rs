@@ -1,0 +1,337 @@
+//! Routing administration: presence, capacity, conversations (close, reopen, transfer,
+//! history), queue depths and agent loads, and the rule sets (read, replace, reload from
+//! the configuration file). Every change goes through the engine, which makes it atomic in
+//! the store and publishes what it changed on the events stream.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{authorize, json_body};
+use crate::error::ApiError;
+use crate::ingest::http::State;
+use crate::route::engine::{now_ms, OpError, RulesetError};
+use crate::route::model::{Presence, RoutingConfig};
+use crate::route::store::{Decided, TransferRefused};
+use crate::route::Engine;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/routing/reload", web::post().to(reload))
+        .route("/v1/tenants/{tenant}/routing", web::get().to(get_rules))
+        .route("/v1/tenants/{tenant}/routing", web::put().to(put_rules))
+        .route("/v1/tenants/{tenant}/agents", web::get().to(agents))
+        .route(
+            "/v1/tenants/{tenant}/agents/{agent}/presence",
+            web::put().to(presence),
+        )
+        .route(
+            "/v1/tenants/{tenant}/agents/{agent}/capacity",
+            web::put().to(capacity),
+        )
+        .route("/v1/tenants/{tenant}/queues", web::get().to(queues))
+        .route(
+            "/v1/tenants/{tenant}/conversations/{conv}",
+            web::get().to(conversation),
+        )
+        .route(
+            "/v1/tenants/{tenant}/conversations/{conv}/close",
+            web::post().to(close),
+        )
+        .route(
+            "/v1/tenants/{tenant}/conversations/{conv}/reopen",
+            web::post().to(reopen),
+        )
+        .route(
+            "/v1/tenants/{tenant}/conversations/{conv}/transfer",
+            web::post().to(transfer),
+        );
+}
+
+fn engine<'a>(state: &'a State, tenant: &str) -> Result<&'a Engine, ApiError> {
+    let engine = state
+        .engine
+        .as_deref()
+        .ok_or_else(|| ApiError::RoutingNotConfigured(tenant.to_string()))?;
+    if !engine.tenants().iter().any(|t| t == tenant) {
+        return Err(ApiError::UnknownTenant(tenant.to_string()));
+    }
+    Ok(engine)
+}
+
+fn op_error(e: OpError) -> ApiError {
+    match e {
+        OpError::NoRouting(t) => ApiError::RoutingNotConfigured(t),
+        OpError::UnknownAgent(a) => ApiError::NotFoundResource {
+            code: "unknown_agent",
+            message: format!("no agent {a:?} in this tenant's routing"),
+        },
+        OpError::UnknownTeam(t) => ApiError::NotFoundResource {
+            code: "unknown_team",
+            message: format!("no team {t:?} in this tenant's routing"),
+        },
+        OpError::UnknownConversation(c) => ApiError::NotFoundResource {
+            code: "unknown_conversation",
+            message: format!(
+                "no conversation {c:?} is known (never routed, or closed and forgotten)"
+            ),
+        },
+        OpError::Conflict(m) => ApiError::Conflict(m),
+        OpError::Transfer(TransferRefused::NotActive) => {
+            ApiError::Conflict("the conversation is not open or queued".into())
+        }
+        OpError::Transfer(t) => ApiError::AgentUnavailable(t.to_string()),
+        OpError::Ruleset(r) => ruleset_error(r),
+        OpError::Backend(e) => {
+            tracing::error!(error = %e, "routing store call failed");
+            ApiError::Unavailable
+        }
+    }
+}
+
+fn ruleset_error(e: RulesetError) -> ApiError {
+    match e {
+        RulesetError::Invalid(errs) => ApiError::InvalidRules(errs),
+        RulesetError::Conflict(c) => ApiError::VersionConflict { current: c.0 },
+        RulesetError::UnknownTenant(t) => ApiError::UnknownTenant(t),
+        RulesetError::Backend(e) => {
+            tracing::error!(error = %e, "routing store call failed");
+            ApiError::Unavailable
+        }
+    }
+}
+
+fn decision(d: &Decided) -> Value {
+    json!({ "assignment": serde_json::from_str::<Value>(&d.assignment).unwrap_or(Value::Null) })
+}
+
+async fn get_rules(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let tenant = path.into_inner();
+    let engine = engine(&state, &tenant)?;
+    let rs = engine
+        .ruleset(&tenant)
+        .ok_or_else(|| ApiError::RoutingNotConfigured(tenant.clone()))?;
+    let stored = engine.store().ruleset(&tenant).await.ok().flatten();
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant": tenant,
+        "version": rs.version,
+        "origin": stored.as_ref().map(|r| r.origin.clone()),
+        "updated_ms": stored.as_ref().map(|r| r.updated_ms),
+        "routing": rs.config,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    /// Optimistic concurrency: refuse (409) unless this is the current version.
+    if_version: Option<u64>,
+}
+
+async fn put_rules(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let tenant = path.into_inner();
+    let engine = engine(&state, &tenant)?;
+    let q = web::Query::<VersionQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    let cfg: RoutingConfig = json_body(&req, &body)?;
+    let version = engine
+        .put_ruleset(&tenant, cfg, q.if_version)
+        .await
+        .map_err(ruleset_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "tenant": tenant, "version": version })))
+}
+
+/// Re-reads the configuration file's `[tenants.*.routing]` sections. Everything is
+/// validated first; on any error nothing changes.
+async fn reload(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let engine = state.engine.as_deref().ok_or_else(|| {
+        ApiError::Conflict("routing is disabled (routing.enabled = false)".into())
+    })?;
+    let Some(path) = &state.config_path else {
+        return Err(ApiError::Conflict(
+            "this gateway was not started from a configuration file".into(),
+        ));
+    };
+    let config = crate::config::Config::load(Some(path)).map_err(|e| match e {
+        crate::config::ConfigError::Invalid(errs) => ApiError::InvalidRules(errs),
+        other => ApiError::InvalidRules(vec![other.to_string()]),
+    })?;
+    let file = config
+        .tenants
+        .iter()
+        .filter_map(|(id, t)| t.routing.clone().map(|r| (id.clone(), r)))
+        .collect();
+    let changed = engine.reload_file(file).await.map_err(ruleset_error)?;
+    let changed: Vec<Value> = changed
+        .into_iter()
+        .map(|(t, v)| json!({ "tenant": t, "version": v }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "changed": changed })))
+}
+
+async fn agents(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let tenant = path.into_inner();
+    let agents = engine(&state, &tenant)?
+        .agents(&tenant)
+        .await
+        .map_err(op_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "agents": agents })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceBody {
+    presence: Presence,
+}
+
+async fn presence(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (tenant, agent) = path.into_inner();
+    let b: PresenceBody = json_body(&req, &body)?;
+    let previous = engine(&state, &tenant)?
+        .set_presence(&tenant, &agent, b.presence)
+        .await
+        .map_err(op_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "agent": agent, "presence": b.presence, "previous": previous
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapacityBody {
+    capacity: u32,
+    channel_capacity: Option<BTreeMap<String, u32>>,
+}
+
+async fn capacity(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (tenant, agent) = path.into_inner();
+    let b: CapacityBody = json_body(&req, &body)?;
+    let version = engine(&state, &tenant)?
+        .set_capacity(&tenant, &agent, b.capacity, b.channel_capacity)
+        .await
+        .map_err(op_error)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "agent": agent, "capacity": b.capacity, "version": version
+    })))
+}
+
+async fn queues(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let tenant = path.into_inner();
+    let queues = engine(&state, &tenant)?
+        .queues(&tenant)
+        .await
+        .map_err(op_error)?;
+    let now = now_ms();
+    let total: u64 = queues.iter().map(|q| q.depth).sum();
+    let queues: Vec<Value> = queues
+        .into_iter()
+        .map(|q| {
+            json!({
+                "queue": q.queue,
+                "depth": q.depth,
+                "oldest_wait_ms": now.saturating_sub(q.oldest_ms),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "queues": queues, "total": total })))
+}
+
+async fn conversation(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (tenant, conv) = path.into_inner();
+    let v = engine(&state, &tenant)?
+        .conversation(&tenant, &conv)
+        .await
+        .map_err(op_error)?;
+    Ok(HttpResponse::Ok().json(v))
+}
+
+async fn close(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (tenant, conv) = path.into_inner();
+    let d = engine(&state, &tenant)?
+        .close(&tenant, &conv)
+        .await
+        .map_err(op_error)?;
+    Ok(HttpResponse::Ok().json(decision(&d)))
+}
+
+async fn reopen(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (tenant, conv) = path.into_inner();
+    let d = engine(&state, &tenant)?
+        .reopen(&tenant, &conv)
+        .await
+        .map_err(op_error)?;
+    Ok(HttpResponse::Ok().json(decision(&d)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    agent: Option<String>,
+    team: Option<String>,
+}
+
+async fn transfer(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (tenant, conv) = path.into_inner();
+    let b: TransferBody = json_body(&req, &body)?;
+    let d = engine(&state, &tenant)?
+        .transfer(&tenant, &conv, b.agent.as_deref(), b.team.as_deref())
+        .await
+        .map_err(op_error)?;
+    Ok(HttpResponse::Ok().json(decision(&d)))
+}

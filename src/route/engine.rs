@@ -1,0 +1,1348 @@
+//! The routing engine: turns events into assignments (DESIGN.md steps 7-9).
+//!
+//! For a batch of events it (1) evaluates each tenant's rules into a plan (pure,
+//! [`super::rules`]), (2) reads one snapshot of the agents and conversations involved,
+//! (3) ranks the eligible agents of each plan with its strategy, simulating the batch's own
+//! assignments so that one batch spreads its conversations like single decisions would, and
+//! (4) hands the ranked lists to the store, which decides atomically. Two round trips per
+//! tenant per batch, whatever the batch size.
+//!
+//! It also owns the other triggers of a decision: draining queues when capacity frees,
+//! the periodic sweep (offline grace, overflow, idle close), the API operations, rule set
+//! reloads, and relaying the store's outbox of assignment changes to the events stream.
+//!
+//! The engine never holds state a decision depends on: presence, loads, ownership and
+//! queues live in the store. Its only state is the compiled rule sets, which it refreshes
+//! from the store so that every replica converges on the same version.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::model::{Agent, Presence, RoutingConfig, Ruleset, Target};
+use super::rules::{self, EventView};
+use super::store::{
+    AgentLive, AgentSpec, ConvState, Decided, DequeueItem, QueueDepth, RouteItem, RouteMode,
+    RoutingStore, RulesetRecord, Settings, Snapshot, SnapshotRequest, SweepReport, TransferRefused,
+    VersionConflict,
+};
+use super::strategy::{Candidate, RankContext, Strategies};
+use crate::accept::{Backend, BackendError, Item, StreamEntry};
+use crate::event::{rfc3339, Channel, SCHEMA_V1};
+use crate::internal_events::{RoutingDecided, RoutingDrained, RulesetApplied};
+
+/// Queue heads looked at per queue in one drain round.
+const DRAIN_HEADS: usize = 64;
+/// Drain rounds per trigger (each assigns what it can from the heads).
+const DRAIN_ROUNDS: usize = 8;
+/// Outbox entries relayed per call.
+const RELAY_BATCH: usize = 256;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a rule set was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesetError {
+    #[error("invalid routing rules:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+    #[error(transparent)]
+    Conflict(#[from] VersionConflict),
+    #[error("no tenant {0:?} is configured")]
+    UnknownTenant(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Why an API operation on a conversation or agent was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("tenant {0:?} has no routing configured")]
+    NoRouting(String),
+    #[error("no agent {0:?} in this tenant's routing")]
+    UnknownAgent(String),
+    #[error("no team {0:?} in this tenant's routing")]
+    UnknownTeam(String),
+    #[error("no conversation {0:?} is known")]
+    UnknownConversation(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Transfer(#[from] TransferRefused),
+    #[error(transparent)]
+    Ruleset(#[from] RulesetError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// What one routed batch did, for the router's metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchOutcome {
+    pub decisions: usize,
+}
+
+pub struct Engine {
+    store: RoutingStore,
+    backend: Backend,
+    strategies: Strategies,
+    tenants: Vec<String>,
+    /// The configuration file's routing per tenant (what `reload` re-reads is passed in).
+    file: RwLock<HashMap<String, RoutingConfig>>,
+    rulesets: RwLock<HashMap<String, Arc<Ruleset>>>,
+}
+
+fn digest(cfg: &RoutingConfig) -> String {
+    let json = serde_json::to_vec(cfg).unwrap_or_default();
+    hex::encode(Sha256::digest(&json))
+}
+
+fn settings(rs: &Ruleset) -> Settings {
+    Settings {
+        sticky_window_ms: rs.sticky_window_ms,
+        offline_grace_ms: rs.offline_grace_ms,
+        keep_offline: rs.offline_policy == super::model::OfflinePolicy::Keep,
+        auto_close_after_ms: rs.auto_close_after_ms,
+        max_queued: rs.max_queued,
+        closed_ttl_ms: rs.sticky_window_ms.max(24 * 3600 * 1000),
+    }
+}
+
+fn agent_specs(rs: &Ruleset) -> Vec<AgentSpec> {
+    rs.agents
+        .iter()
+        .map(|a| AgentSpec {
+            id: a.id.clone(),
+            capacity: if a.assignable() { a.capacity } else { 0 },
+            channel_capacity: {
+                let mut v: Vec<(String, u32)> = a
+                    .channel_capacity
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect();
+                v.sort();
+                v
+            },
+            initial_presence: a.initial_presence,
+        })
+        .collect()
+}
+
+/// "rule vip-es → team es-sales, least_loaded"
+fn reason_prefix(rule: Option<&str>, target: &Target, rs: &Ruleset) -> String {
+    let who = match &target.team {
+        Some(t) => format!("team {t}"),
+        None if target.members.len() == rs.agents.len() && rule.is_none() => {
+            "all agents".to_string()
+        }
+        None if target.members.len() <= 3 => {
+            let names: Vec<&str> = target
+                .members
+                .iter()
+                .map(|i| rs.agents[*i].id.as_str())
+                .collect();
+            format!("agents {}", names.join(", "))
+        }
+        None => format!("{} agents", target.members.len()),
+    };
+    match rule {
+        Some(r) => format!("rule {r} → {who}, {}", target.strategy),
+        None => format!("default → {who}, {}", target.strategy),
+    }
+}
+
+/// The eligible members of `target` for a conversation on `channel`, against the (simulated)
+/// live state, ranked by the target's strategy.
+#[allow(clippy::too_many_arguments)]
+fn rank<'a>(
+    rs: &'a Ruleset,
+    strategies: &Strategies,
+    target: &'a Target,
+    channel: &str,
+    live: &HashMap<String, AgentLive>,
+    conv: &str,
+    last_agent: Option<&str>,
+    now: u64,
+) -> Vec<Candidate<'a>> {
+    let mut out = Vec::new();
+    for &i in &target.members {
+        let a: &Agent = &rs.agents[i];
+        if !a.assignable() || !rs.is_working(a, now) {
+            continue;
+        }
+        let Some(l) = live.get(&a.id) else { continue };
+        if l.presence != Presence::Online || l.load >= l.capacity {
+            continue;
+        }
+        let channel_load = l.channel_load.get(channel).copied().unwrap_or(0);
+        let channel_capacity = l.channel_capacity.get(channel).copied();
+        if channel_capacity.is_some_and(|c| channel_load >= c) {
+            continue;
+        }
+        if !target.skills.iter().all(|s| a.skills.contains_key(s)) {
+            continue;
+        }
+        if !target.languages.is_empty() && !a.languages.iter().any(|l| target.languages.contains(l))
+        {
+            continue;
+        }
+        out.push(Candidate {
+            agent: a,
+            load: l.load,
+            capacity: l.capacity,
+            channel_load,
+            channel_capacity,
+            last_assigned_ms: l.last_ms,
+            proficiency: target
+                .skills
+                .iter()
+                .map(|s| a.skills.get(s).copied().unwrap_or(0) as u32)
+                .sum(),
+        });
+    }
+    let ctx = RankContext {
+        target,
+        conversation: conv,
+        last_agent,
+        now_ms: now,
+    };
+    match strategies.get(&target.strategy) {
+        Some(s) => s.rank(&ctx, &mut out),
+        // A rule set only compiles with known strategies; a strategy unregistered since
+        // (a different build) queues rather than guesses.
+        None => out.clear(),
+    }
+    out
+}
+
+/// The first candidate, as if it had been assigned (so the rest of the batch sees it).
+fn simulate_assign(live: &mut HashMap<String, AgentLive>, agent: &str, channel: &str, now: u64) {
+    if let Some(l) = live.get_mut(agent) {
+        l.load += 1;
+        *l.channel_load.entry(channel.to_string()).or_insert(0) += 1;
+        l.last_ms = now;
+    }
+}
+
+fn conv_meta(v: &EventView) -> String {
+    json!({
+        "source": v.source,
+        "provider": v.provider,
+        "channel": v.channel,
+        "contact": v.contact,
+        "business": v.business,
+    })
+    .to_string()
+}
+
+/// Adds `"assignment": {...}` to an event's JSON (which never has one yet: only the router
+/// sets it), without re-serializing the rest.
+pub fn splice_assignment(payload: &mut String, assignment: &str) {
+    let trimmed = payload.trim_end().len();
+    payload.truncate(trimmed);
+    if payload.ends_with('}') {
+        payload.pop();
+        let empty = payload.trim_end().ends_with('{');
+        if !empty {
+            payload.push(',');
+        }
+        payload.push_str("\"assignment\":");
+        payload.push_str(assignment);
+        payload.push('}');
+    }
+}
+
+impl Engine {
+    /// Loads each tenant's rule set: from the store when it holds one that is newer than
+    /// the file's, else from the configuration file (which is then written to the store).
+    /// When the store does not answer, the file's rule sets apply until it does.
+    pub async fn start(
+        store: RoutingStore,
+        backend: Backend,
+        strategies: Strategies,
+        tenants: Vec<String>,
+        file: HashMap<String, RoutingConfig>,
+    ) -> Result<Engine, RulesetError> {
+        let engine = Engine {
+            store,
+            backend,
+            strategies,
+            tenants,
+            file: RwLock::new(HashMap::new()),
+            rulesets: RwLock::new(HashMap::new()),
+        };
+        // Validate the file first: a bad file is a configuration error at start.
+        let mut errs = Vec::new();
+        for (t, cfg) in &file {
+            if let Err(e) = engine.compile(t, 0, cfg.clone()) {
+                errs.extend(e);
+            }
+        }
+        if !errs.is_empty() {
+            return Err(RulesetError::Invalid(errs));
+        }
+        *engine.file.write().unwrap_or_else(|p| p.into_inner()) = file;
+        if let Err(e) = engine.sync_file(now_ms()).await {
+            tracing::warn!(error = %e, "routing rules not synchronized with the store yet; using the configuration file's");
+            let file = engine.file_configs();
+            for (t, cfg) in file {
+                if let Ok(rs) = engine.compile(&t, 0, cfg) {
+                    engine.install(rs);
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &RoutingStore {
+        &self.store
+    }
+
+    pub fn strategies(&self) -> &Strategies {
+        &self.strategies
+    }
+
+    fn file_configs(&self) -> HashMap<String, RoutingConfig> {
+        self.file.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn compile(
+        &self,
+        tenant: &str,
+        version: u64,
+        cfg: RoutingConfig,
+    ) -> Result<Ruleset, Vec<String>> {
+        let strategies = self.strategies.clone();
+        Ruleset::compile(
+            tenant,
+            version,
+            cfg,
+            &format!("tenants.{tenant}.routing"),
+            &move |s| strategies.contains(s),
+        )
+    }
+
+    fn install(&self, rs: Ruleset) {
+        let mut g = self.rulesets.write().unwrap_or_else(|p| p.into_inner());
+        let newer = g
+            .get(&rs.tenant)
+            .is_none_or(|cur| cur.version <= rs.version);
+        if newer {
+            g.insert(rs.tenant.clone(), Arc::new(rs));
+        }
+    }
+
+    pub fn ruleset(&self, tenant: &str) -> Option<Arc<Ruleset>> {
+        self.rulesets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+    }
+
+    pub fn tenants(&self) -> &[String] {
+        &self.tenants
+    }
+
+    /// Writes the file's rule sets where the store has none, or has an older one: the
+    /// latest change wins, whether it was made in the file or through the API.
+    async fn sync_file(&self, now: u64) -> Result<(), BackendError> {
+        let file = self.file_configs();
+        for tenant in &self.tenants {
+            let stored = self.store.ruleset(tenant).await?;
+            let from_file = file.get(tenant);
+            let file_digest = from_file.map(digest).unwrap_or_default();
+            let use_file = match (&stored, from_file) {
+                (None, Some(_)) => true,
+                (Some(rec), Some(_)) => rec.file_digest != file_digest,
+                (_, None) => false,
+            };
+            if use_file {
+                let cfg = from_file.cloned().unwrap_or_default();
+                let version = stored.as_ref().map_or(0, |r| r.version) + 1;
+                match self
+                    .store_ruleset(
+                        tenant,
+                        cfg,
+                        "file",
+                        &file_digest,
+                        stored.as_ref().map(|r| r.version),
+                        now,
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(RulesetError::Backend(e)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(tenant, version, error = %e, "file rule set not stored")
+                    }
+                }
+            } else if let Some(rec) = stored {
+                self.load_record(tenant, &rec);
+            }
+        }
+        Ok(())
+    }
+
+    fn load_record(&self, tenant: &str, rec: &RulesetRecord) {
+        let cfg: RoutingConfig = match serde_json::from_str(&rec.json) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(tenant, version = rec.version, error = %e, "stored rule set unreadable; keeping the current one");
+                return;
+            }
+        };
+        match self.compile(tenant, rec.version, cfg) {
+            Ok(rs) => {
+                RulesetApplied {
+                    tenant,
+                    version: rec.version,
+                    origin: &rec.origin,
+                }
+                .emit();
+                self.install(rs);
+            }
+            Err(errs) => {
+                tracing::error!(tenant, version = rec.version, errors = %errs.join("; "), "stored rule set does not compile here; keeping the current one")
+            }
+        }
+    }
+
+    async fn store_ruleset(
+        &self,
+        tenant: &str,
+        cfg: RoutingConfig,
+        origin: &str,
+        file_digest: &str,
+        expected: Option<u64>,
+        now: u64,
+    ) -> Result<u64, RulesetError> {
+        let version = expected.unwrap_or(0) + 1;
+        let rs = self
+            .compile(tenant, version, cfg.clone())
+            .map_err(RulesetError::Invalid)?;
+        let record = RulesetRecord {
+            version,
+            json: serde_json::to_string(&cfg).unwrap_or_default(),
+            origin: origin.to_string(),
+            file_digest: file_digest.to_string(),
+            updated_ms: now,
+        };
+        self.store
+            .apply_ruleset(
+                tenant,
+                &record,
+                &agent_specs(&rs),
+                Some(expected.unwrap_or(0)),
+                now,
+            )
+            .await??;
+        RulesetApplied {
+            tenant,
+            version,
+            origin,
+        }
+        .emit();
+        self.install(rs);
+        Ok(version)
+    }
+
+    /// Replaces a tenant's rule set (API). `expected_version`, when given, must be the
+    /// current one (optimistic concurrency). Invalid sets are refused; the old one stays.
+    pub async fn put_ruleset(
+        &self,
+        tenant: &str,
+        cfg: RoutingConfig,
+        expected_version: Option<u64>,
+    ) -> Result<u64, RulesetError> {
+        if !self.tenants.iter().any(|t| t == tenant) {
+            return Err(RulesetError::UnknownTenant(tenant.to_string()));
+        }
+        self.compile(tenant, 0, cfg.clone())
+            .map_err(RulesetError::Invalid)?;
+        let now = now_ms();
+        let stored = self.store.ruleset(tenant).await?;
+        let current = stored.as_ref().map_or(0, |r| r.version);
+        if let Some(v) = expected_version {
+            if v != current {
+                return Err(VersionConflict(current).into());
+            }
+        }
+        let file_digest = self
+            .file_configs()
+            .get(tenant)
+            .map(digest)
+            .unwrap_or_default();
+        let v = self
+            .store_ruleset(tenant, cfg, "api", &file_digest, Some(current), now)
+            .await?;
+        self.drain(tenant, now).await?;
+        Ok(v)
+    }
+
+    /// Re-reads the configuration file's routing (after validating all of it): tenants
+    /// whose file section changed get it as a new version.
+    pub async fn reload_file(
+        &self,
+        file: HashMap<String, RoutingConfig>,
+    ) -> Result<Vec<(String, u64)>, RulesetError> {
+        let mut errs = Vec::new();
+        for (t, cfg) in &file {
+            if !self.tenants.contains(t) {
+                errs.push(format!("tenants.{t}: not a tenant of the running configuration (tenants are not reloaded)"));
+                continue;
+            }
+            if let Err(e) = self.compile(t, 0, cfg.clone()) {
+                errs.extend(e);
+            }
+        }
+        if !errs.is_empty() {
+            return Err(RulesetError::Invalid(errs));
+        }
+        let before = self.file_configs();
+        *self.file.write().unwrap_or_else(|p| p.into_inner()) = file.clone();
+        let mut changed = Vec::new();
+        let now = now_ms();
+        for (t, cfg) in file {
+            if before.get(&t) == Some(&cfg) {
+                continue;
+            }
+            let stored = self.store.ruleset(&t).await?;
+            let v = self
+                .store_ruleset(
+                    &t,
+                    cfg.clone(),
+                    "file",
+                    &digest(&cfg),
+                    stored.map(|r| r.version),
+                    now,
+                )
+                .await?;
+            changed.push((t.clone(), v));
+            self.drain(&t, now).await?;
+        }
+        Ok(changed)
+    }
+
+    /// Picks up rule sets changed by other replicas.
+    pub async fn refresh(&self) -> Result<(), BackendError> {
+        let versions = self.store.ruleset_versions(&self.tenants).await?;
+        for (tenant, v) in self.tenants.iter().zip(versions) {
+            let local = self.ruleset(tenant).map_or(0, |r| r.version);
+            if v > local {
+                if let Some(rec) = self.store.ruleset(tenant).await? {
+                    self.load_record(tenant, &rec);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes a batch read from the inbound stream: adds the decision to each routable
+    /// event's payload. Entries that are not routable (statuses, notifications, tenants
+    /// without routing, unreadable JSON) are left as they are.
+    pub async fn route_batch(
+        &self,
+        entries: &mut [StreamEntry],
+        now: u64,
+    ) -> Result<BatchOutcome, BackendError> {
+        let mut by_tenant: BTreeMap<String, Vec<(usize, EventView)>> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let Ok(view) = serde_json::from_str::<EventView>(&e.payload) else {
+                continue;
+            };
+            if !view.routable() || view.assignment.is_some() {
+                continue;
+            }
+            if self.ruleset(&view.tenant).is_none() {
+                continue;
+            }
+            by_tenant
+                .entry(view.tenant.clone())
+                .or_default()
+                .push((i, view));
+        }
+        let mut outcome = BatchOutcome::default();
+        for (tenant, views) in by_tenant {
+            let Some(rs) = self.ruleset(&tenant) else {
+                continue;
+            };
+            let started = Instant::now();
+            let decided = self.decide(&rs, &views, now).await?;
+            let mut drain = false;
+            for ((i, _), d) in views.iter().zip(&decided) {
+                splice_assignment(&mut entries[*i].payload, &d.assignment);
+                drain |= d.freed || d.action == "queued";
+                RoutingDecided {
+                    strategy: &d.strategy,
+                    action: &d.action,
+                }
+                .emit();
+            }
+            crate::internal_events::RoutingDecisionTimed {
+                decisions: decided.len(),
+                elapsed: started.elapsed(),
+            }
+            .emit();
+            outcome.decisions += decided.len();
+            if drain {
+                self.drain(&tenant, now).await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn decide(
+        &self,
+        rs: &Ruleset,
+        views: &[(usize, EventView)],
+        now: u64,
+    ) -> Result<Vec<Decided>, BackendError> {
+        let plans: Vec<rules::Plan<'_>> =
+            views.iter().map(|(_, v)| rules::plan(rs, v, now)).collect();
+        let mut agents: HashSet<usize> = HashSet::new();
+        for p in &plans {
+            agents.extend(p.target.members.iter().copied());
+        }
+        let convs: Vec<String> = views
+            .iter()
+            .filter_map(|(_, v)| v.conversation_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut agent_ids: Vec<String> = agents.iter().map(|i| rs.agents[*i].id.clone()).collect();
+        // Last agents of the conversations may be outside the targets (sticky).
+        let snap0 = self
+            .store
+            .snapshot(
+                &rs.tenant,
+                &SnapshotRequest {
+                    agents: agent_ids.clone(),
+                    convs: convs.clone(),
+                    queue_heads: 0,
+                },
+            )
+            .await?;
+        let mut extra: Vec<String> = snap0
+            .convs
+            .values()
+            .filter_map(|c| c.last_agent.clone())
+            .filter(|a| !snap0.agents.contains_key(a) && rs.agent(a).is_some())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let snap = if extra.is_empty() {
+            snap0
+        } else {
+            extra.sort();
+            let more = self
+                .store
+                .snapshot(
+                    &rs.tenant,
+                    &SnapshotRequest {
+                        agents: extra.clone(),
+                        convs: Vec::new(),
+                        queue_heads: 0,
+                    },
+                )
+                .await?;
+            agent_ids.extend(extra);
+            let mut s = snap0;
+            s.agents.extend(more.agents);
+            s
+        };
+        let Snapshot {
+            agents: mut live,
+            mut convs,
+            ..
+        } = snap;
+        let mut items = Vec::with_capacity(views.len());
+        for ((_, v), plan) in views.iter().zip(&plans) {
+            let conv = v.conversation_id.clone().unwrap_or_default();
+            let channel = v.channel.as_str();
+            let state = convs.get(&conv).map(|c| c.state);
+            let last_agent = convs.get(&conv).and_then(|c| c.last_agent.clone());
+            let sticky = last_agent.clone().filter(|a| {
+                rs.agent(a)
+                    .is_some_and(|ag| ag.assignable() && rs.is_working(ag, now))
+            });
+            let ranked = rank(
+                rs,
+                &self.strategies,
+                plan.target,
+                channel,
+                &live,
+                &conv,
+                last_agent.as_deref(),
+                now,
+            );
+            let candidates: Vec<String> = ranked.iter().map(|c| c.agent.id.clone()).collect();
+            let considered = ranked.len() as u32;
+            drop(ranked);
+            // What this decision will most likely do, so the next ones in the batch see it.
+            let will_assign = !matches!(state, Some(ConvState::Open) | Some(ConvState::Queued));
+            if will_assign {
+                let sticky_ok = sticky.as_ref().is_some_and(|s| {
+                    live.get(s)
+                        .is_some_and(|l| l.presence == Presence::Online && l.load < l.capacity)
+                });
+                let pick = if sticky_ok {
+                    sticky.clone()
+                } else {
+                    candidates.first().cloned()
+                };
+                if let Some(a) = pick {
+                    simulate_assign(&mut live, &a, channel, now);
+                    // Later events of the same conversation in this batch find it open.
+                    if let Some(c) = convs.get_mut(&conv) {
+                        c.state = ConvState::Open;
+                    } else {
+                        convs.insert(
+                            conv.clone(),
+                            super::store::ConvLive {
+                                state: ConvState::Open,
+                                agent: Some(a),
+                                last_agent: None,
+                                queue: None,
+                                team: None,
+                                rule: None,
+                                strategy: String::new(),
+                                priority: 0,
+                                channel: channel.to_string(),
+                                queued_ms: 0,
+                                opened_ms: now,
+                                closed_ms: 0,
+                                seq: 0,
+                            },
+                        );
+                    }
+                }
+            }
+            let fallback = plan.fallback();
+            items.push(RouteItem {
+                event_id: v.event_id.clone(),
+                conv,
+                channel: channel.to_string(),
+                meta: conv_meta(v),
+                mode: RouteMode::Message,
+                rule: plan.rule_id().map(str::to_string),
+                queue: plan.target.queue.clone(),
+                team: plan.target.team.clone(),
+                strategy: plan.target.strategy.clone(),
+                priority: plan.priority,
+                fallback_queue: fallback.map(|(t, _)| t.queue.clone()),
+                overflow_ms: fallback.map_or(0, |(_, ms)| ms),
+                reason: reason_prefix(plan.rule_id(), plan.target, rs),
+                candidates,
+                considered,
+                sticky,
+            });
+        }
+        self.store
+            .route(&rs.tenant, &settings(rs), now, &items)
+            .await
+    }
+
+    /// Assigns waiting conversations while anyone eligible has capacity, in service order
+    /// (priority, then oldest). Returns how many were assigned.
+    pub async fn drain(&self, tenant: &str, now: u64) -> Result<usize, BackendError> {
+        let Some(rs) = self.ruleset(tenant) else {
+            return Ok(0);
+        };
+        let all: Vec<String> = rs.agents.iter().map(|a| a.id.clone()).collect();
+        let mut total = 0;
+        for _ in 0..DRAIN_ROUNDS {
+            let snap = self
+                .store
+                .snapshot(
+                    tenant,
+                    &SnapshotRequest {
+                        agents: all.clone(),
+                        convs: Vec::new(),
+                        queue_heads: DRAIN_HEADS,
+                    },
+                )
+                .await?;
+            if snap.queued.is_empty() {
+                break;
+            }
+            let mut live = snap.agents;
+            let mut items = Vec::new();
+            for q in &snap.queued {
+                let target = rs.target_for_queue(&q.queue);
+                let ranked = rank(
+                    &rs,
+                    &self.strategies,
+                    &target,
+                    &q.channel,
+                    &live,
+                    &q.conv,
+                    q.last_agent.as_deref(),
+                    now,
+                );
+                if ranked.is_empty() {
+                    continue;
+                }
+                let candidates: Vec<String> = ranked.iter().map(|c| c.agent.id.clone()).collect();
+                let considered = ranked.len() as u32;
+                drop(ranked);
+                simulate_assign(&mut live, &candidates[0], &q.channel, now);
+                items.push(DequeueItem {
+                    conv: q.conv.clone(),
+                    queue: q.queue.clone(),
+                    team: target.team.clone(),
+                    strategy: target.strategy.clone(),
+                    reason: format!(
+                        "capacity freed; {}",
+                        reason_prefix(None, &target, &rs).replacen("default → ", "queue → ", 1)
+                    ),
+                    candidates,
+                    considered,
+                });
+            }
+            if items.is_empty() {
+                break;
+            }
+            let results = self
+                .store
+                .dequeue(tenant, &settings(&rs), now, &items)
+                .await?;
+            let assigned: Vec<&Decided> = results.iter().flatten().collect();
+            for d in &assigned {
+                RoutingDecided {
+                    strategy: &d.strategy,
+                    action: &d.action,
+                }
+                .emit();
+                RoutingDrained {
+                    wait_ms: d.wait_ms.unwrap_or(0),
+                }
+                .emit();
+            }
+            total += assigned.len();
+            if assigned.is_empty() {
+                break;
+            }
+        }
+        if total > 0 {
+            self.relay(tenant).await?;
+        }
+        Ok(total)
+    }
+
+    /// Periodic work for every tenant with routing: requeue the conversations of agents
+    /// offline past their grace, overflow long waits, close idle conversations, drain the
+    /// queues, and publish the resulting assignment events.
+    pub async fn maintain(&self, now: u64) -> Result<(), BackendError> {
+        if let Err(e) = self.refresh().await {
+            tracing::debug!(error = %e, "rule set refresh failed");
+        }
+        for tenant in self.tenants.clone() {
+            let Some(rs) = self.ruleset(&tenant) else {
+                continue;
+            };
+            let report: SweepReport = self.store.sweep(&tenant, &settings(&rs), now).await?;
+            if report.changed() {
+                tracing::info!(
+                    tenant,
+                    requeued = report.requeued,
+                    overflowed = report.overflowed,
+                    closed = report.closed,
+                    "routing sweep"
+                );
+            }
+            self.drain(&tenant, now).await?;
+            self.relay(&tenant).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the outbox's assignment changes on the events stream (deduplicated by
+    /// event id, so a relay interrupted between publishing and acknowledging does not
+    /// publish twice).
+    pub async fn relay(&self, tenant: &str) -> Result<usize, BackendError> {
+        let mut total = 0;
+        loop {
+            let entries = self.store.outbox(tenant, RELAY_BATCH).await?;
+            if entries.is_empty() {
+                return Ok(total);
+            }
+            let items: Vec<Item> = entries
+                .iter()
+                .map(|e| Item {
+                    key: e.event_id.clone(),
+                    payload: assignment_event(tenant, e),
+                })
+                .collect();
+            self.backend.append_events(&items).await?;
+            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+            self.store.outbox_ack(tenant, &ids).await?;
+            total += entries.len();
+            if entries.len() < RELAY_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn require(&self, tenant: &str) -> Result<Arc<Ruleset>, OpError> {
+        self.ruleset(tenant)
+            .ok_or_else(|| OpError::NoRouting(tenant.to_string()))
+    }
+
+    /// Sets an agent's presence; returns the previous one. Going online assigns waiting
+    /// conversations at once; going offline starts the grace period.
+    pub async fn set_presence(
+        &self,
+        tenant: &str,
+        agent: &str,
+        presence: Presence,
+    ) -> Result<Presence, OpError> {
+        let rs = self.require(tenant)?;
+        if rs.agent(agent).is_none() {
+            return Err(OpError::UnknownAgent(agent.to_string()));
+        }
+        let now = now_ms();
+        let previous = self
+            .store
+            .set_presence(tenant, &settings(&rs), now, agent, presence)
+            .await?;
+        if presence == Presence::Offline && rs.offline_grace_ms == 0 {
+            self.store.sweep(tenant, &settings(&rs), now).await?;
+        }
+        self.drain(tenant, now).await?;
+        self.relay(tenant).await?;
+        Ok(previous)
+    }
+
+    /// Changes an agent's capacity: a new rule set version (so every replica and the
+    /// store agree), then waiting conversations are assigned if it rose.
+    pub async fn set_capacity(
+        &self,
+        tenant: &str,
+        agent: &str,
+        capacity: u32,
+        channel_capacity: Option<BTreeMap<String, u32>>,
+    ) -> Result<u64, OpError> {
+        for _ in 0..5 {
+            let rs = self.require(tenant)?;
+            let mut cfg = rs.config.clone();
+            let Some(a) = cfg.agents.get_mut(agent) else {
+                return Err(OpError::UnknownAgent(agent.to_string()));
+            };
+            a.capacity = capacity;
+            if let Some(cc) = &channel_capacity {
+                a.channel_capacity = cc.clone();
+            }
+            match self.put_ruleset(tenant, cfg, Some(rs.version)).await {
+                Ok(v) => return Ok(v),
+                Err(RulesetError::Conflict(_)) => {
+                    self.refresh().await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(OpError::Conflict(
+            "the rule set kept changing; try again".into(),
+        ))
+    }
+
+    pub async fn close(&self, tenant: &str, conv: &str) -> Result<Decided, OpError> {
+        let rs = self.require(tenant)?;
+        let now = now_ms();
+        let d = self
+            .store
+            .close(tenant, &settings(&rs), now, conv, "closed through the API")
+            .await?
+            .ok_or_else(|| {
+                OpError::Conflict(format!("conversation {conv} is not open or queued"))
+            })?;
+        self.drain(tenant, now).await?;
+        self.relay(tenant).await?;
+        Ok(d)
+    }
+
+    /// Reopens a closed conversation: routed like a new message (sticky to its last agent
+    /// within the window), through the rule that last served it.
+    pub async fn reopen(&self, tenant: &str, conv: &str) -> Result<Decided, OpError> {
+        let rs = self.require(tenant)?;
+        let now = now_ms();
+        let (live, _) = self
+            .store
+            .conversation(tenant, conv)
+            .await?
+            .ok_or_else(|| OpError::UnknownConversation(conv.to_string()))?;
+        if live.state != ConvState::Closed {
+            return Err(OpError::Conflict(format!(
+                "conversation {conv} is {}, not closed",
+                live.state.as_str()
+            )));
+        }
+        let rule = live.rule.as_deref().and_then(|r| rs.rule(r));
+        let (target, priority, fallback) = match rule {
+            Some(r) => (
+                &r.target,
+                r.priority,
+                r.fallback
+                    .as_ref()
+                    .map(|f| (f.queue.clone(), r.overflow_after_ms)),
+            ),
+            None => (&rs.default, 0, None),
+        };
+        let d = self
+            .route_api(
+                &rs,
+                conv,
+                &live.channel,
+                RouteMode::Reopen,
+                rule.map(|r| r.id.as_str()),
+                target,
+                priority,
+                fallback,
+                live.last_agent.clone(),
+                now,
+            )
+            .await?;
+        self.relay(tenant).await?;
+        Ok(d)
+    }
+
+    /// Moves a conversation to an agent (manual; refused if they are offline or full) or
+    /// to a team (routed with the team's strategy; queued there if nobody can take it).
+    pub async fn transfer(
+        &self,
+        tenant: &str,
+        conv: &str,
+        agent: Option<&str>,
+        team: Option<&str>,
+    ) -> Result<Decided, OpError> {
+        let rs = self.require(tenant)?;
+        let now = now_ms();
+        let d = match (agent, team) {
+            (Some(a), None) => {
+                let ag = rs
+                    .agent(a)
+                    .ok_or_else(|| OpError::UnknownAgent(a.to_string()))?;
+                if !ag.assignable() {
+                    return Err(OpError::Conflict(format!(
+                        "agent {a} is a viewer and cannot be assigned"
+                    )));
+                }
+                self.store
+                    .transfer_agent(
+                        tenant,
+                        &settings(&rs),
+                        now,
+                        conv,
+                        a,
+                        &format!("transfer to {a}"),
+                    )
+                    .await??
+            }
+            (None, Some(t)) => {
+                let target = rs
+                    .team_target(t)
+                    .ok_or_else(|| OpError::UnknownTeam(t.to_string()))?;
+                let (live, _) = self
+                    .store
+                    .conversation(tenant, conv)
+                    .await?
+                    .ok_or_else(|| OpError::UnknownConversation(conv.to_string()))?;
+                if !matches!(live.state, ConvState::Open | ConvState::Queued) {
+                    return Err(TransferRefused::NotActive.into());
+                }
+                self.route_api(
+                    &rs,
+                    conv,
+                    &live.channel,
+                    RouteMode::Transfer,
+                    live.rule.as_deref(),
+                    &target,
+                    live.priority,
+                    None,
+                    None,
+                    now,
+                )
+                .await?
+            }
+            _ => {
+                return Err(OpError::Conflict(
+                    "give exactly one of `agent` and `team`".into(),
+                ))
+            }
+        };
+        if d.freed {
+            self.drain(tenant, now).await?;
+        }
+        self.relay(tenant).await?;
+        Ok(d)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn route_api(
+        &self,
+        rs: &Ruleset,
+        conv: &str,
+        channel: &str,
+        mode: RouteMode,
+        rule: Option<&str>,
+        target: &Target,
+        priority: u8,
+        fallback: Option<(String, u64)>,
+        last_agent: Option<String>,
+        now: u64,
+    ) -> Result<Decided, BackendError> {
+        let agents: Vec<String> = target
+            .members
+            .iter()
+            .map(|i| rs.agents[*i].id.clone())
+            .chain(last_agent.clone())
+            .collect();
+        let snap = self
+            .store
+            .snapshot(
+                &rs.tenant,
+                &SnapshotRequest {
+                    agents,
+                    convs: Vec::new(),
+                    queue_heads: 0,
+                },
+            )
+            .await?;
+        let ranked = rank(
+            rs,
+            &self.strategies,
+            target,
+            channel,
+            &snap.agents,
+            conv,
+            last_agent.as_deref(),
+            now,
+        );
+        let candidates: Vec<String> = ranked.iter().map(|c| c.agent.id.clone()).collect();
+        let considered = ranked.len() as u32;
+        drop(ranked);
+        let sticky = last_agent.filter(|a| {
+            rs.agent(a)
+                .is_some_and(|ag| ag.assignable() && rs.is_working(ag, now))
+        });
+        let item = RouteItem {
+            event_id: String::new(),
+            conv: conv.to_string(),
+            channel: channel.to_string(),
+            meta: String::new(),
+            mode,
+            rule: rule.map(str::to_string),
+            queue: target.queue.clone(),
+            team: target.team.clone(),
+            strategy: target.strategy.clone(),
+            priority,
+            fallback_queue: fallback.as_ref().map(|f| f.0.clone()),
+            overflow_ms: fallback.map_or(0, |f| f.1),
+            reason: match mode {
+                RouteMode::Transfer => format!(
+                    "transfer → {}",
+                    reason_prefix(None, target, rs).trim_start_matches("default → ")
+                ),
+                _ => format!("reopened; {}", reason_prefix(rule, target, rs)),
+            },
+            candidates,
+            considered,
+            sticky,
+        };
+        let mut d = self
+            .store
+            .route(&rs.tenant, &settings(rs), now, &[item])
+            .await?;
+        let d = d
+            .pop()
+            .ok_or_else(|| BackendError::Protocol("route returned nothing".into()))?;
+        RoutingDecided {
+            strategy: &d.strategy,
+            action: &d.action,
+        }
+        .emit();
+        Ok(d)
+    }
+
+    pub async fn queues(&self, tenant: &str) -> Result<Vec<QueueDepth>, OpError> {
+        self.require(tenant)?;
+        Ok(self.store.queues(tenant).await?)
+    }
+
+    /// Every agent of the tenant with their live state.
+    pub async fn agents(&self, tenant: &str) -> Result<Vec<Value>, OpError> {
+        let rs = self.require(tenant)?;
+        let ids: Vec<String> = rs.agents.iter().map(|a| a.id.clone()).collect();
+        let snap = self
+            .store
+            .snapshot(
+                tenant,
+                &SnapshotRequest {
+                    agents: ids,
+                    convs: Vec::new(),
+                    queue_heads: 0,
+                },
+            )
+            .await?;
+        let now = now_ms();
+        Ok(rs
+            .agents
+            .iter()
+            .map(|a| {
+                let l = snap.agents.get(&a.id).cloned().unwrap_or_default();
+                json!({
+                    "id": a.id,
+                    "name": a.name,
+                    "role": a.role,
+                    "teams": a.teams,
+                    "presence": l.presence,
+                    "presence_since": l.since_ms,
+                    "working": rs.is_working(a, now),
+                    "load": l.load,
+                    "capacity": l.capacity,
+                    "channel_load": l.channel_load,
+                    "channel_capacity": l.channel_capacity,
+                    "last_assigned_ms": l.last_ms,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn conversation(&self, tenant: &str, conv: &str) -> Result<Value, OpError> {
+        self.require(tenant)?;
+        let (live, history) = self
+            .store
+            .conversation(tenant, conv)
+            .await?
+            .ok_or_else(|| OpError::UnknownConversation(conv.to_string()))?;
+        let history: Vec<Value> = history
+            .iter()
+            .filter_map(|h| serde_json::from_str(h).ok())
+            .collect();
+        Ok(json!({ "conversation_id": conv, "state": live, "history": history }))
+    }
+
+    /// Agents by presence and the utilization of online agents, over every tenant (for
+    /// gauges: no per-agent labels).
+    pub async fn load_summary(&self) -> Result<LoadSummary, BackendError> {
+        let mut s = LoadSummary::default();
+        let mut ratios = Vec::new();
+        for tenant in &self.tenants {
+            let Some(rs) = self.ruleset(tenant) else {
+                continue;
+            };
+            let ids: Vec<String> = rs.agents.iter().map(|a| a.id.clone()).collect();
+            let snap = self
+                .store
+                .snapshot(
+                    tenant,
+                    &SnapshotRequest {
+                        agents: ids,
+                        convs: Vec::new(),
+                        queue_heads: 0,
+                    },
+                )
+                .await?;
+            for l in snap.agents.values() {
+                match l.presence {
+                    Presence::Online => {
+                        s.online += 1;
+                        if l.capacity > 0 {
+                            ratios.push(l.load as f64 / l.capacity as f64);
+                        }
+                    }
+                    Presence::Away => s.away += 1,
+                    Presence::Offline => s.offline += 1,
+                }
+            }
+            for q in self.store.queues(tenant).await? {
+                s.queued += q.depth;
+                if q.oldest_ms > 0 {
+                    s.oldest_wait_ms = s.oldest_wait_ms.max(now_ms().saturating_sub(q.oldest_ms));
+                }
+            }
+        }
+        if !ratios.is_empty() {
+            s.utilization_min = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+            s.utilization_max = ratios.iter().cloned().fold(0.0, f64::max);
+            s.utilization_mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+        }
+        Ok(s)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadSummary {
+    pub online: u64,
+    pub away: u64,
+    pub offline: u64,
+    pub utilization_min: f64,
+    pub utilization_mean: f64,
+    pub utilization_max: f64,
+    pub queued: u64,
+    pub oldest_wait_ms: u64,
+}
+
+/// The `kind = assignment` event for an outbox entry.
+pub fn assignment_event(tenant: &str, e: &super::store::OutboxEntry) -> String {
+    let meta: Value = serde_json::from_str(&e.meta).unwrap_or(Value::Null);
+    let assignment: Value = serde_json::from_str(&e.assignment).unwrap_or(Value::Null);
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(e.at_ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let mut ev = serde_json::Map::new();
+    ev.insert("schema".into(), SCHEMA_V1.into());
+    ev.insert("event_id".into(), e.event_id.clone().into());
+    ev.insert("kind".into(), "assignment".into());
+    ev.insert("tenant".into(), tenant.into());
+    ev.insert(
+        "source".into(),
+        meta.get("source").cloned().unwrap_or_else(|| "".into()),
+    );
+    ev.insert(
+        "provider".into(),
+        meta.get("provider")
+            .cloned()
+            .unwrap_or_else(|| "standard".into()),
+    );
+    ev.insert(
+        "channel".into(),
+        meta.get("channel")
+            .cloned()
+            .unwrap_or_else(|| Channel::Other.as_str().into()),
+    );
+    ev.insert("direction".into(), "inbound".into());
+    ev.insert("conversation_id".into(), e.conv.clone().into());
+    for k in ["contact", "business"] {
+        if let Some(p) = meta.get(k).filter(|p| p.is_object()) {
+            ev.insert(k.into(), p.clone());
+        }
+    }
+    ev.insert("occurred_at".into(), rfc3339(at).into());
+    ev.insert("received_at".into(), rfc3339(at).into());
+    ev.insert("assignment".into(), assignment);
+    Value::Object(ev).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_adds_the_assignment_as_a_last_field() {
+        let mut p = String::from("{\"a\":1}\n");
+        splice_assignment(&mut p, "{\"agent\":\"x\"}");
+        let v: Value = serde_json::from_str(&p).unwrap();
+        assert_eq!(v["a"], 1);
+        assert_eq!(v["assignment"]["agent"], "x");
+        let mut p = String::from("{}");
+        splice_assignment(&mut p, "{}");
+        assert!(serde_json::from_str::<Value>(&p).is_ok(), "{p}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Offline replay of traffic through the routing rules (`switchboard routing simulate`).

@@ -1,0 +1,459 @@
+//! Routing state: presence, capacity and load per agent, conversation ownership, queues,
+//! timers and the outbox of assignment changes — and the atomic operations on it.
+//!
+//! The engine computes *what it would like* (a plan and a ranked list of candidates, from a
+//! snapshot); each operation here then decides *what happens* in one atomic step against
+//! the current state: it re-checks presence and capacity for each candidate in order and
+//! takes the first that still qualifies, or queues the conversation. So two routers working
+//! from the same stale snapshot can both ask for the last free slot of an agent, but only one
+//! gets it: capacity is never exceeded, whatever the number of replicas.
+//!
+//! Two implementations with one contract, checked by one conformance suite
+//! (`tests/it/routing.rs`): [`memory`] (in-process) and [`redis`] (one Lua script call per
+//! operation, every key of a tenant in one hash slot).
+//!
+//! Contract of every implementation:
+//! - `route` with an `event_id` already decided returns that decision unchanged and
+//!   changes nothing (idempotent reprocessing after a crash);
+//! - an agent's open conversations never exceed their capacity, in total or per channel;
+//! - a conversation is in at most one state (open with one agent, queued in one queue, or
+//!   closed); every change of state increments its `seq`, is appended to its history and,
+//!   when no message carries it, to the outbox;
+//! - queues are served by priority (higher first), then by time queued (oldest first),
+//!   then by conversation id.
+
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::Presence;
+use crate::accept::BackendError;
+
+/// What an operation needs to know about the tenant's policies (from its rule set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub sticky_window_ms: u64,
+    pub offline_grace_ms: u64,
+    /// Offline agents keep their open conversations (no requeue).
+    pub keep_offline: bool,
+    /// 0 = never auto-close.
+    pub auto_close_after_ms: u64,
+    pub max_queued: u64,
+    /// How long a closed conversation's state (last agent, history) is kept.
+    pub closed_ttl_ms: u64,
+}
+
+/// Conversations whose decisions are remembered for idempotent reprocessing, per
+/// conversation (the most recent ones).
+pub const DECISIONS_KEPT: usize = 16;
+/// History entries kept per conversation (the most recent ones).
+pub const HISTORY_KEPT: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvState {
+    Open,
+    Queued,
+    Closed,
+}
+
+impl ConvState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConvState::Open => "open",
+            ConvState::Queued => "queued",
+            ConvState::Closed => "closed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<ConvState> {
+        match s {
+            "open" => Some(ConvState::Open),
+            "queued" => Some(ConvState::Queued),
+            "closed" => Some(ConvState::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// An agent's live state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct AgentLive {
+    pub presence: Presence,
+    /// When the presence last changed (ms).
+    pub since_ms: u64,
+    pub capacity: u32,
+    pub channel_capacity: HashMap<String, u32>,
+    pub load: u32,
+    pub channel_load: HashMap<String, u32>,
+    /// Last time a conversation was assigned to them (ms; 0 = never).
+    pub last_ms: u64,
+}
+
+/// A conversation's live state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConvLive {
+    pub state: ConvState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub strategy: String,
+    pub priority: u8,
+    pub channel: String,
+    /// When it was queued / assigned / closed (ms; 0 = not applicable).
+    pub queued_ms: u64,
+    pub opened_ms: u64,
+    pub closed_ms: u64,
+    pub seq: u64,
+}
+
+/// A queued conversation, as seen by a drain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedConv {
+    pub conv: String,
+    pub queue: String,
+    pub priority: u8,
+    pub queued_ms: u64,
+    pub channel: String,
+    pub last_agent: Option<String>,
+}
+
+/// What a snapshot should contain.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotRequest {
+    pub agents: Vec<String>,
+    pub convs: Vec<String>,
+    /// Include the first `n` conversations of every non-empty queue (0: none).
+    pub queue_heads: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub agents: HashMap<String, AgentLive>,
+    pub convs: HashMap<String, ConvLive>,
+    /// Heads of every non-empty queue, merged in service order.
+    pub queued: Vec<QueuedConv>,
+}
+
+/// Why the engine asks for a routing decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMode {
+    /// A message from the contact: the decision rides on the event.
+    Message,
+    /// The API reopens a closed conversation.
+    Reopen,
+    /// The API moves a conversation to another team (releasing its owner).
+    Transfer,
+}
+
+impl RouteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteMode::Message => "message",
+            RouteMode::Reopen => "reopen",
+            RouteMode::Transfer => "transfer",
+        }
+    }
+}
+
+/// One routing decision to make.
+#[derive(Debug, Clone)]
+pub struct RouteItem {
+    /// The event the decision is for (empty for API operations).
+    pub event_id: String,
+    pub conv: String,
+    pub channel: String,
+    /// JSON `{source, provider, channel, contact, business}`, kept with the conversation for
+    /// the assignment events it will produce.
+    pub meta: String,
+    pub mode: RouteMode,
+    pub rule: Option<String>,
+    pub queue: String,
+    pub team: Option<String>,
+    pub strategy: String,
+    pub priority: u8,
+    pub fallback_queue: Option<String>,
+    pub overflow_ms: u64,
+    /// "rule vip-es → team es-sales, least_loaded"
+    pub reason: String,
+    /// Ranked, best first.
+    pub candidates: Vec<String>,
+    pub considered: u32,
+    /// The conversation's last agent, when the engine found them assignable (the store
+    /// checks the window, presence and capacity).
+    pub sticky: Option<String>,
+}
+
+/// One queued conversation to try to assign.
+#[derive(Debug, Clone)]
+pub struct DequeueItem {
+    pub conv: String,
+    /// The queue the engine saw it in (skipped if it has moved since).
+    pub queue: String,
+    pub team: Option<String>,
+    pub strategy: String,
+    pub reason: String,
+    pub candidates: Vec<String>,
+    pub considered: u32,
+}
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// The `assignment` object (JSON).
+    pub assignment: String,
+    pub action: String,
+    pub strategy: String,
+    /// Capacity was released (a drain may assign a waiting conversation).
+    pub freed: bool,
+    /// How long it waited before this assignment.
+    pub wait_ms: Option<u64>,
+}
+
+/// A refused manual transfer to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferRefused {
+    #[error("the conversation is not open or queued")]
+    NotActive,
+    #[error("agent {0} is offline")]
+    Offline(String),
+    #[error("agent {0} has no capacity left ({1}/{2} open)")]
+    Full(String, u32, u32),
+    #[error("agent {0} has no capacity left on this channel")]
+    ChannelFull(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub requeued: u32,
+    pub overflowed: u32,
+    pub closed: u32,
+}
+
+impl SweepReport {
+    pub fn changed(&self) -> bool {
+        self.requeued + self.overflowed + self.closed > 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub depth: u64,
+    /// When its oldest conversation was queued (ms).
+    pub oldest_ms: u64,
+}
+
+/// An assignment change waiting to be published on the events stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Position in the outbox (for acknowledging).
+    pub id: String,
+    pub event_id: String,
+    pub conv: String,
+    pub meta: String,
+    pub assignment: String,
+    pub at_ms: u64,
+}
+
+/// The stored rule set of a tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RulesetRecord {
+    pub version: u64,
+    /// The `RoutingConfig` as JSON.
+    pub json: String,
+    /// Where the last change came from: `file` or `api`.
+    pub origin: String,
+    /// SHA-256 (hex) of the configuration file's routing section when it was last applied,
+    /// so that an edited file wins over an older API change at the next start.
+    pub file_digest: String,
+    pub updated_ms: u64,
+}
+
+/// Capacity and initial presence of one agent, written with a rule set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    pub id: String,
+    pub capacity: u32,
+    pub channel_capacity: Vec<(String, u32)>,
+    pub initial_presence: Presence,
+}
+
+/// A rule set write lost a race: the version in the store is now this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the rule set changed meanwhile (version {0} is current)")]
+pub struct VersionConflict(pub u64);
+
+/// The configured routing store (follows the backend).
+#[derive(Clone)]
+pub enum RoutingStore {
+    Memory(memory::MemoryStore),
+    Redis(Box<redis::RedisStore>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            RoutingStore::Memory($s) => Ok($e),
+            RoutingStore::Redis($s) => $e.await,
+        }
+    };
+}
+
+impl RoutingStore {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RoutingStore::Memory(_) => "memory",
+            RoutingStore::Redis(_) => "redis",
+        }
+    }
+
+    pub async fn apply_ruleset(
+        &self,
+        tenant: &str,
+        record: &RulesetRecord,
+        agents: &[AgentSpec],
+        expected_version: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Result<(), VersionConflict>, BackendError> {
+        dispatch!(self, s => s.apply_ruleset(tenant, record, agents, expected_version, now_ms))
+    }
+
+    pub async fn ruleset(&self, tenant: &str) -> Result<Option<RulesetRecord>, BackendError> {
+        dispatch!(self, s => s.ruleset(tenant))
+    }
+
+    /// Current version per tenant (0 = none stored).
+    pub async fn ruleset_versions(&self, tenants: &[String]) -> Result<Vec<u64>, BackendError> {
+        dispatch!(self, s => s.ruleset_versions(tenants))
+    }
+
+    pub async fn snapshot(
+        &self,
+        tenant: &str,
+        req: &SnapshotRequest,
+    ) -> Result<Snapshot, BackendError> {
+        dispatch!(self, s => s.snapshot(tenant, req))
+    }
+
+    pub async fn route(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        items: &[RouteItem],
+    ) -> Result<Vec<Decided>, BackendError> {
+        dispatch!(self, s => s.route(tenant, settings, now_ms, items))
+    }
+
+    pub async fn dequeue(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        items: &[DequeueItem],
+    ) -> Result<Vec<Option<Decided>>, BackendError> {
+        dispatch!(self, s => s.dequeue(tenant, settings, now_ms, items))
+    }
+
+    pub async fn transfer_agent(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        conv: &str,
+        agent: &str,
+        reason: &str,
+    ) -> Result<Result<Decided, TransferRefused>, BackendError> {
+        dispatch!(self, s => s.transfer_agent(tenant, settings, now_ms, conv, agent, reason))
+    }
+
+    pub async fn close(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        conv: &str,
+        reason: &str,
+    ) -> Result<Option<Decided>, BackendError> {
+        dispatch!(self, s => s.close(tenant, settings, now_ms, conv, reason))
+    }
+
+    /// Returns the previous presence.
+    pub async fn set_presence(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        agent: &str,
+        presence: Presence,
+    ) -> Result<Presence, BackendError> {
+        dispatch!(self, s => s.set_presence(tenant, settings, now_ms, agent, presence))
+    }
+
+    pub async fn sweep(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+    ) -> Result<SweepReport, BackendError> {
+        dispatch!(self, s => s.sweep(tenant, settings, now_ms))
+    }
+
+    pub async fn queues(&self, tenant: &str) -> Result<Vec<QueueDepth>, BackendError> {
+        dispatch!(self, s => s.queues(tenant))
+    }
+
+    /// A conversation's state and its history (oldest first, JSON entries).
+    pub async fn conversation(
+        &self,
+        tenant: &str,
+        conv: &str,
+    ) -> Result<Option<(ConvLive, Vec<String>)>, BackendError> {
+        dispatch!(self, s => s.conversation(tenant, conv))
+    }
+
+    pub async fn outbox(&self, tenant: &str, max: usize) -> Result<Vec<OutboxEntry>, BackendError> {
+        dispatch!(self, s => s.outbox(tenant, max))
+    }
+
+    pub async fn outbox_ack(&self, tenant: &str, ids: &[String]) -> Result<(), BackendError> {
+        dispatch!(self, s => s.outbox_ack(tenant, ids))
+    }
+}
+
+/// The id of the assignment event of change `seq` of a conversation: the same on every
+/// relay of that change (SHA-1, the hash Redis scripts have, truncated like event ids).
+pub fn outbox_event_id(conv: &str, seq: u64) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(format!("switchboard:assignment:v1:{conv}:{seq}").as_bytes());
+    format!("evt_{}", &hex::encode(digest)[..32])
+}
+
+/// Sort key of a queued conversation: priority (higher first), then time queued.
+pub fn queue_score(priority: u8, queued_ms: u64) -> f64 {
+    (100u64.saturating_sub(priority as u64) * 10_000_000_000_000 + queued_ms) as f64
+}
+
+/// `1 candidate` / `3 candidates`.
+pub fn candidates_text(n: u32) -> String {
+    if n == 1 {
+        "1 candidate".into()
+    } else {
+        format!("{n} candidates")
+    }
+}
+
+/// Whole seconds, for reasons.
+pub fn secs_text(ms: u64) -> String {
+    format!("{} s", ms / 1000)
+}

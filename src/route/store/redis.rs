@@ -1,0 +1,629 @@
+//! The Redis routing store: every operation that changes state is one call of
+//! `route.lua`, so each decision (capacity check, reservation, queueing, history, outbox) is
+//! atomic, and every key of a tenant shares the hash tag `{<prefix>:rt:<tenant>}` so the
+//! script touches one Redis Cluster slot. See the script's header for the data structures.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use ::redis::{RedisError, Script, Value};
+
+use super::{
+    AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, OutboxEntry, QueueDepth,
+    QueuedConv, RouteItem, RulesetRecord, Settings, Snapshot, SnapshotRequest, SweepReport,
+    TransferRefused, VersionConflict,
+};
+use crate::accept::BackendError;
+use crate::route::model::Presence;
+
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    script: Script,
+    timeout: Duration,
+}
+
+fn unavailable(e: RedisError) -> BackendError {
+    BackendError::Unavailable(e.to_string())
+}
+
+fn protocol(what: &str) -> BackendError {
+    BackendError::Protocol(format!("routing script: unexpected {what}"))
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn array(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(a) => Some(a),
+        _ => None,
+    }
+}
+
+fn flat_map(v: &Value) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    if let Some(items) = array(v) {
+        for pair in items.chunks(2) {
+            if let [k, v] = pair {
+                if let (Some(k), Some(v)) = (text(k), text(v)) {
+                    m.insert(k, v);
+                }
+            }
+        }
+    }
+    m
+}
+
+fn opt(s: &Option<String>) -> &str {
+    s.as_deref().unwrap_or("")
+}
+
+fn none_if_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+fn agent_live(m: HashMap<String, String>) -> AgentLive {
+    let num = |k: &str| m.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let mut a = AgentLive {
+        presence: m
+            .get("p")
+            .and_then(|p| Presence::parse(p))
+            .unwrap_or_default(),
+        since_ms: num("ps"),
+        capacity: num("cap") as u32,
+        load: num("l") as u32,
+        last_ms: num("last"),
+        ..Default::default()
+    };
+    for (k, v) in &m {
+        let n = v.parse::<u32>().unwrap_or(0);
+        if let Some(ch) = k.strip_prefix("cc:") {
+            a.channel_capacity.insert(ch.to_string(), n);
+        } else if let Some(ch) = k.strip_prefix("l:") {
+            a.channel_load.insert(ch.to_string(), n);
+        }
+    }
+    a
+}
+
+/// Parses one decision from the script's reply: json, action, strategy, freed, wait.
+fn decided(v: &[Value]) -> Option<Decided> {
+    let wait = int(v.get(4)?)?;
+    Some(Decided {
+        assignment: text(v.first()?)?,
+        action: text(v.get(1)?)?,
+        strategy: text(v.get(2)?)?,
+        freed: int(v.get(3)?)? == 1,
+        wait_ms: (wait >= 0).then_some(wait as u64),
+    })
+}
+
+impl RedisStore {
+    pub fn new(conn: ConnectionManager, prefix: &str, timeout: Duration) -> RedisStore {
+        RedisStore {
+            conn,
+            prefix: prefix.to_string(),
+            script: Script::new(include_str!("route.lua")),
+            timeout,
+        }
+    }
+
+    /// `{<prefix>:rt:<tenant>}:` — every key of the tenant starts with it.
+    pub fn base(&self, tenant: &str) -> String {
+        format!("{{{}:rt:{tenant}}}:", self.prefix)
+    }
+
+    async fn timed<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(BackendError::Unavailable("redis call timed out".into())),
+        }
+    }
+
+    async fn call(
+        &self,
+        tenant: &str,
+        op: &str,
+        s: Option<&Settings>,
+        now_ms: u64,
+        args: impl FnOnce(&mut ::redis::ScriptInvocation<'_>),
+    ) -> Result<Value, BackendError> {
+        let base = self.base(tenant);
+        let mut inv = self.script.prepare_invoke();
+        inv.key(format!("{base}ruleset"))
+            .arg(op)
+            .arg(&base)
+            .arg(now_ms);
+        let s = s.copied().unwrap_or(Settings {
+            sticky_window_ms: 0,
+            offline_grace_ms: 0,
+            keep_offline: false,
+            auto_close_after_ms: 0,
+            max_queued: 0,
+            closed_ttl_ms: 1,
+        });
+        inv.arg(s.sticky_window_ms)
+            .arg(s.offline_grace_ms)
+            .arg(if s.keep_offline { 1 } else { 0 })
+            .arg(s.auto_close_after_ms)
+            .arg(s.max_queued)
+            .arg(s.closed_ttl_ms.max(1));
+        args(&mut inv);
+        let mut conn = self.conn.clone();
+        self.timed(inv.invoke_async(&mut conn)).await
+    }
+
+    pub async fn apply_ruleset(
+        &self,
+        tenant: &str,
+        record: &RulesetRecord,
+        agents: &[AgentSpec],
+        expected_version: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Result<(), VersionConflict>, BackendError> {
+        let reply = self
+            .call(tenant, "apply_ruleset", None, now_ms, |inv| {
+                inv.arg(expected_version.map_or(-1, |v| v as i64))
+                    .arg(record.version)
+                    .arg(&record.json)
+                    .arg(&record.origin)
+                    .arg(&record.file_digest)
+                    .arg(agents.len());
+                for a in agents {
+                    inv.arg(&a.id)
+                        .arg(a.capacity)
+                        .arg(a.initial_presence.as_str())
+                        .arg(a.channel_capacity.len());
+                    for (ch, n) in &a.channel_capacity {
+                        inv.arg(ch).arg(*n);
+                    }
+                }
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("apply_ruleset reply"))?;
+        match v {
+            [first] if int(first) == Some(0) => Ok(Ok(())),
+            [first, current] if int(first) == Some(-1) => {
+                Ok(Err(VersionConflict(int(current).unwrap_or(0) as u64)))
+            }
+            _ => Err(protocol("apply_ruleset reply")),
+        }
+    }
+
+    pub async fn ruleset(&self, tenant: &str) -> Result<Option<RulesetRecord>, BackendError> {
+        let mut conn = self.conn.clone();
+        let m: HashMap<String, String> = self
+            .timed(
+                ::redis::cmd("HGETALL")
+                    .arg(format!("{}ruleset", self.base(tenant)))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let Some(version) = m.get("version").and_then(|v| v.parse().ok()) else {
+            return Ok(None);
+        };
+        Ok(Some(RulesetRecord {
+            version,
+            json: m.get("json").cloned().unwrap_or_default(),
+            origin: m.get("origin").cloned().unwrap_or_default(),
+            file_digest: m.get("file_digest").cloned().unwrap_or_default(),
+            updated_ms: m
+                .get("updated_ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        }))
+    }
+
+    pub async fn ruleset_versions(&self, tenants: &[String]) -> Result<Vec<u64>, BackendError> {
+        if tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for t in tenants {
+            pipe.cmd("HGET")
+                .arg(format!("{}ruleset", self.base(t)))
+                .arg("version");
+        }
+        let mut conn = self.conn.clone();
+        let v: Vec<Option<u64>> = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(v.into_iter().map(|v| v.unwrap_or(0)).collect())
+    }
+
+    pub async fn snapshot(
+        &self,
+        tenant: &str,
+        req: &SnapshotRequest,
+    ) -> Result<Snapshot, BackendError> {
+        let reply = self
+            .call(tenant, "snapshot", None, 0, |inv| {
+                inv.arg(req.queue_heads).arg(req.agents.len());
+                for a in &req.agents {
+                    inv.arg(a);
+                }
+                inv.arg(req.convs.len());
+                for c in &req.convs {
+                    inv.arg(c);
+                }
+            })
+            .await?;
+        let parts = array(&reply).ok_or_else(|| protocol("snapshot reply"))?;
+        let [agents, convs, heads] = parts else {
+            return Err(protocol("snapshot reply"));
+        };
+        let mut snap = Snapshot::default();
+        for (id, v) in req.agents.iter().zip(array(agents).unwrap_or(&[])) {
+            snap.agents.insert(id.clone(), agent_live(flat_map(v)));
+        }
+        for (id, v) in req.convs.iter().zip(array(convs).unwrap_or(&[])) {
+            let f: Vec<Option<String>> = array(v)
+                .unwrap_or(&[])
+                .iter()
+                .map(|x| none_if_empty(text(x)))
+                .collect();
+            let get = |i: usize| f.get(i).cloned().flatten();
+            let num = |i: usize| get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let Some(state) = get(0).as_deref().and_then(ConvState::parse) else {
+                continue;
+            };
+            snap.convs.insert(
+                id.clone(),
+                ConvLive {
+                    state,
+                    agent: get(1),
+                    last_agent: get(2),
+                    queue: get(3),
+                    team: get(4),
+                    rule: get(5),
+                    strategy: get(6).unwrap_or_default(),
+                    priority: num(7) as u8,
+                    channel: get(8).unwrap_or_default(),
+                    queued_ms: num(9),
+                    opened_ms: num(10),
+                    closed_ms: num(11),
+                    seq: num(12),
+                },
+            );
+        }
+        let heads = array(heads).unwrap_or(&[]);
+        let mut queued: Vec<(f64, QueuedConv)> = heads
+            .chunks(5)
+            .filter_map(|h| {
+                let score: f64 = text(&h[2])?.parse().ok()?;
+                let inv = (score / 10_000_000_000_000.0).floor();
+                let queued_ms = (score - inv * 10_000_000_000_000.0) as u64;
+                Some((
+                    score,
+                    QueuedConv {
+                        queue: text(&h[0])?,
+                        conv: text(&h[1])?,
+                        priority: (100.0 - inv).clamp(0.0, 100.0) as u8,
+                        queued_ms,
+                        channel: text(&h[3]).unwrap_or_default(),
+                        last_agent: none_if_empty(text(&h[4])),
+                    },
+                ))
+            })
+            .collect();
+        queued.sort_by(|a, b| {
+            a.0.partial_cmp(&b.0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| a.1.conv.cmp(&b.1.conv))
+        });
+        snap.queued = queued.into_iter().map(|(_, q)| q).collect();
+        Ok(snap)
+    }
+
+    pub async fn route(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        items: &[RouteItem],
+    ) -> Result<Vec<Decided>, BackendError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply = self
+            .call(tenant, "route", Some(settings), now_ms, |inv| {
+                inv.arg(items.len());
+                for it in items {
+                    inv.arg(&it.event_id)
+                        .arg(&it.conv)
+                        .arg(&it.channel)
+                        .arg(&it.meta)
+                        .arg(it.mode.as_str())
+                        .arg(opt(&it.rule))
+                        .arg(&it.queue)
+                        .arg(opt(&it.team))
+                        .arg(&it.strategy)
+                        .arg(it.priority)
+                        .arg(opt(&it.fallback_queue))
+                        .arg(it.overflow_ms)
+                        .arg(&it.reason)
+                        .arg(it.considered)
+                        .arg(opt(&it.sticky))
+                        .arg(it.candidates.len());
+                    for c in &it.candidates {
+                        inv.arg(c);
+                    }
+                }
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("route reply"))?;
+        if v.len() != items.len() * 5 {
+            return Err(protocol("route reply length"));
+        }
+        v.chunks(5)
+            .map(|c| decided(c).ok_or_else(|| protocol("route decision")))
+            .collect()
+    }
+
+    pub async fn dequeue(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        items: &[DequeueItem],
+    ) -> Result<Vec<Option<Decided>>, BackendError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply = self
+            .call(tenant, "dequeue", Some(settings), now_ms, |inv| {
+                inv.arg(items.len());
+                for it in items {
+                    inv.arg(&it.conv)
+                        .arg(&it.queue)
+                        .arg(opt(&it.team))
+                        .arg(&it.strategy)
+                        .arg(&it.reason)
+                        .arg(it.considered)
+                        .arg(it.candidates.len());
+                    for c in &it.candidates {
+                        inv.arg(c);
+                    }
+                }
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("dequeue reply"))?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut rest = v;
+        while let [flag, tail @ ..] = rest {
+            if int(flag) == Some(1) {
+                if tail.len() < 5 {
+                    return Err(protocol("dequeue decision"));
+                }
+                out.push(Some(
+                    decided(&tail[..5]).ok_or_else(|| protocol("dequeue decision"))?,
+                ));
+                rest = &tail[5..];
+            } else {
+                out.push(None);
+                rest = tail;
+            }
+        }
+        if out.len() != items.len() {
+            return Err(protocol("dequeue reply length"));
+        }
+        Ok(out)
+    }
+
+    pub async fn transfer_agent(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        conv: &str,
+        agent: &str,
+        reason: &str,
+    ) -> Result<Result<Decided, TransferRefused>, BackendError> {
+        let reply = self
+            .call(tenant, "transfer_agent", Some(settings), now_ms, |inv| {
+                inv.arg(conv).arg(agent).arg(reason);
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("transfer reply"))?;
+        match v {
+            [flag, rest @ ..] if int(flag) == Some(0) => Ok(Ok(
+                decided(rest).ok_or_else(|| protocol("transfer decision"))?
+            )),
+            [flag, why, load, cap] if int(flag) == Some(-1) => {
+                let a = agent.to_string();
+                Ok(Err(match text(why).as_deref() {
+                    Some("not_active") => TransferRefused::NotActive,
+                    Some("full") => TransferRefused::Full(
+                        a,
+                        int(load).unwrap_or(0) as u32,
+                        int(cap).unwrap_or(0) as u32,
+                    ),
+                    Some("channel_full") => TransferRefused::ChannelFull(a),
+                    _ => TransferRefused::Offline(a),
+                }))
+            }
+            _ => Err(protocol("transfer reply")),
+        }
+    }
+
+    pub async fn close(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        conv: &str,
+        reason: &str,
+    ) -> Result<Option<Decided>, BackendError> {
+        let reply = self
+            .call(tenant, "close", Some(settings), now_ms, |inv| {
+                inv.arg(conv).arg(reason);
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("close reply"))?;
+        if v.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(decided(v).ok_or_else(|| protocol("close decision"))?))
+    }
+
+    pub async fn set_presence(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        agent: &str,
+        presence: Presence,
+    ) -> Result<Presence, BackendError> {
+        let reply = self
+            .call(tenant, "presence", Some(settings), now_ms, |inv| {
+                inv.arg(agent).arg(presence.as_str());
+            })
+            .await?;
+        Ok(text(&reply)
+            .and_then(|p| Presence::parse(&p))
+            .unwrap_or_default())
+    }
+
+    pub async fn sweep(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+    ) -> Result<SweepReport, BackendError> {
+        let reply = self
+            .call(tenant, "sweep", Some(settings), now_ms, |_| {})
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("sweep reply"))?;
+        let n = |i: usize| v.get(i).and_then(int).unwrap_or(0) as u32;
+        Ok(SweepReport {
+            requeued: n(0),
+            overflowed: n(1),
+            closed: n(2),
+        })
+    }
+
+    pub async fn queues(&self, tenant: &str) -> Result<Vec<QueueDepth>, BackendError> {
+        let reply = self.call(tenant, "queues", None, 0, |_| {}).await?;
+        let v = array(&reply).ok_or_else(|| protocol("queues reply"))?;
+        let mut out: Vec<QueueDepth> = v
+            .chunks(3)
+            .filter_map(|c| {
+                Some(QueueDepth {
+                    queue: text(c.first()?)?,
+                    depth: int(c.get(1)?)? as u64,
+                    oldest_ms: int(c.get(2)?)? as u64,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.queue.cmp(&b.queue));
+        Ok(out)
+    }
+
+    pub async fn conversation(
+        &self,
+        tenant: &str,
+        conv: &str,
+    ) -> Result<Option<(ConvLive, Vec<String>)>, BackendError> {
+        let base = self.base(tenant);
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(format!("{base}c:{conv}"))
+            .arg(&[
+                "st", "ag", "la", "q", "tm", "ru", "sg", "pr", "ch", "qt", "op", "cl", "seq",
+            ])
+            .cmd("LRANGE")
+            .arg(format!("{base}h:{conv}"))
+            .arg(0)
+            .arg(-1);
+        let mut conn = self.conn.clone();
+        let (f, history): (Vec<Option<String>>, Vec<String>) =
+            self.timed(pipe.query_async(&mut conn)).await?;
+        let get = |i: usize| f.get(i).cloned().flatten().filter(|s| !s.is_empty());
+        let num = |i: usize| get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let Some(state) = get(0).as_deref().and_then(ConvState::parse) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            ConvLive {
+                state,
+                agent: get(1),
+                last_agent: get(2),
+                queue: get(3),
+                team: get(4),
+                rule: get(5),
+                strategy: get(6).unwrap_or_default(),
+                priority: num(7) as u8,
+                channel: get(8).unwrap_or_default(),
+                queued_ms: num(9),
+                opened_ms: num(10),
+                closed_ms: num(11),
+                seq: num(12),
+            },
+            history,
+        )))
+    }
+
+    pub async fn outbox(&self, tenant: &str, max: usize) -> Result<Vec<OutboxEntry>, BackendError> {
+        let mut conn = self.conn.clone();
+        let reply: ::redis::streams::StreamRangeReply = self
+            .timed(
+                ::redis::cmd("XRANGE")
+                    .arg(format!("{}outbox", self.base(tenant)))
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let f = |k: &str| e.map.get(k).and_then(text).unwrap_or_default();
+                OutboxEntry {
+                    event_id: f("event_id"),
+                    conv: f("conv"),
+                    meta: f("meta"),
+                    assignment: f("assignment"),
+                    at_ms: f("at_ms").parse().unwrap_or(0),
+                    id: e.id.clone(),
+                }
+            })
+            .collect())
+    }
+
+    pub async fn outbox_ack(&self, tenant: &str, ids: &[String]) -> Result<(), BackendError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .timed(
+                ::redis::cmd("XDEL")
+                    .arg(format!("{}outbox", self.base(tenant)))
+                    .arg(ids)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+}

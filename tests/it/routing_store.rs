@@ -1,0 +1,616 @@
+//! Routing store conformance: the same scenarios against the memory store and the Redis
+//! store (real Redis), with a virtual clock. Every decision must be identical between the
+//! two (compared as parsed JSON), and each must be what the contract in
+//! src/route/store/mod.rs says.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use switchboard::route::model::Presence;
+use switchboard::route::store::memory::MemoryStore;
+use switchboard::route::store::redis::RedisStore;
+use switchboard::route::store::{
+    AgentSpec, ConvState, Decided, DequeueItem, RouteItem, RouteMode, RoutingStore, RulesetRecord,
+    Settings, SnapshotRequest, TransferRefused, VersionConflict,
+};
+
+use crate::helpers::*;
+
+const T0: u64 = 1_780_000_000_000;
+
+fn settings() -> Settings {
+    Settings {
+        sticky_window_ms: 3_600_000,
+        offline_grace_ms: 60_000,
+        keep_offline: false,
+        auto_close_after_ms: 86_400_000,
+        max_queued: 100,
+        closed_ttl_ms: 86_400_000,
+    }
+}
+
+async fn stores() -> Vec<RoutingStore> {
+    let url = redis_url();
+    require_redis(&url).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    vec![
+        RoutingStore::Memory(MemoryStore::new()),
+        RoutingStore::Redis(Box::new(RedisStore::new(
+            conn,
+            &format!("rt-{}", uuid::Uuid::new_v4().simple()),
+            Duration::from_secs(5),
+        ))),
+    ]
+}
+
+fn spec(id: &str, capacity: u32, channel: &[(&str, u32)]) -> AgentSpec {
+    AgentSpec {
+        id: id.into(),
+        capacity,
+        channel_capacity: channel.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+        initial_presence: Presence::Online,
+    }
+}
+
+fn record(version: u64) -> RulesetRecord {
+    RulesetRecord {
+        version,
+        json: "{}".into(),
+        origin: "api".into(),
+        file_digest: String::new(),
+        updated_ms: 0,
+    }
+}
+
+async fn setup(s: &RoutingStore, agents: &[AgentSpec]) {
+    s.apply_ruleset("acme", &record(1), agents, Some(0), T0)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn item(event: &str, conv: &str, candidates: &[&str]) -> RouteItem {
+    RouteItem {
+        event_id: event.into(),
+        conv: conv.into(),
+        channel: "whatsapp".into(),
+        meta: r#"{"source":"meta_test","provider":"meta","channel":"whatsapp","contact":{"id":"c"},"business":{"id":"b"}}"#.into(),
+        mode: RouteMode::Message,
+        rule: Some("r1".into()),
+        queue: "team:support".into(),
+        team: Some("support".into()),
+        strategy: "least_loaded".into(),
+        priority: 0,
+        fallback_queue: None,
+        overflow_ms: 0,
+        reason: "rule r1 → team support, least_loaded".into(),
+        candidates: candidates.iter().map(|c| c.to_string()).collect(),
+        considered: candidates.len() as u32,
+        sticky: None,
+    }
+}
+
+fn v(d: &Decided) -> Value {
+    serde_json::from_str(&d.assignment).unwrap()
+}
+
+/// Runs `scenario` on every store and checks they all produced the same transcript.
+macro_rules! conform {
+    ($name:ident, |$s:ident| $body:block) => {
+        #[tokio::test]
+        async fn $name() {
+            let mut transcripts: Vec<(String, Vec<Value>)> = Vec::new();
+            for $s in stores().await {
+                let name = $s.name().to_string();
+                let t: Vec<Value> = async { $body }.await;
+                transcripts.push((name, t));
+            }
+            let (first_name, first) = &transcripts[0];
+            for (name, t) in &transcripts[1..] {
+                assert_eq!(
+                    t.len(),
+                    first.len(),
+                    "{name} vs {first_name}: transcript length"
+                );
+                for (i, (a, b)) in first.iter().zip(t).enumerate() {
+                    assert_eq!(a, b, "step {i}: {first_name} and {name} differ");
+                }
+            }
+        }
+    };
+}
+
+async fn load(s: &RoutingStore, agent: &str) -> u32 {
+    s.snapshot(
+        "acme",
+        &SnapshotRequest {
+            agents: vec![agent.into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .agents[agent]
+        .load
+}
+
+conform!(assigns_in_rank_order_within_capacity_then_queues, |s| {
+    setup(&s, &[spec("a", 1, &[]), spec("b", 2, &[])]).await;
+    let st = settings();
+    let d = s
+        .route(
+            "acme",
+            &st,
+            T0,
+            &[
+                item("e1", "c1", &["a", "b"]),
+                item("e2", "c2", &["a", "b"]),
+                item("e3", "c3", &["a", "b"]),
+                item("e4", "c4", &["a", "b"]),
+            ],
+        )
+        .await
+        .unwrap();
+    let agents: Vec<Value> = d.iter().map(|d| v(d)["agent"].clone()).collect();
+    assert_eq!(
+        agents,
+        [Value::from("a"), "b".into(), "b".into(), Value::Null]
+    );
+    assert_eq!(
+        v(&d[0])["reason"],
+        "rule r1 → team support, least_loaded: a 1/1 open, 2 candidates"
+    );
+    assert_eq!(d[3].action, "queued");
+    assert_eq!(v(&d[3])["queued"], true);
+    assert_eq!(load(&s, "a").await, 1);
+    assert_eq!(load(&s, "b").await, 2);
+    let q = s.queues("acme").await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(
+        (q[0].queue.as_str(), q[0].depth, q[0].oldest_ms),
+        ("team:support", 1, T0)
+    );
+    d.iter().map(v).collect()
+});
+
+conform!(
+    reprocessing_an_event_returns_the_same_decision_and_counts_nothing,
+    |s| {
+        setup(&s, &[spec("a", 3, &[])]).await;
+        let st = settings();
+        let first = s
+            .route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+            .await
+            .unwrap();
+        let again = s
+            .route("acme", &st, T0 + 5000, &[item("e1", "c1", &["a"])])
+            .await
+            .unwrap();
+        assert_eq!(v(&first[0]), v(&again[0]));
+        assert_eq!(load(&s, "a").await, 1, "capacity counted once");
+        // A later message of the open conversation keeps its owner.
+        let kept = s
+            .route("acme", &st, T0 + 6000, &[item("e2", "c1", &["a"])])
+            .await
+            .unwrap();
+        assert_eq!(kept[0].action, "kept");
+        assert_eq!(load(&s, "a").await, 1);
+        vec![v(&first[0]), v(&again[0]), v(&kept[0])]
+    }
+);
+
+conform!(
+    close_frees_capacity_and_a_drain_serves_the_queue_in_order,
+    |s| {
+        setup(&s, &[spec("a", 1, &[])]).await;
+        let st = settings();
+        let mut out = Vec::new();
+        s.route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+            .await
+            .unwrap();
+        // Three wait: normal at T0+1, VIP (priority 50) at T0+2, normal at T0+3.
+        let mut vip = item("e3", "c3", &["a"]);
+        vip.priority = 50;
+        for (t, it) in [
+            (T0 + 1, item("e2", "c2", &["a"])),
+            (T0 + 2, vip),
+            (T0 + 3, item("e4", "c4", &["a"])),
+        ] {
+            let d = s.route("acme", &st, t, &[it]).await.unwrap();
+            assert_eq!(d[0].action, "queued");
+            out.push(v(&d[0]));
+        }
+        let snap = s
+            .snapshot(
+                "acme",
+                &SnapshotRequest {
+                    queue_heads: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let order: Vec<&str> = snap.queued.iter().map(|q| q.conv.as_str()).collect();
+        assert_eq!(order, ["c3", "c2", "c4"], "priority first, then oldest");
+        assert_eq!(snap.queued[0].priority, 50);
+        assert_eq!(snap.queued[1].queued_ms, T0 + 1);
+
+        let closed = s
+            .close("acme", &st, T0 + 10_000, "c1", "done")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(closed.freed);
+        assert_eq!(v(&closed)["previous_agent"], "a");
+        out.push(v(&closed));
+        assert!(s
+            .close("acme", &st, T0 + 10_001, "c1", "again")
+            .await
+            .unwrap()
+            .is_none());
+        let deq = |conv: &str| DequeueItem {
+            conv: conv.into(),
+            queue: "team:support".into(),
+            team: Some("support".into()),
+            strategy: "least_loaded".into(),
+            reason: "capacity freed".into(),
+            candidates: vec!["a".into()],
+            considered: 1,
+        };
+        let r = s
+            .dequeue("acme", &st, T0 + 12_000, &[deq("c3"), deq("c2")])
+            .await
+            .unwrap();
+        let got = r[0].as_ref().expect("VIP assigned");
+        assert!(r[1].is_none(), "a is full again");
+        assert_eq!(v(got)["agent"], "a");
+        assert_eq!(v(got)["waited"], true);
+        assert_eq!(got.wait_ms, Some(12_000 - 2));
+        out.push(v(got));
+        // The outbox holds the close and the assignment, with stable ids.
+        let ob = s.outbox("acme", 10).await.unwrap();
+        assert_eq!(ob.len(), 2);
+        assert_eq!(
+            ob[0].event_id,
+            switchboard::route::store::outbox_event_id("c1", 2)
+        );
+        assert_eq!(
+            ob[1].event_id,
+            switchboard::route::store::outbox_event_id("c3", 2)
+        );
+        s.outbox_ack("acme", &[ob[0].id.clone()]).await.unwrap();
+        assert_eq!(s.outbox("acme", 10).await.unwrap().len(), 1);
+        let (live, history) = s.conversation("acme", "c3").await.unwrap().unwrap();
+        assert_eq!(live.state, ConvState::Open);
+        assert_eq!(history.len(), 2, "queued, then assigned");
+        out
+    }
+);
+
+conform!(
+    a_returning_contact_goes_back_to_the_last_agent_within_the_window,
+    |s| {
+        setup(&s, &[spec("a", 5, &[]), spec("b", 5, &[])]).await;
+        let st = settings();
+        let mut out = Vec::new();
+        let d = s
+            .route("acme", &st, T0, &[item("e1", "c1", &["b", "a"])])
+            .await
+            .unwrap();
+        assert_eq!(v(&d[0])["agent"], "b");
+        s.close("acme", &st, T0 + 1000, "c1", "done").await.unwrap();
+        let mut again = item("e2", "c1", &["a", "b"]);
+        again.sticky = Some("b".into());
+        let d = s.route("acme", &st, T0 + 60_000, &[again]).await.unwrap();
+        assert_eq!(v(&d[0])["agent"], "b");
+        assert_eq!(d[0].strategy, "sticky_owner");
+        out.push(v(&d[0]));
+        // Past the window: the ranking decides.
+        s.close("acme", &st, T0 + 61_000, "c1", "done")
+            .await
+            .unwrap();
+        let mut late = item("e3", "c1", &["a", "b"]);
+        late.sticky = Some("b".into());
+        let d = s
+            .route("acme", &st, T0 + 61_000 + 3_600_001, &[late])
+            .await
+            .unwrap();
+        assert_eq!(v(&d[0])["agent"], "a");
+        out.push(v(&d[0]));
+        out
+    }
+);
+
+conform!(nobody_jumps_a_waiting_queue, |s| {
+    setup(&s, &[spec("a", 1, &[])]).await;
+    let st = settings();
+    s.route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+        .await
+        .unwrap();
+    s.route("acme", &st, T0 + 1, &[item("e2", "c2", &["a"])])
+        .await
+        .unwrap();
+    s.close("acme", &st, T0 + 2, "c1", "done").await.unwrap();
+    // a has room, but c2 was waiting first: c3 queues behind it.
+    let d = s
+        .route("acme", &st, T0 + 3, &[item("e3", "c3", &["a"])])
+        .await
+        .unwrap();
+    assert_eq!(d[0].action, "queued");
+    assert!(v(&d[0])["reason"]
+        .as_str()
+        .unwrap()
+        .contains("1 already waiting"));
+    vec![v(&d[0])]
+});
+
+conform!(
+    offline_owner_is_requeued_after_grace_and_reassigned_on_message,
+    |s| {
+        setup(&s, &[spec("a", 2, &[]), spec("b", 2, &[])]).await;
+        let st = settings();
+        let mut out = Vec::new();
+        s.route(
+            "acme",
+            &st,
+            T0,
+            &[item("e1", "c1", &["a"]), item("e2", "c2", &["a"])],
+        )
+        .await
+        .unwrap();
+        let prev = s
+            .set_presence("acme", &st, T0 + 1000, "a", Presence::Offline)
+            .await
+            .unwrap();
+        assert_eq!(prev, Presence::Online);
+        // Within the grace period, a message keeps the owner.
+        let d = s
+            .route("acme", &st, T0 + 2000, &[item("e3", "c1", &["b"])])
+            .await
+            .unwrap();
+        assert_eq!(d[0].action, "kept");
+        out.push(v(&d[0]));
+        // Nothing is due yet.
+        let r = s.sweep("acme", &st, T0 + 30_000).await.unwrap();
+        assert_eq!(r.requeued, 0);
+        // Past the grace: both conversations go back to their queue.
+        let r = s.sweep("acme", &st, T0 + 61_000).await.unwrap();
+        assert_eq!(r.requeued, 2);
+        assert_eq!(load(&s, "a").await, 0);
+        let q = s.queues("acme").await.unwrap();
+        assert_eq!(q[0].depth, 2);
+        let ob = s.outbox("acme", 10).await.unwrap();
+        assert_eq!(ob.len(), 2);
+        for e in &ob {
+            let a: Value = serde_json::from_str(&e.assignment).unwrap();
+            assert_eq!(a["action"], "requeued");
+            assert_eq!(a["previous_agent"], "a");
+            out.push(a);
+        }
+        // A message of a queued conversation waits (no double queueing).
+        let d = s
+            .route("acme", &st, T0 + 62_000, &[item("e4", "c1", &["b"])])
+            .await
+            .unwrap();
+        assert_eq!(d[0].action, "waiting");
+        out.push(v(&d[0]));
+        out
+    }
+);
+
+conform!(
+    offline_owner_past_grace_loses_the_conversation_to_the_next_message,
+    |s| {
+        setup(&s, &[spec("a", 2, &[]), spec("b", 2, &[])]).await;
+        let st = settings();
+        s.route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+            .await
+            .unwrap();
+        s.set_presence("acme", &st, T0, "a", Presence::Offline)
+            .await
+            .unwrap();
+        // The sweep has not run yet, but the grace is over: the message reassigns.
+        let d = s
+            .route("acme", &st, T0 + 61_000, &[item("e2", "c1", &["b"])])
+            .await
+            .unwrap();
+        assert_eq!(d[0].action, "assigned");
+        assert_eq!(v(&d[0])["previous_agent"], "a");
+        assert!(d[0].freed);
+        assert_eq!(load(&s, "a").await, 0);
+        assert_eq!(load(&s, "b").await, 1);
+        vec![v(&d[0])]
+    }
+);
+
+conform!(waiting_too_long_overflows_to_the_fallback_queue, |s| {
+    setup(&s, &[spec("a", 0, &[])]).await;
+    let st = settings();
+    let mut it = item("e1", "c1", &[]);
+    it.fallback_queue = Some("team:overflow".into());
+    it.overflow_ms = 30_000;
+    let d = s.route("acme", &st, T0, &[it]).await.unwrap();
+    assert_eq!(d[0].action, "queued");
+    assert_eq!(
+        s.sweep("acme", &st, T0 + 29_999).await.unwrap().overflowed,
+        0
+    );
+    assert_eq!(
+        s.sweep("acme", &st, T0 + 30_000).await.unwrap().overflowed,
+        1
+    );
+    let q = s.queues("acme").await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].queue, "team:overflow");
+    assert_eq!(q[0].oldest_ms, T0, "keeps its age");
+    let ob = s.outbox("acme", 10).await.unwrap();
+    let a: Value = serde_json::from_str(&ob[0].assignment).unwrap();
+    assert_eq!(a["action"], "overflowed");
+    vec![v(&d[0]), a]
+});
+
+conform!(idle_conversations_close_and_free_capacity, |s| {
+    setup(&s, &[spec("a", 1, &[])]).await;
+    let mut st = settings();
+    st.auto_close_after_ms = 600_000;
+    s.route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+        .await
+        .unwrap();
+    s.route("acme", &st, T0 + 300_000, &[item("e2", "c1", &["a"])])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sweep("acme", &st, T0 + 600_000).await.unwrap().closed,
+        0,
+        "activity renewed"
+    );
+    assert_eq!(s.sweep("acme", &st, T0 + 900_000).await.unwrap().closed, 1);
+    assert_eq!(load(&s, "a").await, 0);
+    let ob = s.outbox("acme", 10).await.unwrap();
+    let a: Value = serde_json::from_str(&ob[0].assignment).unwrap();
+    assert_eq!(a["action"], "closed");
+    vec![a]
+});
+
+conform!(manual_transfer_respects_presence_and_capacity, |s| {
+    setup(
+        &s,
+        &[spec("a", 2, &[]), spec("b", 1, &[]), spec("c", 1, &[])],
+    )
+    .await;
+    let st = settings();
+    let mut out = Vec::new();
+    s.route(
+        "acme",
+        &st,
+        T0,
+        &[item("e1", "c1", &["a"]), item("e2", "c2", &["b"])],
+    )
+    .await
+    .unwrap();
+    let r = s
+        .transfer_agent("acme", &st, T0, "c1", "b", "transfer to b")
+        .await
+        .unwrap();
+    assert_eq!(r, Err(TransferRefused::Full("b".into(), 1, 1)));
+    s.set_presence("acme", &st, T0, "c", Presence::Offline)
+        .await
+        .unwrap();
+    let r = s
+        .transfer_agent("acme", &st, T0, "c1", "c", "transfer to c")
+        .await
+        .unwrap();
+    assert_eq!(r, Err(TransferRefused::Offline("c".into())));
+    s.set_presence("acme", &st, T0, "c", Presence::Away)
+        .await
+        .unwrap();
+    let d = s
+        .transfer_agent("acme", &st, T0 + 5, "c1", "c", "transfer to c")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v(&d)["agent"], "c");
+    assert_eq!(v(&d)["previous_agent"], "a");
+    assert!(d.freed);
+    assert_eq!(load(&s, "a").await, 0);
+    assert_eq!(load(&s, "c").await, 1);
+    out.push(v(&d));
+    let r = s
+        .transfer_agent("acme", &st, T0, "nope", "a", "x")
+        .await
+        .unwrap();
+    assert_eq!(r, Err(TransferRefused::NotActive));
+    out
+});
+
+conform!(channel_capacity_is_enforced_separately, |s| {
+    setup(&s, &[spec("a", 3, &[("whatsapp", 1)])]).await;
+    let st = settings();
+    let mut sms = item("e2", "c2", &["a"]);
+    sms.channel = "sms".into();
+    let d = s
+        .route(
+            "acme",
+            &st,
+            T0,
+            &[item("e1", "c1", &["a"]), item("e3", "c3", &["a"]), sms],
+        )
+        .await
+        .unwrap();
+    let actions: Vec<&str> = d.iter().map(|d| d.action.as_str()).collect();
+    assert_eq!(actions, ["assigned", "queued", "assigned"]);
+    d.iter().map(v).collect()
+});
+
+conform!(full_queues_leave_new_conversations_unrouted, |s| {
+    setup(&s, &[spec("a", 0, &[])]).await;
+    let mut st = settings();
+    st.max_queued = 1;
+    let d = s
+        .route(
+            "acme",
+            &st,
+            T0,
+            &[item("e1", "c1", &[]), item("e2", "c2", &[])],
+        )
+        .await
+        .unwrap();
+    assert_eq!(d[0].action, "queued");
+    assert_eq!(
+        d[1].action, "unrouted",
+        "the cap holds even behind a waiting queue"
+    );
+    let d2 = s
+        .route("acme", &st, T0, &[item("e3", "c3", &[])])
+        .await
+        .unwrap();
+    let mut other = item("e4", "c4", &[]);
+    other.queue = "team:other".into();
+    let d3 = s.route("acme", &st, T0, &[other]).await.unwrap();
+    assert_eq!(d2[0].action, "unrouted");
+    assert_eq!(d3[0].action, "unrouted");
+    assert_eq!(s.queues("acme").await.unwrap()[0].depth, 1);
+    vec![v(&d[0]), v(&d[1]), v(&d2[0]), v(&d3[0])]
+});
+
+conform!(
+    rule_set_writes_are_compare_and_set_and_set_capacities,
+    |s| {
+        setup(&s, &[spec("a", 2, &[("sms", 1)]), spec("b", 1, &[])]).await;
+        let stale = s
+            .apply_ruleset("acme", &record(2), &[spec("a", 1, &[])], Some(0), T0)
+            .await
+            .unwrap();
+        assert_eq!(stale, Err(VersionConflict(1)));
+        s.apply_ruleset("acme", &record(2), &[spec("a", 4, &[])], Some(1), T0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.ruleset_versions(&["acme".into(), "nobody".into()])
+                .await
+                .unwrap(),
+            [2, 0]
+        );
+        assert_eq!(s.ruleset("acme").await.unwrap().unwrap().version, 2);
+        let snap = s
+            .snapshot(
+                "acme",
+                &SnapshotRequest {
+                    agents: vec!["a".into(), "b".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(snap.agents["a"].capacity, 4);
+        assert!(snap.agents["a"].channel_capacity.is_empty());
+        assert_eq!(
+            snap.agents["b"].capacity, 0,
+            "removed agents take nothing new"
+        );
+        assert_eq!(snap.agents["a"].presence, Presence::Online);
+        vec![]
+    }
+);
