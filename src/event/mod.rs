@@ -210,6 +210,12 @@ pub struct Assignment {
     /// Eligible candidates the strategy ranked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidates: Option<u32>,
+    /// The conversation's change counter after this decision: it grows by one with every
+    /// change (assigned, queued, transferred, closed...) and stays for `kept`/`waiting`.
+    /// Events of one conversation can reach the stream out of order when several routers
+    /// run; apply a change only if its `seq` is above the last one you applied.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// The unified event. See the module docs for the stability rules.

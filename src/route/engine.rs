@@ -82,10 +82,14 @@ pub enum OpError {
     Backend(#[from] BackendError),
 }
 
-/// What one routed batch did, for the router's metrics.
-#[derive(Debug, Default, Clone, Copy)]
+/// What one routed batch did.
+#[derive(Debug, Default, Clone)]
 pub struct BatchOutcome {
     pub decisions: usize,
+    /// Tenants whose queues may now be served (a decision freed capacity or queued): the
+    /// router drains them *after* publishing the batch, so that a conversation's
+    /// `queued` event reaches the stream before its `assigned` one.
+    pub drain: Vec<String>,
 }
 
 pub struct Engine {
@@ -592,7 +596,7 @@ impl Engine {
             .emit();
             outcome.decisions += decided.len();
             if drain {
-                self.drain(&tenant, now).await?;
+                outcome.drain.push(tenant);
             }
         }
         Ok(outcome)

@@ -77,18 +77,22 @@ impl Router {
                 Ok(entries) if entries.is_empty() => {}
                 Ok(mut entries) => {
                     let started = Instant::now();
+                    let mut drain = Vec::new();
                     if let Some(engine) = &self.engine {
-                        if let Err(e) = engine.route_batch(&mut entries, engine::now_ms()).await {
-                            // Nothing was published: the entries stay pending and are
-                            // routed again (with the decisions already made, if any).
-                            BackendFailed {
-                                backend: engine.store().name(),
-                                op: "route",
-                                error: &e,
+                        match engine.route_batch(&mut entries, engine::now_ms()).await {
+                            Ok(outcome) => drain = outcome.drain,
+                            Err(e) => {
+                                // Nothing was published: the entries stay pending and are
+                                // routed again (with the decisions already made, if any).
+                                BackendFailed {
+                                    backend: engine.store().name(),
+                                    op: "route",
+                                    error: &e,
+                                }
+                                .emit();
+                                self.pause(&mut backoff, &mut stop).await;
+                                continue;
                             }
-                            .emit();
-                            self.pause(&mut backoff, &mut stop).await;
-                            continue;
                         }
                     }
                     match self.backend.publish(&entries).await {
@@ -104,6 +108,14 @@ impl Router {
                                 },
                             }
                             .emit();
+                            if let Some(engine) = &self.engine {
+                                for tenant in drain {
+                                    if let Err(e) = engine.drain(&tenant, engine::now_ms()).await {
+                                        // The periodic maintenance drains it later.
+                                        tracing::debug!(tenant, error = %e, "drain after publish failed");
+                                    }
+                                }
+                            }
                         }
                         Err(e) => {
                             // The entries stay pending and are claimed again later.

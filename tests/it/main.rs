@@ -7,5 +7,6 @@ mod metrics;
 mod outage;
 mod props;
 mod providers;
+mod routing;
 mod routing_store;
 mod webhook;

@@ -265,15 +265,23 @@ impl Tenant {
     }
 
     /// Records a change: seq, history, and (when no message carries it) the outbox.
-    fn record(&mut self, conv_id: &str, event_id: &str, a: &Assignment, now: u64, outbox: bool) {
+    fn record(
+        &mut self,
+        conv_id: &str,
+        event_id: &str,
+        a: &mut Assignment,
+        now: u64,
+        outbox: bool,
+    ) {
         let c = self.convs.get_mut(conv_id).expect("conversation exists");
         c.seq += 1;
+        a.seq = c.seq;
         let event_id = if outbox {
             outbox_event_id(conv_id, c.seq)
         } else {
             event_id.to_string()
         };
-        let entry = serde_json::json!({ "at_ms": now, "event_id": event_id, "assignment": a });
+        let entry = serde_json::json!({ "at_ms": now, "event_id": event_id, "assignment": &*a });
         c.history.push_back(entry.to_string());
         while c.history.len() > HISTORY_KEPT {
             c.history.pop_front();
@@ -286,7 +294,7 @@ impl Tenant {
                 event_id,
                 conv: conv_id.to_string(),
                 meta,
-                assignment: serde_json::to_string(a).unwrap_or_default(),
+                assignment: serde_json::to_string(&*a).unwrap_or_default(),
                 at_ms: now,
             });
             if self.outbox.len() > OUTBOX_MAX {
@@ -359,6 +367,7 @@ impl Tenant {
                         strategy: c.strategy.clone(),
                         reason: format!("open conversation stays with its owner {owner}"),
                         priority: Some(c.priority),
+                        seq: c.seq,
                         ..Default::default()
                     };
                     let d = decided(&a, false);
@@ -384,6 +393,7 @@ impl Tenant {
                     ),
                     queued: true,
                     priority: Some(c.priority),
+                    seq: c.seq,
                     ..Default::default()
                 };
                 let d = decided(&a, false);
@@ -398,7 +408,9 @@ impl Tenant {
             Some(p) if message => format!("owner {p} is offline; {}", it.reason),
             _ => it.reason.clone(),
         };
+        let seq_now = self.convs[&it.conv].seq;
         let mut a = Assignment {
+            seq: seq_now,
             previous_agent: previous.clone(),
             team: it.team.clone(),
             queue: Some(it.queue.clone()),
@@ -462,10 +474,10 @@ impl Tenant {
                 // The released conversation has nowhere to wait: it is closed, not lost.
                 self.close_conv(&it.conv, s, now);
             }
-            let d = decided(&a, freed);
             if previous.is_some() || it.mode != RouteMode::Message {
-                self.record(&it.conv, &it.event_id, &a, now, !message);
+                self.record(&it.conv, &it.event_id, &mut a, now, !message);
             }
+            let d = decided(&a, freed);
             self.remember(&it.conv, &it.event_id, &d);
             return d;
         }
@@ -514,7 +526,7 @@ impl Tenant {
         _s: &Settings,
         now: u64,
         it: &RouteItem,
-        a: Assignment,
+        mut a: Assignment,
         freed: bool,
     ) -> Decided {
         let c = self.convs.get_mut(&it.conv).expect("conversation exists");
@@ -528,14 +540,14 @@ impl Tenant {
         if it.mode != RouteMode::Message {
             self.touch(&it.conv, now);
         }
-        let d = decided(&a, freed);
         self.record(
             &it.conv,
             &it.event_id,
-            &a,
+            &mut a,
             now,
             it.mode != RouteMode::Message,
         );
+        let d = decided(&a, freed);
         self.remember(&it.conv, &it.event_id, &d);
         d
     }
@@ -560,7 +572,7 @@ impl Tenant {
         let c = self.convs.get_mut(&it.conv).expect("conversation exists");
         c.team = it.team.clone();
         c.strategy = it.strategy.clone();
-        let a = Assignment {
+        let mut a = Assignment {
             action: "assigned".into(),
             agent: Some(cand.clone()),
             team: it.team.clone(),
@@ -579,7 +591,7 @@ impl Tenant {
             candidates: Some(it.considered),
             ..Default::default()
         };
-        self.record(&it.conv, "", &a, now, true);
+        self.record(&it.conv, "", &mut a, now, true);
         Some(decided(&a, false))
     }
 
@@ -593,7 +605,7 @@ impl Tenant {
         let priority = c.priority;
         self.enqueue(conv_id, &queue, priority, now);
         let c = &self.convs[conv_id];
-        let a = Assignment {
+        let mut a = Assignment {
             action: "requeued".into(),
             previous_agent: Some(agent.to_string()),
             team: c.team.clone(),
@@ -609,7 +621,7 @@ impl Tenant {
             ..Default::default()
         };
         let _ = s;
-        self.record(conv_id, "", &a, now, true);
+        self.record(conv_id, "", &mut a, now, true);
     }
 }
 
@@ -804,7 +816,7 @@ impl MemoryStore {
             };
             let c = t.convs.get_mut(conv).expect("conversation exists");
             c.strategy = "manual".into();
-            let a = Assignment {
+            let mut a = Assignment {
                 action: "transferred".into(),
                 agent: Some(agent.to_string()),
                 previous_agent: previous,
@@ -818,7 +830,7 @@ impl MemoryStore {
                 priority: Some(c.priority),
                 ..Default::default()
             };
-            t.record(conv, "", &a, now_ms, true);
+            t.record(conv, "", &mut a, now_ms, true);
             Ok(decided(&a, freed))
         })
     }
@@ -911,7 +923,7 @@ impl MemoryStore {
                 t.unqueue(&conv);
                 t.enqueue(&conv, &fb, priority, queued_ms);
                 let c = &t.convs[&conv];
-                let a = Assignment {
+                let mut a = Assignment {
                     action: "overflowed".into(),
                     queue: Some(fb.clone()),
                     rule: c.rule.clone(),
@@ -924,7 +936,7 @@ impl MemoryStore {
                     priority: Some(priority),
                     ..Default::default()
                 };
-                t.record(&conv, "", &a, now_ms, true);
+                t.record(&conv, "", &mut a, now_ms, true);
                 report.overflowed += 1;
             }
             // Conversations the contact left idle.
@@ -1014,7 +1026,7 @@ fn close_in(
     };
     t.close_conv(conv, settings, now_ms);
     let c = &t.convs[conv];
-    let a = Assignment {
+    let mut a = Assignment {
         action: "closed".into(),
         previous_agent: previous,
         team: c.team.clone(),
@@ -1023,6 +1035,6 @@ fn close_in(
         reason: reason.to_string(),
         ..Default::default()
     };
-    t.record(conv, "", &a, now_ms, true);
+    t.record(conv, "", &mut a, now_ms, true);
     Some(decided(&a, freed))
 }

@@ -199,6 +199,7 @@ end
 -- Records a change: seq, history and (when no message carries it) the outbox.
 local function record(conv, event_id, a, outbox)
   local seq = redis.call('HINCRBY', ckey(conv), 'seq', 1)
+  a.seq = seq
   if outbox then
     event_id = outbox_event_id(conv, seq)
   end
@@ -303,7 +304,7 @@ local function route_one(it, res)
       local a = {
         action = 'kept', agent = owner, team = c.tm, queue = c.q, rule = c.ru,
         strategy = c.sg or '', reason = 'open conversation stays with its owner ' .. owner,
-        queued = false, priority = int(c.pr),
+        queued = false, priority = int(c.pr), seq = int(c.seq),
       }
       local json = cjson.encode(a)
       remember(conv, eid, false, json)
@@ -318,7 +319,7 @@ local function route_one(it, res)
     local a = {
       action = 'waiting', team = c.tm, queue = q, rule = c.ru, strategy = c.sg or '',
       reason = 'already waiting in ' .. q .. ' for ' .. secs(math.max(now - int(c.qt), 0)),
-      queued = true, priority = int(c.pr),
+      queued = true, priority = int(c.pr), seq = int(c.seq),
     }
     local json = cjson.encode(a)
     remember(conv, eid, false, json)
@@ -335,6 +336,7 @@ local function route_one(it, res)
   local a = {
     previous_agent = previous, team = nz(it.team), queue = it.queue, rule = nz(it.rule),
     strategy = it.strategy, priority = it.priority, candidates = it.considered, queued = false,
+    seq = int(redis.call('HGET', ckey(conv), 'seq')),
   }
   local assigned_action = 'assigned'
   if it.mode == 'transfer' then
