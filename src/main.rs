@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use switchboard::config::{Config, SourceConfig};
-use switchboard::startup::Application;
+use switchboard::startup::{Application, Options};
 use switchboard::verify::meta::{sign_sha1, sign_sha256};
 use switchboard::verify::{Method, SignRequest};
 
@@ -66,6 +66,36 @@ enum Command {
         #[arg(long)]
         value_only: bool,
     },
+    /// Routing tools.
+    Routing {
+        #[command(subcommand)]
+        command: RoutingCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoutingCommand {
+    /// Replay traffic (JSON lines: messages, presence changes, closes; see docs/routing.md)
+    /// through the configuration's rules on the in-memory engine with a virtual clock, and
+    /// print assignments per agent, queue waits, fairness and rule hits.
+    Simulate {
+        /// The traffic file (JSON lines).
+        #[arg(long)]
+        traffic: PathBuf,
+        /// What `t_ms` in the traffic counts from (RFC 3339). Default: 2026-01-05T09:00:00Z,
+        /// a Monday morning.
+        #[arg(long, default_value = "2026-01-05T09:00:00Z")]
+        start: String,
+        /// Close each conversation this many seconds after it is assigned (handling time).
+        #[arg(long)]
+        handle_secs: Option<u64>,
+        /// Virtual interval of the periodic work (overflow, grace, idle close, drains).
+        #[arg(long, default_value_t = 1000)]
+        tick_ms: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,8 +138,28 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(Some(&cli.config))?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, cli.config.clone()),
+        Command::Routing {
+            command:
+                RoutingCommand::Simulate {
+                    traffic,
+                    start,
+                    handle_secs,
+                    tick_ms,
+                    json,
+                },
+        } => simulate(config, traffic, start, handle_secs, tick_ms, json),
         Command::CheckConfig => {
+            for (id, t) in &config.tenants {
+                if let Some(r) = &t.routing {
+                    println!(
+                        "routing of tenant {id}: {} agent(s), {} team(s), {} rule(s)",
+                        r.agents.len(),
+                        r.teams.len(),
+                        r.rules.len()
+                    );
+                }
+            }
             println!(
                 "configuration OK: backend {:?}, listening on {}, {} tenant(s), {} source(s): {}",
                 config.backend,
@@ -172,10 +222,52 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     switchboard::telemetry::init(&config.log);
     actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(config).await?;
+        let app = Application::build_with(
+            config,
+            Options {
+                config_path: Some(path),
+                ..Options::default()
+            },
+        )
+        .await?;
         app.run_until_stopped().await
     })
+}
+
+fn simulate(
+    config: Config,
+    traffic: PathBuf,
+    start: String,
+    handle_secs: Option<u64>,
+    tick_ms: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    use switchboard::route::simulate::{run, SimOptions};
+    let start = time::OffsetDateTime::parse(&start, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("--start {start:?} is not RFC 3339"))?;
+    let text = std::fs::read_to_string(&traffic)
+        .with_context(|| format!("cannot read {}", traffic.display()))?;
+    let opts = SimOptions {
+        start_ms: (start.unix_timestamp_nanos() / 1_000_000) as u64,
+        handle_ms: handle_secs.map(|s| s * 1000),
+        tick_ms: tick_ms.max(1),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run(
+        &config,
+        switchboard::route::strategy::Strategies::builtin(),
+        &text,
+        &opts,
+    ))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
 }

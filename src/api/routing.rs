@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::{authorize, json_body};
 use crate::error::ApiError;
 use crate::ingest::http::State;
-use crate::route::engine::{now_ms, OpError, RulesetError};
+use crate::route::engine::{OpError, RulesetError};
 use crate::route::model::{Presence, RoutingConfig};
 use crate::route::store::{Decided, TransferRefused};
 use crate::route::Engine;
@@ -252,11 +252,9 @@ async fn queues(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let tenant = path.into_inner();
-    let queues = engine(&state, &tenant)?
-        .queues(&tenant)
-        .await
-        .map_err(op_error)?;
-    let now = now_ms();
+    let engine = engine(&state, &tenant)?;
+    let queues = engine.queues(&tenant).await.map_err(op_error)?;
+    let now = engine.now();
     let total: u64 = queues.iter().map(|q| q.depth).sum();
     let queues: Vec<Value> = queues
         .into_iter()

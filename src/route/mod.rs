@@ -77,10 +77,10 @@ impl Router {
                 Ok(entries) if entries.is_empty() => {}
                 Ok(mut entries) => {
                     let started = Instant::now();
-                    let mut drain = Vec::new();
+                    let mut outcome = engine::BatchOutcome::default();
                     if let Some(engine) = &self.engine {
-                        match engine.route_batch(&mut entries, engine::now_ms()).await {
-                            Ok(outcome) => drain = outcome.drain,
+                        match engine.route_batch(&mut entries, engine.now()).await {
+                            Ok(o) => outcome = o,
                             Err(e) => {
                                 // Nothing was published: the entries stay pending and are
                                 // routed again (with the decisions already made, if any).
@@ -109,8 +109,8 @@ impl Router {
                             }
                             .emit();
                             if let Some(engine) = &self.engine {
-                                for tenant in drain {
-                                    if let Err(e) = engine.drain(&tenant, engine::now_ms()).await {
+                                for tenant in outcome.drain {
+                                    if let Err(e) = engine.drain(&tenant, engine.now()).await {
                                         // The periodic maintenance drains it later.
                                         tracing::debug!(tenant, error = %e, "drain after publish failed");
                                     }
@@ -164,7 +164,7 @@ pub async fn maintain(engine: Arc<Engine>, every: Duration, mut stop: watch::Rec
             _ = stop.changed() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = engine.maintain(engine::now_ms()).await {
+        if let Err(e) = engine.maintain(engine.now()).await {
             BackendFailed {
                 backend: engine.store().name(),
                 op: "routing_maintenance",

@@ -299,3 +299,96 @@ async fn logs_never_carry_secrets_and_sigterm_finishes_in_flight_requests() {
         "request ids are logged: {logs}"
     );
 }
+
+/// `switchboard routing simulate` on the shipped config and the fixed traffic file: the
+/// same figures every run (virtual clock, deterministic strategies).
+#[test]
+fn routing_simulate_reports_a_fixed_traffic_file() {
+    let traffic =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/routing/demo_traffic.jsonl");
+    let run = || {
+        let out = Command::new(BIN)
+            .args([
+                "routing",
+                "simulate",
+                "--json",
+                "--handle-secs",
+                "240",
+                "--config",
+            ])
+            .arg(repo_config())
+            .arg("--traffic")
+            .arg(&traffic)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let report = run();
+    assert_eq!(report, run(), "deterministic");
+    assert_eq!(report["messages"], 45);
+    let demo = &report["tenants"]["demo"];
+    assert_eq!(demo["conversations"], 36);
+    assert_eq!(demo["assigned_conversations"], 36);
+    assert_eq!(demo["still_waiting"], 0);
+    assert_eq!(demo["rule_hits"]["vip"], 1);
+    assert_eq!(demo["rule_hits"]["ads"], 2);
+    assert_eq!(demo["rule_hits"]["spanish"], 11);
+    assert_eq!(demo["rule_hits"]["(default)"], 22);
+    let agents = demo["agents"].as_object().unwrap();
+    assert!(agents.get("dan").is_none(), "viewers are not assignable");
+    let mut total = 0;
+    for (id, a) in agents {
+        assert!(
+            a["peak_open"].as_u64().unwrap() <= a["capacity"].as_u64().unwrap(),
+            "{id}: {a}"
+        );
+        total += a["assigned"].as_u64().unwrap();
+    }
+    assert!(
+        total >= 36,
+        "every conversation assigned at least once ({total})"
+    );
+    assert!(demo["wait_p99_ms"].as_u64().unwrap() >= demo["wait_p50_ms"].as_u64().unwrap());
+    assert!(
+        demo["waited"].as_u64().unwrap() > 0,
+        "the burst is over capacity: some wait"
+    );
+
+    // The text report names every section.
+    let out = Command::new(BIN)
+        .args(["routing", "simulate", "--config"])
+        .arg(repo_config())
+        .arg("--traffic")
+        .arg(&traffic)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "rule hits",
+        "assignments per agent",
+        "queue wait: p50",
+        "fairness",
+    ] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+    // A bad line is reported with its number.
+    let bad = std::env::temp_dir().join(format!(
+        "sb-traffic-{}.jsonl",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&bad, "{\"t_ms\": 0, \"tenant\": \"demo\"}\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["routing", "simulate", "--config"])
+        .arg(repo_config())
+        .arg("--traffic")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("traffic line 1"));
+}

@@ -87,7 +87,7 @@ fn item(event: &str, conv: &str, candidates: &[&str]) -> RouteItem {
         reason: "rule r1 → team support, least_loaded".into(),
         candidates: candidates.iter().map(|c| c.to_string()).collect(),
         considered: candidates.len() as u32,
-        sticky: None,
+        sticky: false,
     }
 }
 
@@ -143,6 +143,7 @@ conform!(assigns_in_rank_order_within_capacity_then_queues, |s| {
             "acme",
             &st,
             T0,
+            &[],
             &[
                 item("e1", "c1", &["a", "b"]),
                 item("e2", "c2", &["a", "b"]),
@@ -180,18 +181,18 @@ conform!(
         setup(&s, &[spec("a", 3, &[])]).await;
         let st = settings();
         let first = s
-            .route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+            .route("acme", &st, T0, &[], &[item("e1", "c1", &["a"])])
             .await
             .unwrap();
         let again = s
-            .route("acme", &st, T0 + 5000, &[item("e1", "c1", &["a"])])
+            .route("acme", &st, T0 + 5000, &[], &[item("e1", "c1", &["a"])])
             .await
             .unwrap();
         assert_eq!(v(&first[0]), v(&again[0]));
         assert_eq!(load(&s, "a").await, 1, "capacity counted once");
         // A later message of the open conversation keeps its owner.
         let kept = s
-            .route("acme", &st, T0 + 6000, &[item("e2", "c1", &["a"])])
+            .route("acme", &st, T0 + 6000, &[], &[item("e2", "c1", &["a"])])
             .await
             .unwrap();
         assert_eq!(kept[0].action, "kept");
@@ -206,7 +207,7 @@ conform!(
         setup(&s, &[spec("a", 1, &[])]).await;
         let st = settings();
         let mut out = Vec::new();
-        s.route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+        s.route("acme", &st, T0, &[], &[item("e1", "c1", &["a"])])
             .await
             .unwrap();
         // Three wait: normal at T0+1, VIP (priority 50) at T0+2, normal at T0+3.
@@ -217,7 +218,7 @@ conform!(
             (T0 + 2, vip),
             (T0 + 3, item("e4", "c4", &["a"])),
         ] {
-            let d = s.route("acme", &st, t, &[it]).await.unwrap();
+            let d = s.route("acme", &st, t, &[], &[it]).await.unwrap();
             assert_eq!(d[0].action, "queued");
             out.push(v(&d[0]));
         }
@@ -295,14 +296,17 @@ conform!(
         let st = settings();
         let mut out = Vec::new();
         let d = s
-            .route("acme", &st, T0, &[item("e1", "c1", &["b", "a"])])
+            .route("acme", &st, T0, &[], &[item("e1", "c1", &["b", "a"])])
             .await
             .unwrap();
         assert_eq!(v(&d[0])["agent"], "b");
         s.close("acme", &st, T0 + 1000, "c1", "done").await.unwrap();
         let mut again = item("e2", "c1", &["a", "b"]);
-        again.sticky = Some("b".into());
-        let d = s.route("acme", &st, T0 + 60_000, &[again]).await.unwrap();
+        again.sticky = true;
+        let d = s
+            .route("acme", &st, T0 + 60_000, &[], &[again])
+            .await
+            .unwrap();
         assert_eq!(v(&d[0])["agent"], "b");
         assert_eq!(d[0].strategy, "sticky_owner");
         out.push(v(&d[0]));
@@ -311,9 +315,9 @@ conform!(
             .await
             .unwrap();
         let mut late = item("e3", "c1", &["a", "b"]);
-        late.sticky = Some("b".into());
+        late.sticky = true;
         let d = s
-            .route("acme", &st, T0 + 61_000 + 3_600_001, &[late])
+            .route("acme", &st, T0 + 61_000 + 3_600_001, &[], &[late])
             .await
             .unwrap();
         assert_eq!(v(&d[0])["agent"], "a");
@@ -325,16 +329,16 @@ conform!(
 conform!(nobody_jumps_a_waiting_queue, |s| {
     setup(&s, &[spec("a", 1, &[])]).await;
     let st = settings();
-    s.route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+    s.route("acme", &st, T0, &[], &[item("e1", "c1", &["a"])])
         .await
         .unwrap();
-    s.route("acme", &st, T0 + 1, &[item("e2", "c2", &["a"])])
+    s.route("acme", &st, T0 + 1, &[], &[item("e2", "c2", &["a"])])
         .await
         .unwrap();
     s.close("acme", &st, T0 + 2, "c1", "done").await.unwrap();
     // a has room, but c2 was waiting first: c3 queues behind it.
     let d = s
-        .route("acme", &st, T0 + 3, &[item("e3", "c3", &["a"])])
+        .route("acme", &st, T0 + 3, &[], &[item("e3", "c3", &["a"])])
         .await
         .unwrap();
     assert_eq!(d[0].action, "queued");
@@ -355,6 +359,7 @@ conform!(
             "acme",
             &st,
             T0,
+            &[],
             &[item("e1", "c1", &["a"]), item("e2", "c2", &["a"])],
         )
         .await
@@ -366,7 +371,7 @@ conform!(
         assert_eq!(prev, Presence::Online);
         // Within the grace period, a message keeps the owner.
         let d = s
-            .route("acme", &st, T0 + 2000, &[item("e3", "c1", &["b"])])
+            .route("acme", &st, T0 + 2000, &[], &[item("e3", "c1", &["b"])])
             .await
             .unwrap();
         assert_eq!(d[0].action, "kept");
@@ -390,7 +395,7 @@ conform!(
         }
         // A message of a queued conversation waits (no double queueing).
         let d = s
-            .route("acme", &st, T0 + 62_000, &[item("e4", "c1", &["b"])])
+            .route("acme", &st, T0 + 62_000, &[], &[item("e4", "c1", &["b"])])
             .await
             .unwrap();
         assert_eq!(d[0].action, "waiting");
@@ -404,7 +409,7 @@ conform!(
     |s| {
         setup(&s, &[spec("a", 2, &[]), spec("b", 2, &[])]).await;
         let st = settings();
-        s.route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+        s.route("acme", &st, T0, &[], &[item("e1", "c1", &["a"])])
             .await
             .unwrap();
         s.set_presence("acme", &st, T0, "a", Presence::Offline)
@@ -412,7 +417,7 @@ conform!(
             .unwrap();
         // The sweep has not run yet, but the grace is over: the message reassigns.
         let d = s
-            .route("acme", &st, T0 + 61_000, &[item("e2", "c1", &["b"])])
+            .route("acme", &st, T0 + 61_000, &[], &[item("e2", "c1", &["b"])])
             .await
             .unwrap();
         assert_eq!(d[0].action, "assigned");
@@ -430,7 +435,7 @@ conform!(waiting_too_long_overflows_to_the_fallback_queue, |s| {
     let mut it = item("e1", "c1", &[]);
     it.fallback_queue = Some("team:overflow".into());
     it.overflow_ms = 30_000;
-    let d = s.route("acme", &st, T0, &[it]).await.unwrap();
+    let d = s.route("acme", &st, T0, &[], &[it]).await.unwrap();
     assert_eq!(d[0].action, "queued");
     assert_eq!(
         s.sweep("acme", &st, T0 + 29_999).await.unwrap().overflowed,
@@ -454,10 +459,10 @@ conform!(idle_conversations_close_and_free_capacity, |s| {
     setup(&s, &[spec("a", 1, &[])]).await;
     let mut st = settings();
     st.auto_close_after_ms = 600_000;
-    s.route("acme", &st, T0, &[item("e1", "c1", &["a"])])
+    s.route("acme", &st, T0, &[], &[item("e1", "c1", &["a"])])
         .await
         .unwrap();
-    s.route("acme", &st, T0 + 300_000, &[item("e2", "c1", &["a"])])
+    s.route("acme", &st, T0 + 300_000, &[], &[item("e2", "c1", &["a"])])
         .await
         .unwrap();
     assert_eq!(
@@ -485,6 +490,7 @@ conform!(manual_transfer_respects_presence_and_capacity, |s| {
         "acme",
         &st,
         T0,
+        &[],
         &[item("e1", "c1", &["a"]), item("e2", "c2", &["b"])],
     )
     .await
@@ -534,6 +540,7 @@ conform!(channel_capacity_is_enforced_separately, |s| {
             "acme",
             &st,
             T0,
+            &[],
             &[item("e1", "c1", &["a"]), item("e3", "c3", &["a"]), sms],
         )
         .await
@@ -552,6 +559,7 @@ conform!(full_queues_leave_new_conversations_unrouted, |s| {
             "acme",
             &st,
             T0,
+            &[],
             &[item("e1", "c1", &[]), item("e2", "c2", &[])],
         )
         .await
@@ -562,12 +570,12 @@ conform!(full_queues_leave_new_conversations_unrouted, |s| {
         "the cap holds even behind a waiting queue"
     );
     let d2 = s
-        .route("acme", &st, T0, &[item("e3", "c3", &[])])
+        .route("acme", &st, T0, &[], &[item("e3", "c3", &[])])
         .await
         .unwrap();
     let mut other = item("e4", "c4", &[]);
     other.queue = "team:other".into();
-    let d3 = s.route("acme", &st, T0, &[other]).await.unwrap();
+    let d3 = s.route("acme", &st, T0, &[], &[other]).await.unwrap();
     assert_eq!(d2[0].action, "unrouted");
     assert_eq!(d3[0].action, "unrouted");
     assert_eq!(s.queues("acme").await.unwrap()[0].depth, 1);

@@ -63,8 +63,8 @@ struct Conv {
     seq: u64,
     fallback_queue: Option<String>,
     overflow_due: Option<u64>,
-    decisions: VecDeque<(String, Decided)>,
     history: VecDeque<String>,
+    decisions: VecDeque<(String, Decided)>,
     expires_ms: Option<u64>,
 }
 
@@ -87,8 +87,8 @@ impl Conv {
             seq: 0,
             fallback_queue: None,
             overflow_due: None,
-            decisions: VecDeque::new(),
             history: VecDeque::new(),
+            decisions: VecDeque::new(),
             expires_ms: None,
         }
     }
@@ -251,7 +251,16 @@ impl Tenant {
         }
     }
 
-    fn touch(&mut self, conv_id: &str, now: u64) {
+    /// `throttle`: a message, which updates the idle index only once a minute.
+    fn touch(&mut self, conv_id: &str, now: u64, throttle: bool) {
+        if throttle
+            && self
+                .idle_at
+                .get(conv_id)
+                .is_some_and(|old| now.saturating_sub(*old) < TOUCH_EVERY_MS)
+        {
+            return;
+        }
         if let Some(old) = self.idle_at.insert(conv_id.to_string(), now) {
             self.idle.remove(&(old, conv_id.to_string()));
         }
@@ -304,7 +313,8 @@ impl Tenant {
         }
     }
 
-    fn remember(&mut self, conv_id: &str, event_id: &str, d: &Decided) {
+    /// The conversation's last DECISIONS_KEPT decisions, by event id.
+    fn remember(&mut self, conv_id: &str, event_id: &str, d: &Decided, _now: u64) {
         if event_id.is_empty() {
             return;
         }
@@ -313,6 +323,17 @@ impl Tenant {
         while c.decisions.len() > DECISIONS_KEPT {
             c.decisions.pop_front();
         }
+    }
+
+    fn stored(&self, conv_id: &str, event_id: &str, now: u64) -> Option<&Decided> {
+        let c = self.convs.get(conv_id)?;
+        if c.expires_ms.is_some_and(|e| e <= now) {
+            return None;
+        }
+        c.decisions
+            .iter()
+            .find(|(e, _)| e == event_id)
+            .map(|(_, d)| d)
     }
 
     fn close_conv(&mut self, conv_id: &str, s: &Settings, now: u64) {
@@ -325,13 +346,15 @@ impl Tenant {
         c.expires_ms = Some(now + s.closed_ttl_ms);
     }
 
-    fn route_one(&mut self, s: &Settings, now: u64, it: &RouteItem) -> Decided {
-        if !it.event_id.is_empty() {
-            if let Some(c) = self.convs.get(&it.conv) {
-                if let Some((_, d)) = c.decisions.iter().find(|(e, _)| *e == it.event_id) {
-                    return d.clone();
-                }
-            }
+    fn route_one(
+        &mut self,
+        s: &Settings,
+        now: u64,
+        excluded: &[String],
+        it: &RouteItem,
+    ) -> Decided {
+        if let Some(d) = self.stored(&it.conv, &it.event_id, now) {
+            return d.clone();
         }
         let c = self.conv_mut(&it.conv, now);
         if c.meta.is_empty() {
@@ -345,9 +368,7 @@ impl Tenant {
         let mut freed = false;
         let mut previous = None;
         let message = it.mode == RouteMode::Message;
-        if message {
-            self.touch(&it.conv, now);
-        }
+        self.touch(&it.conv, now, message);
         match state {
             Some(ConvState::Open) => {
                 let owner = owner.unwrap_or_default();
@@ -371,7 +392,7 @@ impl Tenant {
                         ..Default::default()
                     };
                     let d = decided(&a, false);
-                    self.remember(&it.conv, &it.event_id, &d);
+                    self.remember(&it.conv, &it.event_id, &d, now);
                     return d;
                 }
                 self.release(&it.conv);
@@ -397,7 +418,7 @@ impl Tenant {
                     ..Default::default()
                 };
                 let d = decided(&a, false);
-                self.remember(&it.conv, &it.event_id, &d);
+                self.remember(&it.conv, &it.event_id, &d, now);
                 return d;
             }
             Some(ConvState::Queued) => self.unqueue(&it.conv),
@@ -428,9 +449,13 @@ impl Tenant {
 
         // Sticky: back to the last agent within the window.
         let c = &self.convs[&it.conv];
-        if let Some(sticky) = &it.sticky {
+        if let Some(sticky) = c
+            .last_agent
+            .clone()
+            .filter(|a| it.sticky && !excluded.contains(a))
+        {
+            let sticky = &sticky;
             let within = s.sticky_window_ms > 0
-                && c.last_agent.as_deref() == Some(sticky.as_str())
                 && c.closed_ms > 0
                 && now.saturating_sub(c.closed_ms) <= s.sticky_window_ms;
             if within
@@ -477,8 +502,13 @@ impl Tenant {
             if previous.is_some() || it.mode != RouteMode::Message {
                 self.record(&it.conv, &it.event_id, &mut a, now, !message);
             }
+            let c = self.convs.get_mut(&it.conv).expect("conversation exists");
+            if c.state.is_none() {
+                // Never routed: forgotten like a closed one.
+                c.expires_ms = Some(now + s.closed_ttl_ms);
+            }
             let d = decided(&a, freed);
-            self.remember(&it.conv, &it.event_id, &d);
+            self.remember(&it.conv, &it.event_id, &d, now);
             return d;
         }
         self.enqueue(&it.conv, &it.queue, it.priority, now);
@@ -537,9 +567,6 @@ impl Tenant {
             c.queue = Some(it.queue.clone());
             c.priority = it.priority;
         }
-        if it.mode != RouteMode::Message {
-            self.touch(&it.conv, now);
-        }
         self.record(
             &it.conv,
             &it.event_id,
@@ -548,7 +575,7 @@ impl Tenant {
             it.mode != RouteMode::Message,
         );
         let d = decided(&a, freed);
-        self.remember(&it.conv, &it.event_id, &d);
+        self.remember(&it.conv, &it.event_id, &d, now);
         d
     }
 
@@ -739,12 +766,13 @@ impl MemoryStore {
         tenant: &str,
         settings: &Settings,
         now_ms: u64,
+        excluded: &[String],
         items: &[RouteItem],
     ) -> Vec<Decided> {
         self.with(tenant, |t| {
             items
                 .iter()
-                .map(|it| t.route_one(settings, now_ms, it))
+                .map(|it| t.route_one(settings, now_ms, excluded, it))
                 .collect()
         })
     }

@@ -13,8 +13,9 @@
 //! operation, every key of a tenant in one hash slot).
 //!
 //! Contract of every implementation:
-//! - `route` with an `event_id` already decided returns that decision unchanged and
-//!   changes nothing (idempotent reprocessing after a crash);
+//! - `route` with an `event_id` among the conversation's last [`DECISIONS_KEPT`] decided
+//!   returns that decision unchanged and changes nothing (idempotent reprocessing after a
+//!   crash);
 //! - an agent's open conversations never exceed their capacity, in total or per channel;
 //! - a conversation is in at most one state (open with one agent, queued in one queue, or
 //!   closed); every change of state increments its `seq`, is appended to its history and,
@@ -46,11 +47,17 @@ pub struct Settings {
     pub closed_ttl_ms: u64,
 }
 
-/// Conversations whose decisions are remembered for idempotent reprocessing, per
-/// conversation (the most recent ones).
-pub const DECISIONS_KEPT: usize = 16;
-/// History entries kept per conversation (the most recent ones).
-pub const HISTORY_KEPT: usize = 100;
+/// Decisions remembered per conversation for idempotent reprocessing (its most recent
+/// ones). A crashed router's pending entries are reprocessed after `claim_idle_ms`; a
+/// conversation rarely gets this many more messages in between, and if it does the older
+/// ones are decided again from the current state (an open conversation keeps its owner, so
+/// capacity is still counted once).
+pub const DECISIONS_KEPT: usize = 8;
+/// The idle index (auto-close) is updated at most this often per conversation on messages.
+pub const TOUCH_EVERY_MS: u64 = 60_000;
+/// History entries kept per conversation (the most recent changes; the full record of
+/// assignments is on the events stream).
+pub const HISTORY_KEPT: usize = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -188,9 +195,9 @@ pub struct RouteItem {
     /// Ranked, best first.
     pub candidates: Vec<String>,
     pub considered: u32,
-    /// The conversation's last agent, when the engine found them assignable (the store
-    /// checks the window, presence and capacity).
-    pub sticky: Option<String>,
+    /// Prefer the conversation's last agent when it comes back within the sticky window
+    /// (the store checks the window, presence, capacity and the `excluded` list).
+    pub sticky: bool,
 }
 
 /// One queued conversation to try to assign.
@@ -345,14 +352,17 @@ impl RoutingStore {
         dispatch!(self, s => s.snapshot(tenant, req))
     }
 
+    /// `excluded`: agents that must not get a conversation now even as its last agent
+    /// (outside working hours, viewers, removed from the rule set).
     pub async fn route(
         &self,
         tenant: &str,
         settings: &Settings,
         now_ms: u64,
+        excluded: &[String],
         items: &[RouteItem],
     ) -> Result<Vec<Decided>, BackendError> {
-        dispatch!(self, s => s.route(tenant, settings, now_ms, items))
+        dispatch!(self, s => s.route(tenant, settings, now_ms, excluded, items))
     }
 
     pub async fn dequeue(

@@ -103,6 +103,29 @@ fn agent_live(m: HashMap<String, String>) -> AgentLive {
     a
 }
 
+/// A conversation's packed state (`route.lua`, STATE): '|'-separated fields in the order
+/// st, ag, la, cl, q, tm, ru, sg, pr, qt, seq, ch, fbq, od, tch, op. None without a state.
+fn unpack_state(s: &str) -> Option<ConvLive> {
+    let f: Vec<&str> = s.split('|').collect();
+    let get = |i: usize| f.get(i).filter(|v| !v.is_empty()).map(|v| v.to_string());
+    let num = |i: usize| get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Some(ConvLive {
+        state: ConvState::parse(f.first()?)?,
+        agent: get(1),
+        last_agent: get(2),
+        closed_ms: num(3),
+        queue: get(4),
+        team: get(5),
+        rule: get(6),
+        strategy: get(7).unwrap_or_default(),
+        priority: num(8) as u8,
+        queued_ms: num(9),
+        seq: num(10),
+        channel: get(11).unwrap_or_default(),
+        opened_ms: num(15),
+    })
+}
+
 /// Parses one decision from the script's reply: json, action, strategy, freed, wait.
 fn decided(v: &[Value]) -> Option<Decided> {
     let wait = int(v.get(4)?)?;
@@ -275,34 +298,9 @@ impl RedisStore {
             snap.agents.insert(id.clone(), agent_live(flat_map(v)));
         }
         for (id, v) in req.convs.iter().zip(array(convs).unwrap_or(&[])) {
-            let f: Vec<Option<String>> = array(v)
-                .unwrap_or(&[])
-                .iter()
-                .map(|x| none_if_empty(text(x)))
-                .collect();
-            let get = |i: usize| f.get(i).cloned().flatten();
-            let num = |i: usize| get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            let Some(state) = get(0).as_deref().and_then(ConvState::parse) else {
-                continue;
-            };
-            snap.convs.insert(
-                id.clone(),
-                ConvLive {
-                    state,
-                    agent: get(1),
-                    last_agent: get(2),
-                    queue: get(3),
-                    team: get(4),
-                    rule: get(5),
-                    strategy: get(6).unwrap_or_default(),
-                    priority: num(7) as u8,
-                    channel: get(8).unwrap_or_default(),
-                    queued_ms: num(9),
-                    opened_ms: num(10),
-                    closed_ms: num(11),
-                    seq: num(12),
-                },
-            );
+            if let Some(live) = text(v).as_deref().and_then(unpack_state) {
+                snap.convs.insert(id.clone(), live);
+            }
         }
         let heads = array(heads).unwrap_or(&[]);
         let mut queued: Vec<(f64, QueuedConv)> = heads
@@ -338,30 +336,62 @@ impl RedisStore {
         tenant: &str,
         settings: &Settings,
         now_ms: u64,
+        excluded: &[String],
         items: &[RouteItem],
     ) -> Result<Vec<Decided>, BackendError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        // The plans the items share (a batch has a handful), sent once.
+        let mut plan_of: Vec<usize> = Vec::with_capacity(items.len());
+        let mut plans: Vec<&RouteItem> = Vec::new();
+        for it in items {
+            let same = |p: &&RouteItem| {
+                p.mode == it.mode
+                    && p.rule == it.rule
+                    && p.queue == it.queue
+                    && p.team == it.team
+                    && p.strategy == it.strategy
+                    && p.priority == it.priority
+                    && p.fallback_queue == it.fallback_queue
+                    && p.overflow_ms == it.overflow_ms
+                    && p.reason == it.reason
+            };
+            match plans.iter().position(same) {
+                Some(i) => plan_of.push(i + 1),
+                None => {
+                    plans.push(it);
+                    plan_of.push(plans.len());
+                }
+            }
+        }
         let reply = self
             .call(tenant, "route", Some(settings), now_ms, |inv| {
+                inv.arg(excluded.len());
+                for a in excluded {
+                    inv.arg(a);
+                }
+                inv.arg(plans.len());
+                for p in &plans {
+                    inv.arg(p.mode.as_str())
+                        .arg(opt(&p.rule))
+                        .arg(&p.queue)
+                        .arg(opt(&p.team))
+                        .arg(&p.strategy)
+                        .arg(p.priority)
+                        .arg(opt(&p.fallback_queue))
+                        .arg(p.overflow_ms)
+                        .arg(&p.reason);
+                }
                 inv.arg(items.len());
-                for it in items {
+                for (it, plan) in items.iter().zip(&plan_of) {
                     inv.arg(&it.event_id)
                         .arg(&it.conv)
                         .arg(&it.channel)
                         .arg(&it.meta)
-                        .arg(it.mode.as_str())
-                        .arg(opt(&it.rule))
-                        .arg(&it.queue)
-                        .arg(opt(&it.team))
-                        .arg(&it.strategy)
-                        .arg(it.priority)
-                        .arg(opt(&it.fallback_queue))
-                        .arg(it.overflow_ms)
-                        .arg(&it.reason)
+                        .arg(*plan)
                         .arg(it.considered)
-                        .arg(opt(&it.sticky))
+                        .arg(if it.sticky { 1 } else { 0 })
                         .arg(it.candidates.len());
                     for c in &it.candidates {
                         inv.arg(c);
@@ -542,43 +572,17 @@ impl RedisStore {
         tenant: &str,
         conv: &str,
     ) -> Result<Option<(ConvLive, Vec<String>)>, BackendError> {
-        let base = self.base(tenant);
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(format!("{base}c:{conv}"))
-            .arg(&[
-                "st", "ag", "la", "q", "tm", "ru", "sg", "pr", "ch", "qt", "op", "cl", "seq",
-            ])
-            .cmd("LRANGE")
-            .arg(format!("{base}h:{conv}"))
-            .arg(0)
-            .arg(-1);
-        let mut conn = self.conn.clone();
-        let (f, history): (Vec<Option<String>>, Vec<String>) =
-            self.timed(pipe.query_async(&mut conn)).await?;
-        let get = |i: usize| f.get(i).cloned().flatten().filter(|s| !s.is_empty());
-        let num = |i: usize| get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let Some(state) = get(0).as_deref().and_then(ConvState::parse) else {
-            return Ok(None);
+        let reply = self
+            .call(tenant, "conversation", None, 0, |inv| {
+                inv.arg(conv);
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("conversation reply"))?;
+        let (Some(state), Some(history)) = (v.first().and_then(text), v.get(1).and_then(array))
+        else {
+            return Err(protocol("conversation reply"));
         };
-        Ok(Some((
-            ConvLive {
-                state,
-                agent: get(1),
-                last_agent: get(2),
-                queue: get(3),
-                team: get(4),
-                rule: get(5),
-                strategy: get(6).unwrap_or_default(),
-                priority: num(7) as u8,
-                channel: get(8).unwrap_or_default(),
-                queued_ms: num(9),
-                opened_ms: num(10),
-                closed_ms: num(11),
-                seq: num(12),
-            },
-            history,
-        )))
+        Ok(unpack_state(&state).map(|live| (live, history.iter().filter_map(text).collect())))
     }
 
     pub async fn outbox(&self, tenant: &str, max: usize) -> Result<Vec<OutboxEntry>, BackendError> {

@@ -1,5 +1,6 @@
--- Routing state operations, atomic per call. The Rust side (src/route/store/redis.rs) and
--- the memory store (memory.rs) implement the same algorithm; keep them in step.
+-- Routing state operations, atomic per call. The memory store (memory.rs) implements the
+-- same algorithm step for step; the conformance suite (tests/it/routing_store.rs) holds
+-- the two to identical results. Keep them in step.
 --
 -- KEYS[1]  the tenant's rule set hash ({prefix:rt:<tenant>}:ruleset): it routes the call
 --          to the tenant's slot; every other key is built from ARGV[2] and shares its tag.
@@ -9,19 +10,25 @@
 -- ARGV[10..] the operation's arguments (see each function).
 --
 -- Keys under the base:
---   a:<agent>   hash  p presence, ps since, cap, cc:<ch> channel cap, l load, l:<ch>, last
---   roster      set   agents of the current rule set
---   c:<conv>    hash  st state, ag agent, la last agent, cl closed, q queue, tm team, ru rule,
---                     sg strategy, pr priority, qt queued, op opened, ch channel, meta, seq,
---                     fbq fallback queue, od overflow due, dq decided event ids, d:<event id>
---   h:<conv>    list  history (JSON), newest last, capped
---   o:<agent>   set   the agent's open conversations
---   q:<queue>   zset  queued conversations, score (100 - priority) * 1e13 + queued ms
---   queues      set   names of non-empty queues       nq  string: conversations queued
+--   a:<agent>   hash   p presence, ps since, cap, cc:<ch> channel cap, l load, l:<ch>, last
+--   roster      set    agents of the current rule set
+--   c:<conv>    string the conversation, four sections separated by \30: its state (JSON of
+--                      the STATE fields), its parties (JSON, for the assignment events it
+--                      produces), its recent decisions (event id, space, freed flag,
+--                      assignment JSON) and its history (JSON entries, newest last), the
+--                      entries of a section separated by \31 (JSON never holds either)
+--   o:<agent>   set    the agent's open conversations
+--   q:<queue>   zset   queued conversations, score (100 - priority) * 1e13 + queued ms
+--   queues      set    names of non-empty queues       nq  string: conversations queued
 --   qc:<queue>:<channel>  string: conversations of that channel waiting in that queue
---   timers      zset  conv -> overflow due   grace zset agent -> requeue due
---   idle        zset  conv -> last contact activity
+--   timers      zset   conv -> overflow due   grace zset agent -> requeue due
+--   idle        zset   conv -> last contact activity (updated at most once a minute)
 --   outbox      stream assignment changes to publish: event_id, conv, meta, assignment, at_ms
+--
+-- Cost matters here (one call decides a batch, and Redis runs one script at a time): a
+-- conversation is one string, read once and written once per decision; agents, queue
+-- counters and the idle index are read once per call, changed in Lua and written back
+-- once per call; the plans a batch shares are sent once.
 
 local op = ARGV[1]
 local base = ARGV[2]
@@ -32,10 +39,18 @@ local keep_offline = ARGV[6] == '1'
 local auto_close = tonumber(ARGV[7])
 local max_queued = tonumber(ARGV[8])
 local closed_ttl = tonumber(ARGV[9])
+local now_text = ARGV[3]
 
-local DECISIONS_KEPT = 16
-local HISTORY_KEPT = 100
+local HISTORY_KEPT = 50
+local DECISIONS_KEPT = 8
 local OUTBOX_MAX = 100000
+local TOUCH_EVERY_MS = 60000
+
+-- A conversation's state. Replies to the Rust side pack it as these fields joined by '|'
+-- (ids, queue names, strategies and numbers never contain one).
+local STATE = {'st', 'ag', 'la', 'cl', 'q', 'tm', 'ru', 'sg', 'pr', 'qt', 'seq', 'ch', 'fbq',
+  'od', 'tch', 'op', 'dn', 'hn'}
+local RS, US = '\30', '\31'
 
 local function nz(s)
   if s == nil or s == false or s == '' then
@@ -59,47 +74,69 @@ local function candidates_text(n)
   return string.format('%d candidates', n)
 end
 
-local function ckey(conv) return base .. 'c:' .. conv end
-local function akey(agent) return base .. 'a:' .. agent end
-
-local function conv_get(conv)
-  local flat = redis.call('HGETALL', ckey(conv))
-  local c = {}
-  for i = 1, #flat, 2 do
-    c[flat[i]] = flat[i + 1]
-  end
-  return c
+local function score(priority, at)
+  return string.format('%d', (100 - math.min(priority, 100)) * 10000000000000 + at)
 end
 
-local function agent_get(agent)
-  local flat = redis.call('HGETALL', akey(agent))
-  local a = {}
-  for i = 1, #flat, 2 do
-    a[flat[i]] = flat[i + 1]
+local function ckey(conv) return base .. 'c:' .. conv end
+local function akey(agent) return base .. 'a:' .. agent end
+local function qc(queue, ch) return base .. 'qc:' .. queue .. ':' .. ch end
+
+-- What one call changes, written back by flush().
+local ctx = {
+  agents = {},      -- id -> cached agent (see agent())
+  counters = {},    -- key -> value (nq, qc:*)
+  dirty_counters = {},
+  idle_add = {},    -- conv -> true: ZADD idle now
+  idle_rem = {},    -- conv -> true: ZREM idle
+}
+
+-- Agents ------------------------------------------------------------------------------
+
+local function agent(id)
+  local a = ctx.agents[id]
+  if a then
+    return a
   end
+  local flat = redis.call('HGETALL', akey(id))
+  a = {exists = #flat > 0, cc = {}, lc = {}, add = {}, rem = {}, dirty = false}
+  for i = 1, #flat, 2 do
+    local k, v = flat[i], flat[i + 1]
+    if k == 'p' then
+      a.p = v
+    elseif k == 'ps' then
+      a.ps = int(v)
+    elseif k == 'cap' then
+      a.cap = int(v)
+    elseif k == 'l' then
+      a.l = int(v)
+    elseif string.sub(k, 1, 3) == 'cc:' then
+      a.cc[string.sub(k, 4)] = int(v)
+    elseif string.sub(k, 1, 2) == 'l:' then
+      a.lc[string.sub(k, 3)] = int(v)
+    end
+  end
+  a.l = a.l or 0
+  a.cap = a.cap or 0
+  ctx.agents[id] = a
   return a
 end
 
--- Online with room in total and on the channel: load, capacity.
-local function eligible(agent, channel)
-  local a = agent_get(agent)
-  if a.p ~= 'online' then
+-- Online with room in total and on the channel: load, capacity; else nil.
+local function check(id, ch)
+  local a = agent(id)
+  if a.p ~= 'online' or a.l >= a.cap then
     return nil
   end
-  local load, cap = int(a.l), int(a.cap)
-  if load >= cap then
+  if a.cc[ch] ~= nil and (a.lc[ch] or 0) >= a.cc[ch] then
     return nil
   end
-  local cc = a['cc:' .. channel]
-  if cc ~= nil and int(a['l:' .. channel]) >= int(cc) then
-    return nil
-  end
-  return load, cap
+  return a.l, a.cap
 end
 
-local function owner_available(agent)
-  local a = agent_get(agent)
-  if a.p == nil then
+local function owner_available(id)
+  local a = agent(id)
+  if not a.p then
     return false
   end
   if a.p ~= 'offline' then
@@ -108,88 +145,120 @@ local function owner_available(agent)
   return keep_offline or now < int(a.ps) + grace_ms
 end
 
-local function assign(conv, agent)
-  local ch = redis.call('HGET', ckey(conv), 'ch') or ''
-  local load = redis.call('HINCRBY', akey(agent), 'l', 1)
-  redis.call('HINCRBY', akey(agent), 'l:' .. ch, 1)
-  redis.call('HSET', akey(agent), 'last', now)
-  local cap = int(redis.call('HGET', akey(agent), 'cap'))
-  redis.call('SADD', base .. 'o:' .. agent, conv)
-  redis.call('HSET', ckey(conv), 'st', 'open', 'ag', agent, 'op', now)
-  redis.call('PERSIST', ckey(conv))
-  redis.call('PERSIST', base .. 'h:' .. conv)
-  return load, cap
-end
+-- Conversation ------------------------------------------------------------------------
 
--- Releases the owner of an open conversation; returns who it was.
-local function release(conv)
-  local ag = nz(redis.call('HGET', ckey(conv), 'ag'))
-  if ag == nil then
-    return nil
-  end
-  local ch = redis.call('HGET', ckey(conv), 'ch') or ''
-  redis.call('HDEL', ckey(conv), 'ag')
-  redis.call('HSET', ckey(conv), 'la', ag)
-  if redis.call('EXISTS', akey(ag)) == 1 then
-    if int(redis.call('HGET', akey(ag), 'l')) > 0 then
-      redis.call('HINCRBY', akey(ag), 'l', -1)
-    end
-    if int(redis.call('HGET', akey(ag), 'l:' .. ch)) > 0 then
-      redis.call('HINCRBY', akey(ag), 'l:' .. ch, -1)
+local function pack_state(c)
+  local t = {}
+  for i, k in ipairs(STATE) do
+    local v = c[k]
+    if v == nil then
+      t[i] = ''
+    elseif type(v) == 'number' then
+      t[i] = string.format('%d', v)
+    else
+      t[i] = v
     end
   end
-  redis.call('SREM', base .. 'o:' .. ag, conv)
-  return ag
+  return table.concat(t, '|')
 end
 
-local function score(priority, at)
-  return string.format('%d', (100 - math.min(priority, 100)) * 10000000000000 + at)
+local function sections(raw)
+  local out, from = {}, 1
+  for _ = 1, 3 do
+    local p = string.find(raw, RS, from, true)
+    if not p then
+      break
+    end
+    out[#out + 1] = string.sub(raw, from, p - 1)
+    from = p + 1
+  end
+  out[#out + 1] = string.sub(raw, from)
+  return out
 end
 
--- Conversations waiting per queue and channel: a new conversation queues behind the ones
--- of its own channel only (an agent with room on SMS is not held back by WhatsApp waits).
-local function qc(queue, conv)
-  return base .. 'qc:' .. queue .. ':' .. (redis.call('HGET', ckey(conv), 'ch') or '')
+-- A loaded conversation is its state table (STATE fields only, all strings, so that
+-- encoding it back is cheap) plus, in BOOK, its other sections and the state it had.
+local BOOK = {}
+
+local function load(conv)
+  local raw = redis.call('GET', ckey(conv))
+  local c, b
+  if raw then
+    local sec = sections(raw)
+    c = cjson.decode(sec[1])
+    b = {meta = sec[2] or '', dec = sec[3] or '', hist = sec[4] or ''}
+  else
+    c = {}
+    b = {meta = '', dec = '', hist = ''}
+  end
+  b.st0 = c.st
+  BOOK[c] = b
+  return c
 end
 
-local function enqueue(conv, queue, priority, at)
-  redis.call('ZADD', base .. 'q:' .. queue, score(priority, at), conv)
-  redis.call('INCR', qc(queue, conv))
-  redis.call('SADD', base .. 'queues', queue)
-  redis.call('INCR', base .. 'nq')
-  redis.call('HSET', ckey(conv), 'st', 'queued', 'q', queue, 'pr', priority, 'qt', at)
-  redis.call('HDEL', ckey(conv), 'ag')
-  redis.call('PERSIST', ckey(conv))
-  redis.call('PERSIST', base .. 'h:' .. conv)
+-- Writes the conversation; a closed (or never routed) one is forgotten after closed_ttl,
+-- one that becomes active again is kept.
+local function save(conv, c)
+  local b = BOOK[c]
+  local value = cjson.encode(c) .. RS .. b.meta .. RS .. b.dec .. RS .. b.hist
+  if c.st == nil or (c.st == 'closed' and b.st0 ~= 'closed') then
+    redis.call('SET', ckey(conv), value, 'PX', closed_ttl)
+  elseif c.st == 'closed' then
+    redis.call('SET', ckey(conv), value, 'KEEPTTL')
+  else
+    redis.call('SET', ckey(conv), value)
+  end
 end
 
-local function unqueue(conv)
-  local c = conv_get(conv)
-  if c.st ~= 'queued' then
+-- Appends an entry to a section, dropping the oldest past `cap`; `n` is its count field.
+local function append(c, section, n, entry, cap)
+  local b = BOOK[c]
+  local count = int(c[n]) + 1
+  if b[section] == '' then
+    b[section] = entry
+  else
+    b[section] = b[section] .. US .. entry
+  end
+  if count > cap then
+    local p = string.find(b[section], US, 1, true)
+    b[section] = string.sub(b[section], p + 1)
+    count = cap
+  end
+  c[n] = tostring(count)
+end
+
+-- The decision recorded for `event_id`, if this conversation still has it.
+local function stored_decision(c, event_id)
+  local key = event_id .. ' '
+  local dec = BOOK[c].dec
+  local from = 1
+  while true do
+    local p = string.find(dec, key, from, true)
+    if not p then
+      return nil
+    end
+    if p == 1 or string.sub(dec, p - 1, p - 1) == US then
+      local e = string.find(dec, US, p, true)
+      return string.sub(dec, p + #key, (e or 0) - 1)
+    end
+    from = p + 1
+  end
+end
+
+-- The idle index: for a message (`throttle`) at most once a minute.
+local function touch(c, conv, throttle)
+  if throttle and c.tch and now - int(c.tch) < TOUCH_EVERY_MS then
     return
   end
-  if c.od ~= nil then
-    redis.call('ZREM', base .. 'timers', conv)
-    redis.call('HDEL', ckey(conv), 'od')
-  end
-  if c.q ~= nil then
-    if redis.call('ZREM', base .. 'q:' .. c.q, conv) == 1 then
-      if int(redis.call('GET', base .. 'nq')) > 0 then
-        redis.call('DECR', base .. 'nq')
-      end
-      local k = qc(c.q, conv)
-      if redis.call('DECR', k) <= 0 then
-        redis.call('DEL', k)
-      end
-    end
-    if redis.call('ZCARD', base .. 'q:' .. c.q) == 0 then
-      redis.call('SREM', base .. 'queues', c.q)
-    end
-  end
+  ctx.idle_add[conv] = true
+  ctx.idle_rem[conv] = nil
+  c.tch = now_text
 end
 
-local function touch(conv)
-  redis.call('ZADD', base .. 'idle', now, conv)
+local function untouch(c, conv)
+  ctx.idle_rem[conv] = true
+  ctx.idle_add[conv] = nil
+  c.tch = nil
 end
 
 local function outbox_event_id(conv, seq)
@@ -197,28 +266,28 @@ local function outbox_event_id(conv, seq)
 end
 
 -- Records a change: seq, history and (when no message carries it) the outbox.
-local function record(conv, event_id, a, outbox)
-  local seq = redis.call('HINCRBY', ckey(conv), 'seq', 1)
+local function record(c, conv, event_id, a, outbox)
+  local seq = int(c.seq) + 1
+  c.seq = tostring(seq)
   a.seq = seq
   if outbox then
     event_id = outbox_event_id(conv, seq)
   end
   local json = cjson.encode(a)
-  local hkey = base .. 'h:' .. conv
-  redis.call('RPUSH', hkey, '{"at_ms":' .. string.format('%d', now) .. ',"event_id":' .. cjson.encode(event_id) .. ',"assignment":' .. json .. '}')
-  redis.call('LTRIM', hkey, -HISTORY_KEPT, -1)
-  if redis.call('TTL', ckey(conv)) > 0 then
-    redis.call('PEXPIRE', hkey, redis.call('PTTL', ckey(conv)))
-  end
+  -- Event ids are evt_ + hex: safe inside a JSON string as they are.
+  append(c, 'hist', 'hn', '{"at_ms":' .. now_text .. ',"event_id":"' .. (event_id or '')
+    .. '","assignment":' .. json .. '}', HISTORY_KEPT)
   if outbox then
-    local meta = redis.call('HGET', ckey(conv), 'meta') or ''
     redis.call('XADD', base .. 'outbox', 'MAXLEN', '~', OUTBOX_MAX, '*',
-      'event_id', event_id, 'conv', conv, 'meta', meta, 'assignment', json, 'at_ms', string.format('%d', now))
+      'event_id', event_id, 'conv', conv, 'meta', BOOK[c].meta, 'assignment', json,
+      'at_ms', now_text)
   end
   return json
 end
 
-local function remember(conv, event_id, freed, json)
+-- Decisions by event id, for idempotent reprocessing: the conversation's last
+-- DECISIONS_KEPT.
+local function remember(c, event_id, freed, json)
   if event_id == nil then
     return
   end
@@ -226,25 +295,7 @@ local function remember(conv, event_id, freed, json)
   if freed then
     f = '1'
   end
-  redis.call('HSET', ckey(conv), 'd:' .. event_id, f .. json)
-  local dq = redis.call('HGET', ckey(conv), 'dq') or ''
-  local ids = {}
-  for id in string.gmatch(dq, '%S+') do
-    ids[#ids + 1] = id
-  end
-  ids[#ids + 1] = event_id
-  while #ids > DECISIONS_KEPT do
-    redis.call('HDEL', ckey(conv), 'd:' .. table.remove(ids, 1))
-  end
-  redis.call('HSET', ckey(conv), 'dq', table.concat(ids, ' '))
-end
-
-local function close_conv(conv)
-  redis.call('ZREM', base .. 'idle', conv)
-  redis.call('HSET', ckey(conv), 'st', 'closed', 'cl', now)
-  redis.call('HDEL', ckey(conv), 'q', 'ag')
-  redis.call('PEXPIRE', ckey(conv), closed_ttl)
-  redis.call('PEXPIRE', base .. 'h:' .. conv, closed_ttl)
+  append(c, 'dec', 'dn', event_id .. ' ' .. f .. json, DECISIONS_KEPT)
 end
 
 -- The reply for one decision: assignment JSON, action, strategy, freed, wait ms (-1: none).
@@ -267,38 +318,178 @@ local function out_stored(res, stored)
   out(res, a, json, string.sub(stored, 1, 1) == '1')
 end
 
--- route: ARGV[10] = n, then per item: event_id, conv, channel, meta, mode, rule, queue, team,
--- strategy, priority, fallback queue, overflow ms, reason, considered, sticky, k, k candidates.
-local function route_one(it, res)
+-- Gives `conv` a slot of `id` (check() said there is room). Returns the new load.
+local function assign(c, conv, id)
+  local a = agent(id)
+  a.l = a.l + 1
+  a.lc[c.ch] = (a.lc[c.ch] or 0) + 1
+  a.last = now
+  a.dirty = true
+  a.add[conv] = true
+  a.rem[conv] = nil
+  c.st = 'open'
+  c.ag = id
+  c.op = now_text
+  return a.l
+end
+
+-- Releases the owner of an open conversation; returns who it was.
+local function release(c, conv)
+  local id = c.ag
+  if id == nil then
+    return nil
+  end
+  local a = agent(id)
+  if a.exists then
+    a.l = math.max(a.l - 1, 0)
+    if a.lc[c.ch] ~= nil then
+      a.lc[c.ch] = math.max(a.lc[c.ch] - 1, 0)
+    end
+    a.dirty = true
+  end
+  a.rem[conv] = true
+  a.add[conv] = nil
+  c.la = id
+  c.ag = nil
+  return id
+end
+
+-- Queues ------------------------------------------------------------------------------
+
+local function counter(key)
+  local v = ctx.counters[key]
+  if v == nil then
+    v = int(redis.call('GET', key))
+    ctx.counters[key] = v
+  end
+  return v
+end
+
+local function bump(key, d)
+  ctx.counters[key] = math.max(counter(key) + d, 0)
+  ctx.dirty_counters[key] = true
+end
+
+local function enqueue(c, conv, queue, priority, at)
+  redis.call('ZADD', base .. 'q:' .. queue, score(priority, at), conv)
+  redis.call('SADD', base .. 'queues', queue)
+  bump(base .. 'nq', 1)
+  bump(qc(queue, c.ch), 1)
+  c.st = 'queued'
+  c.q = queue
+  c.pr = tostring(priority)
+  c.qt = string.format('%d', at)
+  c.ag = nil
+end
+
+local function unqueue(c, conv)
+  if c.st ~= 'queued' then
+    return
+  end
+  if c.od ~= nil then
+    redis.call('ZREM', base .. 'timers', conv)
+    c.od = nil
+  end
+  if c.q ~= nil then
+    if redis.call('ZREM', base .. 'q:' .. c.q, conv) == 1 then
+      bump(base .. 'nq', -1)
+      bump(qc(c.q, c.ch), -1)
+    end
+    if redis.call('ZCARD', base .. 'q:' .. c.q) == 0 then
+      redis.call('SREM', base .. 'queues', c.q)
+    end
+  end
+end
+
+local function close_conv(c, conv)
+  untouch(c, conv)
+  c.st = 'closed'
+  c.cl = now_text
+  c.q = nil
+  c.ag = nil
+end
+
+-- Writes back what the call changed in agents, counters, the idle index and decisions.
+local function flush()
+  for id, a in pairs(ctx.agents) do
+    if a.dirty then
+      local w = {'l', a.l}
+      for ch, v in pairs(a.lc) do
+        w[#w + 1] = 'l:' .. ch
+        w[#w + 1] = v
+      end
+      if a.last then
+        w[#w + 1] = 'last'
+        w[#w + 1] = a.last
+      end
+      redis.call('HSET', akey(id), unpack(w))
+    end
+    local add, rem = {}, {}
+    for conv in pairs(a.add) do
+      add[#add + 1] = conv
+    end
+    for conv in pairs(a.rem) do
+      rem[#rem + 1] = conv
+    end
+    if #add > 0 then
+      redis.call('SADD', base .. 'o:' .. id, unpack(add))
+    end
+    if #rem > 0 then
+      redis.call('SREM', base .. 'o:' .. id, unpack(rem))
+    end
+  end
+  for key in pairs(ctx.dirty_counters) do
+    local v = ctx.counters[key]
+    if v > 0 then
+      redis.call('SET', key, v)
+    else
+      redis.call('DEL', key)
+    end
+  end
+  local add = {}
+  for conv in pairs(ctx.idle_add) do
+    add[#add + 1] = now
+    add[#add + 1] = conv
+  end
+  if #add > 0 then
+    redis.call('ZADD', base .. 'idle', unpack(add))
+  end
+  local rem = {}
+  for conv in pairs(ctx.idle_rem) do
+    rem[#rem + 1] = conv
+  end
+  if #rem > 0 then
+    redis.call('ZREM', base .. 'idle', unpack(rem))
+  end
+end
+
+-- Operations --------------------------------------------------------------------------
+
+local function route_one(it, res, excluded)
   local conv = it.conv
   local eid = nz(it.event_id)
-  if eid ~= nil then
-    local stored = redis.call('HGET', ckey(conv), 'd:' .. eid)
+  local c = load(conv)
+  if eid then
+    local stored = stored_decision(c, eid)
     if stored then
       out_stored(res, stored)
       return
     end
   end
-  if redis.call('HEXISTS', ckey(conv), 'meta') == 0 then
-    redis.call('HSET', ckey(conv), 'meta', it.meta)
+  if c.ch == nil then
+    BOOK[c].meta = it.meta
   end
-  redis.call('HSET', ckey(conv), 'ch', it.channel)
-  local c = conv_get(conv)
+  c.ch = it.channel
   local message = it.mode == 'message'
-  if message then
-    touch(conv)
-  end
-  local freed = false
-  local previous = nil
+  touch(c, conv, message)
+  local freed, previous = false, nil
   if c.st == 'open' then
     local owner = c.ag or ''
     local keep
     if it.mode == 'message' then
       keep = owner_available(owner)
-    elseif it.mode == 'reopen' then
-      keep = true
     else
-      keep = false
+      keep = it.mode == 'reopen'
     end
     if keep then
       local a = {
@@ -307,13 +498,13 @@ local function route_one(it, res)
         queued = false, priority = int(c.pr), seq = int(c.seq),
       }
       local json = cjson.encode(a)
-      remember(conv, eid, false, json)
+      remember(c, eid, false, json)
+      save(conv, c)
       out(res, a, json, false)
       return
     end
-    release(conv)
+    previous = release(c, conv)
     freed = true
-    previous = owner
   elseif c.st == 'queued' and it.mode ~= 'transfer' then
     local q = c.q or ''
     local a = {
@@ -322,11 +513,12 @@ local function route_one(it, res)
       queued = true, priority = int(c.pr), seq = int(c.seq),
     }
     local json = cjson.encode(a)
-    remember(conv, eid, false, json)
+    remember(c, eid, false, json)
+    save(conv, c)
     out(res, a, json, false)
     return
   elseif c.st == 'queued' then
-    unqueue(conv)
+    unqueue(c, conv)
   end
 
   local prefix = it.reason
@@ -336,7 +528,7 @@ local function route_one(it, res)
   local a = {
     previous_agent = previous, team = nz(it.team), queue = it.queue, rule = nz(it.rule),
     strategy = it.strategy, priority = it.priority, candidates = it.considered, queued = false,
-    seq = int(redis.call('HGET', ckey(conv), 'seq')),
+    seq = int(c.seq),
   }
   local assigned_action = 'assigned'
   if it.mode == 'transfer' then
@@ -345,67 +537,41 @@ local function route_one(it, res)
 
   local function finish()
     if a.agent ~= nil then
-      redis.call('HSET', ckey(conv), 'sg', a.strategy, 'q', it.queue, 'pr', it.priority)
-      if nz(it.team) then
-        redis.call('HSET', ckey(conv), 'tm', it.team)
-      else
-        redis.call('HDEL', ckey(conv), 'tm')
-      end
-      if nz(it.rule) then
-        redis.call('HSET', ckey(conv), 'ru', it.rule)
-      else
-        redis.call('HDEL', ckey(conv), 'ru')
-      end
+      c.tm = nz(it.team)
+      c.ru = nz(it.rule)
+      c.sg = a.strategy
+      c.q = it.queue
+      c.pr = it.priority_text
     end
-    if not message then
-      touch(conv)
-    end
-    local json = record(conv, eid, a, not message)
-    remember(conv, eid, freed, json)
+    local json = record(c, conv, eid, a, not message)
+    remember(c, eid, freed, json)
+    save(conv, c)
     out(res, a, json, freed)
   end
 
-  local function set_overflow()
-    if nz(it.team) then
-      redis.call('HSET', ckey(conv), 'tm', it.team)
-    else
-      redis.call('HDEL', ckey(conv), 'tm')
-    end
-    if nz(it.rule) then
-      redis.call('HSET', ckey(conv), 'ru', it.rule)
-    else
-      redis.call('HDEL', ckey(conv), 'ru')
-    end
-    redis.call('HSET', ckey(conv), 'sg', it.strategy)
-    redis.call('HDEL', ckey(conv), 'fbq')
-    if nz(it.fallback) and it.overflow > 0 then
-      local due = now + it.overflow
-      redis.call('HSET', ckey(conv), 'fbq', it.fallback, 'od', due)
-      redis.call('ZADD', base .. 'timers', due, conv)
-    end
-  end
-
   -- Sticky: back to the last agent within the window.
-  local sticky = nz(it.sticky)
-  if sticky ~= nil and it.mode ~= 'transfer' and sticky_window > 0 and c.la == sticky
+  local la = c.la
+  if it.sticky and la ~= nil and not excluded[la] and it.mode ~= 'transfer' and sticky_window > 0
       and int(c.cl) > 0 and now - int(c.cl) <= sticky_window then
-    if eligible(sticky, it.channel) then
-      local load, cap = assign(conv, sticky)
+    local load_, cap = check(la, c.ch)
+    if load_ then
+      local l = assign(c, conv, la)
       a.action = assigned_action
-      a.agent = sticky
+      a.agent = la
       a.strategy = 'sticky_owner'
-      a.reason = 'sticky: back to last agent ' .. sticky .. ', ' .. load .. '/' .. cap .. ' open'
+      a.reason = 'sticky: back to last agent ' .. la .. ', ' .. l .. '/' .. cap .. ' open'
       finish()
       return
     end
   end
 
   -- Fairness: nobody jumps a queue that is already waiting for this target.
-  local waiting = int(redis.call('GET', base .. 'qc:' .. it.queue .. ':' .. it.channel))
+  local waiting = counter(qc(it.queue, c.ch))
   if waiting == 0 then
     for _, cand in ipairs(it.candidates) do
-      if eligible(cand, it.channel) ~= nil then
-        local l, cap = assign(conv, cand)
+      local load_, cap = check(cand, c.ch)
+      if load_ then
+        local l = assign(c, conv, cand)
         a.action = assigned_action
         a.agent = cand
         a.reason = prefix .. ': ' .. cand .. ' ' .. l .. '/' .. cap .. ' open, ' .. candidates_text(it.considered)
@@ -415,26 +581,36 @@ local function route_one(it, res)
     end
   end
 
-  local total = int(redis.call('GET', base .. 'nq'))
+  local total = counter(base .. 'nq')
   if total >= max_queued then
     a.action = 'unrouted'
     a.queue = nil
     a.reason = prefix .. ': nobody eligible and the queues are full (' .. total .. ' waiting)'
-    local json
     if previous ~= nil then
-      close_conv(conv)
+      -- The released conversation has nowhere to wait: it is closed, not lost.
+      close_conv(c, conv)
     end
+    local json
     if previous ~= nil or not message then
-      json = record(conv, eid, a, not message)
+      json = record(c, conv, eid, a, not message)
     else
       json = cjson.encode(a)
     end
-    remember(conv, eid, freed, json)
+    remember(c, eid, freed, json)
+    save(conv, c)
     out(res, a, json, freed)
     return
   end
-  enqueue(conv, it.queue, it.priority, now)
-  set_overflow()
+  enqueue(c, conv, it.queue, it.priority, now)
+  c.tm = nz(it.team)
+  c.ru = nz(it.rule)
+  c.sg = it.strategy
+  c.fbq = nil
+  if nz(it.fallback) and it.overflow > 0 then
+    c.fbq = it.fallback
+    c.od = string.format('%d', now + it.overflow)
+    redis.call('ZADD', base .. 'timers', c.od, conv)
+  end
   a.action = 'queued'
   a.queued = true
   if waiting > 0 then
@@ -447,30 +623,50 @@ local function route_one(it, res)
   finish()
 end
 
+-- route: ARGV[10] = m, then m agents not assignable now (outside working hours, removed,
+-- viewers: never sticky targets); then p plans, each: mode, rule, queue, team, strategy,
+-- priority, fallback queue, overflow ms, reason; then n items, each: event_id, conv,
+-- channel, meta, plan (1-based), considered, sticky (0/1), k, k candidates.
 local function op_route()
-  local n = tonumber(ARGV[10])
-  local i = 11
+  local m = tonumber(ARGV[10])
+  local excluded = {}
+  for j = 1, m do
+    excluded[ARGV[10 + j]] = true
+  end
+  local i = 11 + m
+  local plans = {}
+  for j = 1, tonumber(ARGV[i]) do
+    local b = i + 1 + (j - 1) * 9
+    plans[j] = {
+      mode = ARGV[b], rule = ARGV[b + 1], queue = ARGV[b + 2], team = ARGV[b + 3],
+      strategy = ARGV[b + 4], priority = tonumber(ARGV[b + 5]), priority_text = ARGV[b + 5],
+      fallback = ARGV[b + 6],
+      overflow = tonumber(ARGV[b + 7]), reason = ARGV[b + 8],
+    }
+  end
+  i = i + 1 + #plans * 9
+  local n = tonumber(ARGV[i])
+  i = i + 1
   local res = {}
   for _ = 1, n do
-    local it = {
+    local plan = plans[tonumber(ARGV[i + 4])]
+    local it = setmetatable({
       event_id = ARGV[i], conv = ARGV[i + 1], channel = ARGV[i + 2], meta = ARGV[i + 3],
-      mode = ARGV[i + 4], rule = ARGV[i + 5], queue = ARGV[i + 6], team = ARGV[i + 7],
-      strategy = ARGV[i + 8], priority = tonumber(ARGV[i + 9]), fallback = ARGV[i + 10],
-      overflow = tonumber(ARGV[i + 11]), reason = ARGV[i + 12], considered = tonumber(ARGV[i + 13]),
-      sticky = ARGV[i + 14], candidates = {},
-    }
-    local k = tonumber(ARGV[i + 15])
+      considered = tonumber(ARGV[i + 5]), sticky = ARGV[i + 6] == '1', candidates = {},
+    }, {__index = plan})
+    local k = tonumber(ARGV[i + 7])
     for j = 1, k do
-      it.candidates[j] = ARGV[i + 15 + j]
+      it.candidates[j] = ARGV[i + 7 + j]
     end
-    i = i + 16 + k
-    route_one(it, res)
+    i = i + 8 + k
+    route_one(it, res, excluded)
   end
+  flush()
   return res
 end
 
 -- dequeue: ARGV[10] = n, then per item: conv, queue, team, strategy, reason, considered, k,
--- k candidates. Reply per item: {} when skipped, else the decision.
+-- k candidates. Reply per item: 0 when skipped, else 1 and the decision.
 local function op_dequeue()
   local n = tonumber(ARGV[10])
   local i = 11
@@ -484,12 +680,13 @@ local function op_dequeue()
       cands[j] = ARGV[i + 6 + j]
     end
     i = i + 7 + k
-    local c = conv_get(conv)
-    local chosen = nil
+    local c = load(conv)
+    local chosen, cap
     if c.st == 'queued' and c.q == queue then
       for _, cand in ipairs(cands) do
-        if eligible(cand, c.ch or '') then
-          chosen = cand
+        local l, room = check(cand, c.ch or '')
+        if l then
+          chosen, cap = cand, room
           break
         end
       end
@@ -498,106 +695,99 @@ local function op_dequeue()
       res[#res + 1] = 0
     else
       local queued_ms = int(c.qt)
-      unqueue(conv)
-      local load, cap = assign(conv, chosen)
+      unqueue(c, conv)
+      local l = assign(c, conv, chosen)
       local wait = math.max(now - queued_ms, 0)
-      if nz(team) then
-        redis.call('HSET', ckey(conv), 'tm', team)
-      else
-        redis.call('HDEL', ckey(conv), 'tm')
-      end
-      redis.call('HSET', ckey(conv), 'sg', strategy)
+      c.tm = nz(team)
+      c.sg = strategy
       local a = {
         action = 'assigned', agent = chosen, team = nz(team), queue = queue, rule = c.ru,
         strategy = strategy,
-        reason = reason .. ': ' .. chosen .. ' ' .. load .. '/' .. cap .. ' open, ' .. candidates_text(considered) .. ', after waiting ' .. secs(wait),
+        reason = reason .. ': ' .. chosen .. ' ' .. l .. '/' .. cap .. ' open, ' .. candidates_text(considered) .. ', after waiting ' .. secs(wait),
         queued = false, waited = true, wait_ms = wait, priority = int(c.pr), candidates = considered,
       }
-      local json = record(conv, nil, a, true)
+      local json = record(c, conv, nil, a, true)
+      save(conv, c)
       res[#res + 1] = 1
       out(res, a, json, false)
     end
   end
+  flush()
   return res
 end
 
 -- transfer_agent: ARGV[10] conv, ARGV[11] agent, ARGV[12] reason.
 -- Reply: {0, json, action, strategy, freed, wait} or {-1, refusal, load, cap}.
 local function op_transfer_agent()
-  local conv, agent, reason = ARGV[10], ARGV[11], ARGV[12]
-  local c = conv_get(conv)
+  local conv, id, reason = ARGV[10], ARGV[11], ARGV[12]
+  local c = load(conv)
   if c.st ~= 'open' and c.st ~= 'queued' then
     return {-1, 'not_active', 0, 0}
   end
-  local same = c.ag == agent
+  local ch = c.ch or ''
+  local ag = agent(id)
+  local same = c.ag == id
   if not same then
-    if redis.call('EXISTS', akey(agent)) == 0 then
+    if ag.p == 'offline' or not ag.p then
       return {-1, 'offline', 0, 0}
     end
-    local a = agent_get(agent)
-    if a.p == 'offline' or a.p == nil then
-      return {-1, 'offline', 0, 0}
+    if ag.l >= ag.cap then
+      return {-1, 'full', ag.l, ag.cap}
     end
-    if int(a.l) >= int(a.cap) then
-      return {-1, 'full', int(a.l), int(a.cap)}
-    end
-    local ch = c.ch or ''
-    local cc = a['cc:' .. ch]
-    if cc ~= nil and int(a['l:' .. ch]) >= int(cc) then
+    if ag.cc[ch] ~= nil and (ag.lc[ch] or 0) >= ag.cc[ch] then
       return {-1, 'channel_full', 0, 0}
     end
   end
   local freed, previous, wait = false, nil, nil
   if same then
-    previous = agent
+    previous = id
   elseif c.st == 'open' then
-    previous = release(conv)
+    previous = release(c, conv)
     freed = true
   else
     wait = math.max(now - int(c.qt), 0)
-    unqueue(conv)
+    unqueue(c, conv)
   end
-  local load, cap
-  if same then
-    load = int(redis.call('HGET', akey(agent), 'l'))
-    cap = int(redis.call('HGET', akey(agent), 'cap'))
-  else
-    load, cap = assign(conv, agent)
+  local l = ag.l
+  if not same then
+    l = assign(c, conv, id)
   end
-  redis.call('HSET', ckey(conv), 'sg', 'manual')
-  local c2 = conv_get(conv)
+  c.sg = 'manual'
   local a = {
-    action = 'transferred', agent = agent, previous_agent = previous, team = c2.tm, queue = c2.q,
-    rule = c2.ru, strategy = 'manual', reason = reason .. ', ' .. load .. '/' .. cap .. ' open',
-    queued = false, priority = int(c2.pr),
+    action = 'transferred', agent = id, previous_agent = previous, team = c.tm, queue = c.q,
+    rule = c.ru, strategy = 'manual', reason = reason .. ', ' .. l .. '/' .. ag.cap .. ' open',
+    queued = false, priority = int(c.pr),
   }
   if wait ~= nil then
     a.waited = true
     a.wait_ms = wait
   end
-  local json = record(conv, nil, a, true)
+  local json = record(c, conv, nil, a, true)
+  save(conv, c)
+  flush()
   local res = {0}
   out(res, a, json, freed)
   return res
 end
 
 local function close_one(conv, reason, res)
-  local c = conv_get(conv)
+  local c = load(conv)
   local freed, previous = false, nil
   if c.st == 'open' then
     freed = true
-    previous = release(conv)
+    previous = release(c, conv)
   elseif c.st == 'queued' then
-    unqueue(conv)
+    unqueue(c, conv)
   else
     return false
   end
-  close_conv(conv)
+  close_conv(c, conv)
   local a = {
     action = 'closed', previous_agent = previous, team = c.tm, rule = c.ru,
     strategy = c.sg or '', reason = reason, queued = false,
   }
-  local json = record(conv, nil, a, true)
+  local json = record(c, conv, nil, a, true)
+  save(conv, c)
   if res ~= nil then
     out(res, a, json, freed)
   end
@@ -608,22 +798,23 @@ end
 local function op_close()
   local res = {}
   close_one(ARGV[10], ARGV[11], res)
+  flush()
   return res
 end
 
 -- presence: ARGV[10] agent, ARGV[11] presence. Reply: the previous presence.
 local function op_presence()
-  local agent, presence = ARGV[10], ARGV[11]
-  local previous = redis.call('HGET', akey(agent), 'p') or 'offline'
+  local id, presence = ARGV[10], ARGV[11]
+  local previous = redis.call('HGET', akey(id), 'p') or 'offline'
   if previous ~= presence then
-    redis.call('HSET', akey(agent), 'p', presence, 'ps', now)
+    redis.call('HSET', akey(id), 'p', presence, 'ps', now)
   end
   if presence == 'offline' and not keep_offline then
-    if previous ~= 'offline' or redis.call('ZSCORE', base .. 'grace', agent) == false then
-      redis.call('ZADD', base .. 'grace', now + grace_ms, agent)
+    if previous ~= 'offline' or redis.call('ZSCORE', base .. 'grace', id) == false then
+      redis.call('ZADD', base .. 'grace', now + grace_ms, id)
     end
   else
-    redis.call('ZREM', base .. 'grace', agent)
+    redis.call('ZREM', base .. 'grace', id)
   end
   return previous
 end
@@ -632,25 +823,25 @@ end
 local function op_sweep()
   local requeued, overflowed, closed = 0, 0, 0
   local due = redis.call('ZRANGEBYSCORE', base .. 'grace', '-inf', now)
-  for _, agent in ipairs(due) do
-    redis.call('ZREM', base .. 'grace', agent)
-    local a = agent_get(agent)
-    if a.p == 'offline' and not keep_offline then
-      local since = int(a.ps)
-      local convs = redis.call('SORT', base .. 'o:' .. agent, 'ALPHA')
-      for _, conv in ipairs(convs) do
-        if release(conv) ~= nil then
-          local c = conv_get(conv)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', base .. 'grace', id)
+    local ag = agent(id)
+    if ag.p == 'offline' and not keep_offline then
+      local since = int(ag.ps)
+      for _, conv in ipairs(redis.call('SORT', base .. 'o:' .. id, 'ALPHA')) do
+        local c = load(conv)
+        if release(c, conv) ~= nil then
           local queue = c.q or 'default'
           local priority = int(c.pr)
-          enqueue(conv, queue, priority, now)
+          enqueue(c, conv, queue, priority, now)
           local rec = {
-            action = 'requeued', previous_agent = agent, team = c.tm, queue = queue, rule = c.ru,
+            action = 'requeued', previous_agent = id, team = c.tm, queue = queue, rule = c.ru,
             strategy = c.sg or '',
-            reason = agent .. ' offline for ' .. secs(math.max(now - since, 0)) .. ': back to ' .. queue,
+            reason = id .. ' offline for ' .. secs(math.max(now - since, 0)) .. ': back to ' .. queue,
             queued = true, priority = priority,
           }
-          record(conv, nil, rec, true)
+          record(c, conv, nil, rec, true)
+          save(conv, c)
           requeued = requeued + 1
         end
       end
@@ -659,22 +850,25 @@ local function op_sweep()
   due = redis.call('ZRANGEBYSCORE', base .. 'timers', '-inf', now)
   for _, conv in ipairs(due) do
     redis.call('ZREM', base .. 'timers', conv)
-    redis.call('HDEL', ckey(conv), 'od')
-    local c = conv_get(conv)
-    local fb = nz(c.fbq)
-    if c.st == 'queued' and fb ~= nil then
-      redis.call('HDEL', ckey(conv), 'fbq')
-      local from = c.q or ''
-      local priority, queued_ms = int(c.pr), int(c.qt)
-      unqueue(conv)
-      enqueue(conv, fb, priority, queued_ms)
-      local rec = {
-        action = 'overflowed', queue = fb, rule = c.ru, strategy = c.sg or '',
-        reason = 'waited ' .. secs(math.max(now - queued_ms, 0)) .. ' in ' .. from .. ': overflow to ' .. fb,
-        queued = true, priority = priority,
-      }
-      record(conv, nil, rec, true)
-      overflowed = overflowed + 1
+    local c = load(conv)
+    if c.st ~= nil then
+      c.od = nil
+      local fb = c.fbq
+      c.fbq = nil
+      if c.st == 'queued' and fb ~= nil then
+        local from = c.q or ''
+        local priority, queued_ms = int(c.pr), int(c.qt)
+        unqueue(c, conv)
+        enqueue(c, conv, fb, priority, queued_ms)
+        local rec = {
+          action = 'overflowed', queue = fb, rule = c.ru, strategy = c.sg or '',
+          reason = 'waited ' .. secs(math.max(now - queued_ms, 0)) .. ' in ' .. from .. ': overflow to ' .. fb,
+          queued = true, priority = priority,
+        }
+        record(c, conv, nil, rec, true)
+        overflowed = overflowed + 1
+      end
+      save(conv, c)
     end
   end
   if auto_close > 0 then
@@ -683,10 +877,11 @@ local function op_sweep()
       if close_one(conv, 'no message from the contact for ' .. secs(auto_close), nil) then
         closed = closed + 1
       else
-        redis.call('ZREM', base .. 'idle', conv)
+        ctx.idle_rem[conv] = true
       end
     end
   end
+  flush()
   return {requeued, overflowed, closed}
 end
 
@@ -703,6 +898,13 @@ local function op_apply_ruleset()
   local roster = {}
   local n = tonumber(ARGV[15])
   local i = 16
+  local function drop_channel_caps(key)
+    for _, f in ipairs(redis.call('HKEYS', key)) do
+      if string.sub(f, 1, 3) == 'cc:' then
+        redis.call('HDEL', key, f)
+      end
+    end
+  end
   for _ = 1, n do
     local id, cap, presence = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local m = tonumber(ARGV[i + 3])
@@ -711,12 +913,7 @@ local function op_apply_ruleset()
     if redis.call('HEXISTS', key, 'p') == 0 then
       redis.call('HSET', key, 'p', presence, 'ps', now)
     end
-    local fields = redis.call('HKEYS', key)
-    for _, f in ipairs(fields) do
-      if string.sub(f, 1, 3) == 'cc:' then
-        redis.call('HDEL', key, f)
-      end
-    end
+    drop_channel_caps(key)
     redis.call('HSET', key, 'cap', cap)
     for j = 1, m do
       redis.call('HSET', key, 'cc:' .. ARGV[i + 2 + 2 * j], ARGV[i + 3 + 2 * j])
@@ -727,11 +924,7 @@ local function op_apply_ruleset()
     if not roster[old] then
       local key = akey(old)
       redis.call('HSET', key, 'cap', 0)
-      for _, f in ipairs(redis.call('HKEYS', key)) do
-        if string.sub(f, 1, 3) == 'cc:' then
-          redis.call('HDEL', key, f)
-        end
-      end
+      drop_channel_caps(key)
       redis.call('SREM', base .. 'roster', old)
     end
   end
@@ -744,7 +937,8 @@ local function op_apply_ruleset()
 end
 
 -- snapshot: ARGV[10] queue head count, ARGV[11] n agents, agents..., then m convs, convs...
--- Reply: {agents: [flat hash]...}, {convs: [flat hash or {}]...}, {heads: queue, conv, score, ch, la ...}
+-- Reply: {agents: flat hashes}, {convs: packed states ('' = unknown)},
+-- {heads: queue, conv, score, channel, last agent, ...}
 local function op_snapshot()
   local heads_n = tonumber(ARGV[10])
   local n = tonumber(ARGV[11])
@@ -758,7 +952,12 @@ local function op_snapshot()
   i = i + 1
   local convs = {}
   for _ = 1, m do
-    convs[#convs + 1] = redis.call('HMGET', ckey(ARGV[i]), 'st', 'ag', 'la', 'q', 'tm', 'ru', 'sg', 'pr', 'ch', 'qt', 'op', 'cl', 'seq')
+    local c = load(ARGV[i])
+    if c.st then
+      convs[#convs + 1] = pack_state(c)
+    else
+      convs[#convs + 1] = ''
+    end
     i = i + 1
   end
   local heads = {}
@@ -766,13 +965,12 @@ local function op_snapshot()
     for _, q in ipairs(redis.call('SMEMBERS', base .. 'queues')) do
       local z = redis.call('ZRANGE', base .. 'q:' .. q, 0, heads_n - 1, 'WITHSCORES')
       for j = 1, #z, 2 do
-        local conv = z[j]
-        local c = redis.call('HMGET', ckey(conv), 'ch', 'la')
+        local c = load(z[j])
         heads[#heads + 1] = q
-        heads[#heads + 1] = conv
+        heads[#heads + 1] = z[j]
         heads[#heads + 1] = z[j + 1]
-        heads[#heads + 1] = c[1] or ''
-        heads[#heads + 1] = c[2] or ''
+        heads[#heads + 1] = c.ch or ''
+        heads[#heads + 1] = c.la or ''
       end
     end
   end
@@ -788,9 +986,8 @@ local function op_queues()
     if depth > 0 then
       local oldest = 0
       -- Oldest by time, whatever the priority: the smallest queued time among members.
-      local members = redis.call('ZRANGE', key, 0, -1)
-      for _, conv in ipairs(members) do
-        local qt = int(redis.call('HGET', ckey(conv), 'qt'))
+      for _, conv in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+        local qt = int(load(conv).qt)
         if oldest == 0 or qt < oldest then
           oldest = qt
         end
@@ -801,6 +998,21 @@ local function op_queues()
     end
   end
   return res
+end
+
+-- conversation: ARGV[10] conv. Reply: {packed state or '', history...}
+local function op_conversation()
+  local conv = ARGV[10]
+  local c = load(conv)
+  local state = ''
+  if c.st then
+    state = pack_state(c)
+  end
+  local history = {}
+  for e in string.gmatch(BOOK[c].hist, '[^' .. US .. ']+') do
+    history[#history + 1] = e
+  end
+  return {state, history}
 end
 
 if op == 'route' then
@@ -821,5 +1033,7 @@ elseif op == 'snapshot' then
   return op_snapshot()
 elseif op == 'queues' then
   return op_queues()
+elseif op == 'conversation' then
+  return op_conversation()
 end
 return redis.error_reply('unknown routing operation ' .. tostring(op))
