@@ -280,11 +280,46 @@ async fn run(
             }
         }
     }
+    let elapsed = started.elapsed();
+    cleanup(url, &prefix).await;
     Run {
         events: moved,
-        elapsed: started.elapsed(),
+        elapsed,
         decisions,
         latency,
+    }
+}
+
+/// Deletes every key of a run (`{prefix}...` and `{prefix:rt:<tenant>}...`), so that
+/// repeated runs do not fill the shared Redis (and slow each other down).
+async fn cleanup(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{{{prefix}*"))
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await
+            .expect("scan");
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("unlink");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
 }
 
