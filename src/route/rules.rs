@@ -455,26 +455,32 @@ mod tests {
     #[test]
     fn hours_first_match_wins_and_the_default_catches_the_rest() {
         let rs = ruleset(vec![
-            ("night", {
-                let mut w = Conditions::default();
-                w.outside_hours = Some("office".into());
-                w
-            }),
-            ("day", {
-                let mut w = Conditions::default();
-                w.within_hours = Some("office".into());
-                w
-            }),
+            (
+                "night",
+                Conditions {
+                    outside_hours: Some("office".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "day",
+                Conditions {
+                    within_hours: Some("office".into()),
+                    ..Default::default()
+                },
+            ),
             ("everything", Conditions::default()),
         ]);
         let ev = view(event("1", "hi"));
         assert_eq!(plan(&rs, &ev, OPEN).rule_id(), Some("day"));
         assert_eq!(plan(&rs, &ev, CLOSED).rule_id(), Some("night"));
-        let rs = ruleset(vec![("sms-only", {
-            let mut w = Conditions::default();
-            w.channels = vec!["sms".into()];
-            w
-        })]);
+        let rs = ruleset(vec![(
+            "sms-only",
+            Conditions {
+                channels: vec!["sms".into()],
+                ..Default::default()
+            },
+        )]);
         let p = plan(&rs, &ev, OPEN);
         assert_eq!(p.rule_id(), None);
         assert_eq!(p.target.queue, "team:support");
