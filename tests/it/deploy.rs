@@ -351,8 +351,13 @@ fn every_alert_tells_an_operator_what_to_check_and_is_tested_both_ways() {
         }
     }
 
+    let docs = read("docs/metrics.md");
     let severity = Regex::new(r"severity: (critical|warning)\b").unwrap();
     for (name, block) in &alerts {
+        assert!(
+            docs.contains(&format!("| `{name}` |")),
+            "docs/metrics.md does not list alert {name}"
+        );
         for key in ["expr:", "for:", "severity:", "summary:", "description:"] {
             assert!(block.contains(key), "alert {name} has no {key}\n{block}");
         }
