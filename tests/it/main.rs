@@ -2,6 +2,7 @@
 
 mod backend;
 mod cli;
+mod deploy;
 mod helpers;
 mod metrics;
 mod outage;
