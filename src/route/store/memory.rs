@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::outcome::{render, Outcome, Why};
 use super::*;
 use crate::event::Assignment;
 
@@ -112,15 +113,7 @@ impl Conv {
     }
 }
 
-fn decided(a: &Assignment, freed: bool) -> Decided {
-    Decided {
-        assignment: serde_json::to_string(a).unwrap_or_default(),
-        action: a.action.clone(),
-        strategy: a.strategy.clone(),
-        freed,
-        wait_ms: a.wait_ms,
-    }
-}
+use super::outcome::decided;
 
 impl Tenant {
     fn conv_mut(&mut self, id: &str, now: u64) -> &mut Conv {
@@ -274,23 +267,17 @@ impl Tenant {
     }
 
     /// Records a change: seq, history, and (when no message carries it) the outbox.
-    fn record(
-        &mut self,
-        conv_id: &str,
-        event_id: &str,
-        a: &mut Assignment,
-        now: u64,
-        outbox: bool,
-    ) {
+    fn record(&mut self, conv_id: &str, event_id: &str, o: &mut Outcome, now: u64, outbox: bool) {
         let c = self.convs.get_mut(conv_id).expect("conversation exists");
         c.seq += 1;
-        a.seq = c.seq;
+        o.a.seq = c.seq;
+        let a = render(o);
         let event_id = if outbox {
             outbox_event_id(conv_id, c.seq)
         } else {
             event_id.to_string()
         };
-        let entry = serde_json::json!({ "at_ms": now, "event_id": event_id, "assignment": &*a });
+        let entry = serde_json::json!({ "at_ms": now, "event_id": event_id, "assignment": &a });
         c.history.push_back(entry.to_string());
         while c.history.len() > HISTORY_KEPT {
             c.history.pop_front();
@@ -303,7 +290,7 @@ impl Tenant {
                 event_id,
                 conv: conv_id.to_string(),
                 meta,
-                assignment: serde_json::to_string(&*a).unwrap_or_default(),
+                assignment: serde_json::to_string(&a).unwrap_or_default(),
                 at_ms: now,
             });
             if self.outbox.len() > OUTBOX_MAX {
@@ -379,19 +366,21 @@ impl Tenant {
                 };
                 if keep {
                     let c = &self.convs[&it.conv];
-                    let a = Assignment {
-                        action: "kept".into(),
-                        agent: Some(owner.clone()),
-                        team: c.team.clone(),
-                        queue: c.queue.clone(),
-                        rule: c.rule.clone(),
-                        strategy: c.strategy.clone(),
-                        reason: format!("open conversation stays with its owner {owner}"),
-                        priority: Some(c.priority),
-                        seq: c.seq,
-                        ..Default::default()
+                    let o = Outcome {
+                        a: Assignment {
+                            action: "kept".into(),
+                            agent: Some(owner.clone()),
+                            team: c.team.clone(),
+                            queue: c.queue.clone(),
+                            rule: c.rule.clone(),
+                            strategy: c.strategy.clone(),
+                            priority: Some(c.priority),
+                            seq: c.seq,
+                            ..Default::default()
+                        },
+                        why: Why::Kept,
                     };
-                    let d = decided(&a, false);
+                    let d = decided(&o, false);
                     self.remember(&it.conv, &it.event_id, &d, now);
                     return d;
                 }
@@ -402,22 +391,23 @@ impl Tenant {
             Some(ConvState::Queued) if it.mode != RouteMode::Transfer => {
                 let c = &self.convs[&it.conv];
                 let q = queue_now.unwrap_or_default();
-                let a = Assignment {
-                    action: "waiting".into(),
-                    team: c.team.clone(),
-                    queue: Some(q.clone()),
-                    rule: c.rule.clone(),
-                    strategy: c.strategy.clone(),
-                    reason: format!(
-                        "already waiting in {q} for {}",
-                        secs_text(now.saturating_sub(queued_ms))
-                    ),
-                    queued: true,
-                    priority: Some(c.priority),
-                    seq: c.seq,
-                    ..Default::default()
+                let o = Outcome {
+                    a: Assignment {
+                        action: "waiting".into(),
+                        team: c.team.clone(),
+                        queue: Some(q.clone()),
+                        rule: c.rule.clone(),
+                        strategy: c.strategy.clone(),
+                        queued: true,
+                        priority: Some(c.priority),
+                        seq: c.seq,
+                        ..Default::default()
+                    },
+                    why: Why::Waiting {
+                        ms: now.saturating_sub(queued_ms),
+                    },
                 };
-                let d = decided(&a, false);
+                let d = decided(&o, false);
                 self.remember(&it.conv, &it.event_id, &d, now);
                 return d;
             }
@@ -430,17 +420,23 @@ impl Tenant {
             _ => it.reason.clone(),
         };
         let seq_now = self.convs[&it.conv].seq;
-        let mut a = Assignment {
-            seq: seq_now,
-            previous_agent: previous.clone(),
-            team: it.team.clone(),
-            queue: Some(it.queue.clone()),
-            rule: it.rule.clone(),
-            strategy: it.strategy.clone(),
-            priority: Some(it.priority),
-            candidates: Some(it.considered),
-            ..Default::default()
+        let mut o = Outcome {
+            why: Why::Closed {
+                text: String::new(),
+            },
+            a: Assignment {
+                seq: seq_now,
+                previous_agent: previous.clone(),
+                team: it.team.clone(),
+                queue: Some(it.queue.clone()),
+                rule: it.rule.clone(),
+                strategy: it.strategy.clone(),
+                priority: Some(it.priority),
+                candidates: Some(it.considered),
+                ..Default::default()
+            },
         };
+        let a = &mut o.a;
         let assigned_action = if it.mode == RouteMode::Transfer {
             "transferred"
         } else {
@@ -466,8 +462,8 @@ impl Tenant {
                 a.action = assigned_action.into();
                 a.agent = Some(sticky.clone());
                 a.strategy = "sticky_owner".into();
-                a.reason = format!("sticky: back to last agent {sticky}, {load}/{cap} open");
-                return self.finish(s, now, it, a, freed);
+                o.why = Why::Sticky { load, cap };
+                return self.finish(s, now, it, o, freed);
             }
         }
 
@@ -479,11 +475,12 @@ impl Tenant {
                     let (load, cap) = self.assign(&it.conv, cand, now);
                     a.action = assigned_action.into();
                     a.agent = Some(cand.clone());
-                    a.reason = format!(
-                        "{prefix}: {cand} {load}/{cap} open, {}",
-                        candidates_text(it.considered)
-                    );
-                    return self.finish(s, now, it, a, freed);
+                    o.why = Why::Assigned {
+                        text: prefix,
+                        load,
+                        cap,
+                    };
+                    return self.finish(s, now, it, o, freed);
                 }
             }
         }
@@ -491,48 +488,42 @@ impl Tenant {
         if self.queued_total >= s.max_queued {
             a.action = "unrouted".into();
             a.queue = None;
-            a.reason = format!(
-                "{prefix}: nobody eligible and the queues are full ({} waiting)",
-                self.queued_total
-            );
+            o.why = Why::Unrouted {
+                text: prefix,
+                n: self.queued_total,
+            };
             if previous.is_some() {
                 // The released conversation has nowhere to wait: it is closed, not lost.
                 self.close_conv(&it.conv, s, now);
             }
             if previous.is_some() || it.mode != RouteMode::Message {
-                self.record(&it.conv, &it.event_id, &mut a, now, !message);
+                self.record(&it.conv, &it.event_id, &mut o, now, !message);
             }
             let c = self.convs.get_mut(&it.conv).expect("conversation exists");
             if c.state.is_none() {
                 // Never routed: forgotten like a closed one.
                 c.expires_ms = Some(now + s.closed_ttl_ms);
             }
-            let d = decided(&a, freed);
+            let d = decided(&o, freed);
             self.remember(&it.conv, &it.event_id, &d, now);
             return d;
         }
         self.enqueue(&it.conv, &it.queue, it.priority, now);
         self.set_overflow(&it.conv, it, now);
+        let a = &mut o.a;
         a.action = "queued".into();
         a.queued = true;
-        a.reason = if waiting > 0 {
-            format!(
-                "{prefix}: {waiting} already waiting in {}, queued behind them",
-                it.queue
-            )
+        o.why = if waiting > 0 {
+            Why::Behind {
+                text: prefix,
+                n: waiting,
+            }
         } else if it.considered == 0 {
-            format!(
-                "{prefix}: no candidate online with capacity, waiting in {}",
-                it.queue
-            )
+            Why::NoCandidate { text: prefix }
         } else {
-            format!(
-                "{prefix}: none of {} has capacity now, waiting in {}",
-                candidates_text(it.considered),
-                it.queue
-            )
+            Why::Busy { text: prefix }
         };
-        self.finish(s, now, it, a, freed)
+        self.finish(s, now, it, o, freed)
     }
 
     fn set_overflow(&mut self, conv_id: &str, it: &RouteItem, now: u64) {
@@ -556,9 +547,10 @@ impl Tenant {
         _s: &Settings,
         now: u64,
         it: &RouteItem,
-        mut a: Assignment,
+        mut o: Outcome,
         freed: bool,
     ) -> Decided {
+        let a = &o.a;
         let c = self.convs.get_mut(&it.conv).expect("conversation exists");
         if a.agent.is_some() {
             c.team = it.team.clone();
@@ -570,11 +562,11 @@ impl Tenant {
         self.record(
             &it.conv,
             &it.event_id,
-            &mut a,
+            &mut o,
             now,
             it.mode != RouteMode::Message,
         );
-        let d = decided(&a, freed);
+        let d = decided(&o, freed);
         self.remember(&it.conv, &it.event_id, &d, now);
         d
     }
@@ -599,27 +591,28 @@ impl Tenant {
         let c = self.convs.get_mut(&it.conv).expect("conversation exists");
         c.team = it.team.clone();
         c.strategy = it.strategy.clone();
-        let mut a = Assignment {
-            action: "assigned".into(),
-            agent: Some(cand.clone()),
-            team: it.team.clone(),
-            queue: Some(it.queue.clone()),
-            rule,
-            strategy: it.strategy.clone(),
-            reason: format!(
-                "{}: {cand} {load}/{cap} open, {}, after waiting {}",
-                it.reason,
-                candidates_text(it.considered),
-                secs_text(wait)
-            ),
-            waited: true,
-            wait_ms: Some(wait),
-            priority: Some(priority),
-            candidates: Some(it.considered),
-            ..Default::default()
+        let mut o = Outcome {
+            a: Assignment {
+                action: "assigned".into(),
+                agent: Some(cand.clone()),
+                team: it.team.clone(),
+                queue: Some(it.queue.clone()),
+                rule,
+                strategy: it.strategy.clone(),
+                waited: true,
+                wait_ms: Some(wait),
+                priority: Some(priority),
+                candidates: Some(it.considered),
+                ..Default::default()
+            },
+            why: Why::Dequeued {
+                text: it.reason.clone(),
+                load,
+                cap,
+            },
         };
-        self.record(&it.conv, "", &mut a, now, true);
-        Some(decided(&a, false))
+        self.record(&it.conv, "", &mut o, now, true);
+        Some(decided(&o, false))
     }
 
     fn requeue(&mut self, conv_id: &str, agent: &str, s: &Settings, now: u64) {
@@ -632,23 +625,24 @@ impl Tenant {
         let priority = c.priority;
         self.enqueue(conv_id, &queue, priority, now);
         let c = &self.convs[conv_id];
-        let mut a = Assignment {
-            action: "requeued".into(),
-            previous_agent: Some(agent.to_string()),
-            team: c.team.clone(),
-            queue: Some(queue.clone()),
-            rule: c.rule.clone(),
-            strategy: c.strategy.clone(),
-            reason: format!(
-                "{agent} offline for {}: back to {queue}",
-                secs_text(now.saturating_sub(since))
-            ),
-            queued: true,
-            priority: Some(priority),
-            ..Default::default()
+        let mut o = Outcome {
+            a: Assignment {
+                action: "requeued".into(),
+                previous_agent: Some(agent.to_string()),
+                team: c.team.clone(),
+                queue: Some(queue.clone()),
+                rule: c.rule.clone(),
+                strategy: c.strategy.clone(),
+                queued: true,
+                priority: Some(priority),
+                ..Default::default()
+            },
+            why: Why::Requeued {
+                ms: now.saturating_sub(since),
+            },
         };
         let _ = s;
-        self.record(conv_id, "", &mut a, now, true);
+        self.record(conv_id, "", &mut o, now, true);
     }
 }
 
@@ -844,22 +838,28 @@ impl MemoryStore {
             };
             let c = t.convs.get_mut(conv).expect("conversation exists");
             c.strategy = "manual".into();
-            let mut a = Assignment {
-                action: "transferred".into(),
-                agent: Some(agent.to_string()),
-                previous_agent: previous,
-                team: c.team.clone(),
-                queue: c.queue.clone(),
-                rule: c.rule.clone(),
-                strategy: "manual".into(),
-                reason: format!("{reason}, {load}/{cap} open"),
-                waited: wait.is_some(),
-                wait_ms: wait,
-                priority: Some(c.priority),
-                ..Default::default()
+            let mut o = Outcome {
+                a: Assignment {
+                    action: "transferred".into(),
+                    agent: Some(agent.to_string()),
+                    previous_agent: previous,
+                    team: c.team.clone(),
+                    queue: c.queue.clone(),
+                    rule: c.rule.clone(),
+                    strategy: "manual".into(),
+                    waited: wait.is_some(),
+                    wait_ms: wait,
+                    priority: Some(c.priority),
+                    ..Default::default()
+                },
+                why: Why::Transferred {
+                    text: reason.to_string(),
+                    load,
+                    cap,
+                },
             };
-            t.record(conv, "", &mut a, now_ms, true);
-            Ok(decided(&a, freed))
+            t.record(conv, "", &mut o, now_ms, true);
+            Ok(decided(&o, freed))
         })
     }
 
@@ -951,20 +951,22 @@ impl MemoryStore {
                 t.unqueue(&conv);
                 t.enqueue(&conv, &fb, priority, queued_ms);
                 let c = &t.convs[&conv];
-                let mut a = Assignment {
-                    action: "overflowed".into(),
-                    queue: Some(fb.clone()),
-                    rule: c.rule.clone(),
-                    strategy: c.strategy.clone(),
-                    reason: format!(
-                        "waited {} in {from}: overflow to {fb}",
-                        secs_text(now_ms.saturating_sub(queued_ms))
-                    ),
-                    queued: true,
-                    priority: Some(priority),
-                    ..Default::default()
+                let mut o = Outcome {
+                    a: Assignment {
+                        action: "overflowed".into(),
+                        queue: Some(fb.clone()),
+                        rule: c.rule.clone(),
+                        strategy: c.strategy.clone(),
+                        queued: true,
+                        priority: Some(priority),
+                        ..Default::default()
+                    },
+                    why: Why::Overflowed {
+                        from,
+                        ms: now_ms.saturating_sub(queued_ms),
+                    },
                 };
-                t.record(&conv, "", &mut a, now_ms, true);
+                t.record(&conv, "", &mut o, now_ms, true);
                 report.overflowed += 1;
             }
             // Conversations the contact left idle.
@@ -1054,15 +1056,19 @@ fn close_in(
     };
     t.close_conv(conv, settings, now_ms);
     let c = &t.convs[conv];
-    let mut a = Assignment {
-        action: "closed".into(),
-        previous_agent: previous,
-        team: c.team.clone(),
-        rule: c.rule.clone(),
-        strategy: c.strategy.clone(),
-        reason: reason.to_string(),
-        ..Default::default()
+    let mut o = Outcome {
+        a: Assignment {
+            action: "closed".into(),
+            previous_agent: previous,
+            team: c.team.clone(),
+            rule: c.rule.clone(),
+            strategy: c.strategy.clone(),
+            ..Default::default()
+        },
+        why: Why::Closed {
+            text: reason.to_string(),
+        },
     };
-    t.record(conv, "", &mut a, now_ms, true);
-    Some(decided(&a, freed))
+    t.record(conv, "", &mut o, now_ms, true);
+    Some(decided(&o, freed))
 }

@@ -24,6 +24,7 @@
 //!   then by conversation id.
 
 pub mod memory;
+pub mod outcome;
 pub mod redis;
 
 use std::collections::HashMap;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ::redis::aio::ConnectionManager;
 use ::redis::{RedisError, Script, Value};
 
+use super::outcome;
 use super::{
     AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, OutboxEntry, QueueDepth,
     QueuedConv, RouteItem, RulesetRecord, Settings, Snapshot, SnapshotRequest, SweepReport,
@@ -126,16 +127,20 @@ fn unpack_state(s: &str) -> Option<ConvLive> {
     })
 }
 
-/// Parses one decision from the script's reply: json, action, strategy, freed, wait.
+/// Parses one decision from the script's reply: the compact outcome and the freed flag.
 fn decided(v: &[Value]) -> Option<Decided> {
-    let wait = int(v.get(4)?)?;
-    Some(Decided {
-        assignment: text(v.first()?)?,
-        action: text(v.get(1)?)?,
-        strategy: text(v.get(2)?)?,
-        freed: int(v.get(3)?)? == 1,
-        wait_ms: (wait >= 0).then_some(wait as u64),
-    })
+    let o = outcome::decode(&text(v.first()?)?)?;
+    Some(outcome::decided(&o, int(v.get(1)?)? == 1))
+}
+
+/// A history entry as the script stores it (`at_ms event_id compact`), as the JSON the API
+/// shows.
+fn history_entry(raw: &str) -> Option<String> {
+    let mut parts = raw.splitn(3, ' ');
+    let at: u64 = parts.next()?.parse().ok()?;
+    let event_id = parts.next()?;
+    let a = outcome::render(&outcome::decode(parts.next()?)?);
+    Some(serde_json::json!({ "at_ms": at, "event_id": event_id, "assignment": a }).to_string())
 }
 
 impl RedisStore {
@@ -400,10 +405,10 @@ impl RedisStore {
             })
             .await?;
         let v = array(&reply).ok_or_else(|| protocol("route reply"))?;
-        if v.len() != items.len() * 5 {
+        if v.len() != items.len() * 2 {
             return Err(protocol("route reply length"));
         }
-        v.chunks(5)
+        v.chunks(2)
             .map(|c| decided(c).ok_or_else(|| protocol("route decision")))
             .collect()
     }
@@ -440,13 +445,13 @@ impl RedisStore {
         let mut rest = v;
         while let [flag, tail @ ..] = rest {
             if int(flag) == Some(1) {
-                if tail.len() < 5 {
+                if tail.len() < 2 {
                     return Err(protocol("dequeue decision"));
                 }
                 out.push(Some(
-                    decided(&tail[..5]).ok_or_else(|| protocol("dequeue decision"))?,
+                    decided(&tail[..2]).ok_or_else(|| protocol("dequeue decision"))?,
                 ));
-                rest = &tail[5..];
+                rest = &tail[2..];
             } else {
                 out.push(None);
                 rest = tail;
@@ -582,7 +587,14 @@ impl RedisStore {
         else {
             return Err(protocol("conversation reply"));
         };
-        Ok(unpack_state(&state).map(|live| (live, history.iter().filter_map(text).collect())))
+        Ok(unpack_state(&state).map(|live| {
+            let entries = history
+                .iter()
+                .filter_map(text)
+                .filter_map(|h| history_entry(&h))
+                .collect();
+            (live, entries)
+        }))
     }
 
     pub async fn outbox(&self, tenant: &str, max: usize) -> Result<Vec<OutboxEntry>, BackendError> {
@@ -607,7 +619,9 @@ impl RedisStore {
                     event_id: f("event_id"),
                     conv: f("conv"),
                     meta: f("meta"),
-                    assignment: f("assignment"),
+                    assignment: outcome::decode(&f("assignment"))
+                        .map(|o| serde_json::to_string(&outcome::render(&o)).unwrap_or_default())
+                        .unwrap_or_default(),
                     at_ms: f("at_ms").parse().unwrap_or(0),
                     id: e.id.clone(),
                 }

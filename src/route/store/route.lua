@@ -67,13 +67,6 @@ local function secs(ms)
   return string.format('%d s', math.floor(ms / 1000))
 end
 
-local function candidates_text(n)
-  if n == 1 then
-    return '1 candidate'
-  end
-  return string.format('%d candidates', n)
-end
-
 local function score(priority, at)
   return string.format('%d', (100 - math.min(priority, 100)) * 10000000000000 + at)
 end
@@ -261,6 +254,29 @@ local function untouch(c, conv)
   c.tch = nil
 end
 
+-- A decision in the compact form src/route/store/outcome.rs reads (Rust words the reason
+-- and writes the JSON: doing it here cost more than the decision itself). `a` holds the
+-- assignment's fields and `why` with its figures (load, cap, n, ms, from, text).
+local GS = '\29'
+local function compact(a)
+  local function o(v)
+    if v == nil or v == false then
+      return ''
+    end
+    return v
+  end
+  local q, w = '', ''
+  if a.queued then
+    q = '1'
+  end
+  if a.waited then
+    w = '1'
+  end
+  return table.concat({a.why, a.action, o(a.agent), o(a.previous_agent), o(a.team), o(a.queue),
+    o(a.rule), o(a.strategy), q, w, o(a.wait_ms), o(a.priority), o(a.candidates), o(a.seq),
+    o(a.load), o(a.cap), o(a.n), o(a.ms), o(a.from), o(a.text)}, GS)
+end
+
 local function outbox_event_id(conv, seq)
   return 'evt_' .. string.sub(redis.sha1hex('switchboard:assignment:v1:' .. conv .. ':' .. seq), 1, 32)
 end
@@ -273,10 +289,8 @@ local function record(c, conv, event_id, a, outbox)
   if outbox then
     event_id = outbox_event_id(conv, seq)
   end
-  local json = cjson.encode(a)
-  -- Event ids are evt_ + hex: safe inside a JSON string as they are.
-  append(c, 'hist', 'hn', '{"at_ms":' .. now_text .. ',"event_id":"' .. (event_id or '')
-    .. '","assignment":' .. json .. '}', HISTORY_KEPT)
+  local json = compact(a)
+  append(c, 'hist', 'hn', now_text .. ' ' .. (event_id or '') .. ' ' .. json, HISTORY_KEPT)
   if outbox then
     redis.call('XADD', base .. 'outbox', 'MAXLEN', '~', OUTBOX_MAX, '*',
       'event_id', event_id, 'conv', conv, 'meta', BOOK[c].meta, 'assignment', json,
@@ -298,24 +312,24 @@ local function remember(c, event_id, freed, json)
   append(c, 'dec', 'dn', event_id .. ' ' .. f .. json, DECISIONS_KEPT)
 end
 
--- The reply for one decision: assignment JSON, action, strategy, freed, wait ms (-1: none).
+-- The reply for one decision: the compact outcome, freed (1/0).
 local function out(res, a, json, freed)
   res[#res + 1] = json
-  res[#res + 1] = a.action
-  res[#res + 1] = a.strategy
   if freed then
     res[#res + 1] = 1
   else
     res[#res + 1] = 0
   end
-  res[#res + 1] = a.wait_ms or -1
 end
 
--- Replies with a decision stored earlier (JSON prefixed by the freed flag).
+-- Replies with a decision stored earlier (the compact outcome prefixed by the freed flag).
 local function out_stored(res, stored)
-  local json = string.sub(stored, 2)
-  local a = cjson.decode(json)
-  out(res, a, json, string.sub(stored, 1, 1) == '1')
+  res[#res + 1] = string.sub(stored, 2)
+  if string.sub(stored, 1, 1) == '1' then
+    res[#res + 1] = 1
+  else
+    res[#res + 1] = 0
+  end
 end
 
 -- Gives `conv` a slot of `id` (check() said there is room). Returns the new load.
@@ -494,10 +508,9 @@ local function route_one(it, res, excluded)
     if keep then
       local a = {
         action = 'kept', agent = owner, team = c.tm, queue = c.q, rule = c.ru,
-        strategy = c.sg or '', reason = 'open conversation stays with its owner ' .. owner,
-        queued = false, priority = int(c.pr), seq = int(c.seq),
+        strategy = c.sg or '', why = 'kept', priority = c.pr or '0', seq = c.seq or '0',
       }
-      local json = cjson.encode(a)
+      local json = compact(a)
       remember(c, eid, false, json)
       save(conv, c)
       out(res, a, json, false)
@@ -509,10 +522,10 @@ local function route_one(it, res, excluded)
     local q = c.q or ''
     local a = {
       action = 'waiting', team = c.tm, queue = q, rule = c.ru, strategy = c.sg or '',
-      reason = 'already waiting in ' .. q .. ' for ' .. secs(math.max(now - int(c.qt), 0)),
-      queued = true, priority = int(c.pr), seq = int(c.seq),
+      why = 'waiting', ms = math.max(now - int(c.qt), 0),
+      queued = true, priority = c.pr or '0', seq = c.seq or '0',
     }
-    local json = cjson.encode(a)
+    local json = compact(a)
     remember(c, eid, false, json)
     save(conv, c)
     out(res, a, json, false)
@@ -559,7 +572,7 @@ local function route_one(it, res, excluded)
       a.action = assigned_action
       a.agent = la
       a.strategy = 'sticky_owner'
-      a.reason = 'sticky: back to last agent ' .. la .. ', ' .. l .. '/' .. cap .. ' open'
+      a.why, a.load, a.cap = 'sticky', l, cap
       finish()
       return
     end
@@ -574,7 +587,7 @@ local function route_one(it, res, excluded)
         local l = assign(c, conv, cand)
         a.action = assigned_action
         a.agent = cand
-        a.reason = prefix .. ': ' .. cand .. ' ' .. l .. '/' .. cap .. ' open, ' .. candidates_text(it.considered)
+        a.why, a.text, a.load, a.cap = 'assigned', prefix, l, cap
         finish()
         return
       end
@@ -585,7 +598,7 @@ local function route_one(it, res, excluded)
   if total >= max_queued then
     a.action = 'unrouted'
     a.queue = nil
-    a.reason = prefix .. ': nobody eligible and the queues are full (' .. total .. ' waiting)'
+    a.why, a.text, a.n = 'unrouted', prefix, total
     if previous ~= nil then
       -- The released conversation has nowhere to wait: it is closed, not lost.
       close_conv(c, conv)
@@ -594,7 +607,7 @@ local function route_one(it, res, excluded)
     if previous ~= nil or not message then
       json = record(c, conv, eid, a, not message)
     else
-      json = cjson.encode(a)
+      json = compact(a)
     end
     remember(c, eid, freed, json)
     save(conv, c)
@@ -614,11 +627,11 @@ local function route_one(it, res, excluded)
   a.action = 'queued'
   a.queued = true
   if waiting > 0 then
-    a.reason = prefix .. ': ' .. waiting .. ' already waiting in ' .. it.queue .. ', queued behind them'
+    a.why, a.text, a.n = 'behind', prefix, waiting
   elseif it.considered == 0 then
-    a.reason = prefix .. ': no candidate online with capacity, waiting in ' .. it.queue
+    a.why, a.text = 'nocand', prefix
   else
-    a.reason = prefix .. ': none of ' .. candidates_text(it.considered) .. ' has capacity now, waiting in ' .. it.queue
+    a.why, a.text = 'busy', prefix
   end
   finish()
 end
@@ -703,8 +716,8 @@ local function op_dequeue()
       local a = {
         action = 'assigned', agent = chosen, team = nz(team), queue = queue, rule = c.ru,
         strategy = strategy,
-        reason = reason .. ': ' .. chosen .. ' ' .. l .. '/' .. cap .. ' open, ' .. candidates_text(considered) .. ', after waiting ' .. secs(wait),
-        queued = false, waited = true, wait_ms = wait, priority = int(c.pr), candidates = considered,
+        why = 'dequeued', text = reason, load = l, cap = cap,
+        queued = false, waited = true, wait_ms = wait, priority = c.pr or '0', candidates = considered,
       }
       local json = record(c, conv, nil, a, true)
       save(conv, c)
@@ -755,8 +768,8 @@ local function op_transfer_agent()
   c.sg = 'manual'
   local a = {
     action = 'transferred', agent = id, previous_agent = previous, team = c.tm, queue = c.q,
-    rule = c.ru, strategy = 'manual', reason = reason .. ', ' .. l .. '/' .. ag.cap .. ' open',
-    queued = false, priority = int(c.pr),
+    rule = c.ru, strategy = 'manual', why = 'transferred', text = reason, load = l, cap = ag.cap,
+    queued = false, priority = c.pr or '0',
   }
   if wait ~= nil then
     a.waited = true
@@ -784,7 +797,7 @@ local function close_one(conv, reason, res)
   close_conv(c, conv)
   local a = {
     action = 'closed', previous_agent = previous, team = c.tm, rule = c.ru,
-    strategy = c.sg or '', reason = reason, queued = false,
+    strategy = c.sg or '', why = 'closed', text = reason, queued = false,
   }
   local json = record(c, conv, nil, a, true)
   save(conv, c)
@@ -837,7 +850,7 @@ local function op_sweep()
           local rec = {
             action = 'requeued', previous_agent = id, team = c.tm, queue = queue, rule = c.ru,
             strategy = c.sg or '',
-            reason = id .. ' offline for ' .. secs(math.max(now - since, 0)) .. ': back to ' .. queue,
+            why = 'requeued', ms = math.max(now - since, 0),
             queued = true, priority = priority,
           }
           record(c, conv, nil, rec, true)
@@ -862,7 +875,7 @@ local function op_sweep()
         enqueue(c, conv, fb, priority, queued_ms)
         local rec = {
           action = 'overflowed', queue = fb, rule = c.ru, strategy = c.sg or '',
-          reason = 'waited ' .. secs(math.max(now - queued_ms, 0)) .. ' in ' .. from .. ': overflow to ' .. fb,
+          why = 'overflowed', ms = math.max(now - queued_ms, 0), from = from,
           queued = true, priority = priority,
         }
         record(c, conv, nil, rec, true)
