@@ -331,28 +331,18 @@ pub async fn write_batch(client: &mut Client, events: &[Parsed]) -> Result<Writt
     }
     let mut sync_keys: Vec<(String, String, String)> = message_keys.into_iter().collect();
     if !deliveries.is_empty() {
-        let mut cols: (
-            Vec<String>,
-            Vec<String>,
-            Vec<String>,
-            Vec<Option<String>>,
-            Vec<Option<String>>,
-            Vec<String>,
-            Vec<String>,
-            Vec<i16>,
-            Vec<OffsetDateTime>,
-        ) = Default::default();
+        let mut cols = DeliveryCols::default();
         for ((tenant, provider, pmid), d) in deliveries {
             sync_keys.push((tenant.clone(), provider.clone(), pmid.clone()));
-            cols.0.push(tenant);
-            cols.1.push(provider);
-            cols.2.push(pmid);
-            cols.3.push(d.conversation);
-            cols.4.push(d.contact);
-            cols.5.push(d.source);
-            cols.6.push(d.state);
-            cols.7.push(d.rank);
-            cols.8.push(d.at);
+            cols.tenant.push(tenant);
+            cols.provider.push(provider);
+            cols.pmid.push(pmid);
+            cols.conv.push(d.conversation);
+            cols.contact.push(d.contact);
+            cols.source.push(d.source);
+            cols.state.push(d.state);
+            cols.rank.push(d.rank);
+            cols.at.push(d.at);
         }
         w.deliveries = tx
             .execute(
@@ -368,7 +358,10 @@ pub async fn write_batch(client: &mut Client, events: &[Parsed]) -> Result<Writt
                      contact_id = COALESCE(d.contact_id, EXCLUDED.contact_id),
                      updated_at = now()
                  WHERE d.status_rank < EXCLUDED.status_rank",
-                &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6, &cols.7, &cols.8],
+                &[
+                    &cols.tenant, &cols.provider, &cols.pmid, &cols.conv, &cols.contact,
+                    &cols.source, &cols.state, &cols.rank, &cols.at,
+                ],
             )
             .await?;
     }
@@ -556,6 +549,19 @@ impl StatusCols {
         self.received.push(received);
         self.event.push(json);
     }
+}
+
+#[derive(Default)]
+struct DeliveryCols {
+    tenant: Vec<String>,
+    provider: Vec<String>,
+    pmid: Vec<String>,
+    conv: Vec<Option<String>>,
+    contact: Vec<Option<String>>,
+    source: Vec<String>,
+    state: Vec<String>,
+    rank: Vec<i16>,
+    at: Vec<OffsetDateTime>,
 }
 
 #[derive(Default)]

@@ -99,7 +99,11 @@ async fn unacknowledged_entries_survive_retention_and_the_backlog_is_bounded() {
         // The acknowledged ones may go; the 20 others must all still be there.
         let keys = stream_keys(&b).await;
         for i in items(10, 20) {
-            assert!(keys.contains(&i.key), "{name}: {} was trimmed unstored", i.key);
+            assert!(
+                keys.contains(&i.key),
+                "{name}: {} was trimmed unstored",
+                i.key
+            );
         }
 
         // Up to the bound of 40 unacknowledged, then refused (nothing appended).
@@ -175,12 +179,14 @@ async fn abandoned_entries_are_taken_over_and_deleted_entries_go_away() {
         let all = b.read(StreamName::Events, 10, Some("0-0")).await.unwrap();
         let last = all.last().unwrap().id.clone();
         assert_eq!(
-            b.delete_entries(StreamName::Events, &[last.clone()])
+            b.delete_entries(StreamName::Events, std::slice::from_ref(&last))
                 .await
                 .unwrap(),
             1
         );
         assert_eq!(stream_keys(&b).await.len(), 2, "{name}");
-        b.retire_events_consumer(PERSISTER_GROUP, "a").await.unwrap();
+        b.retire_events_consumer(PERSISTER_GROUP, "a")
+            .await
+            .unwrap();
     }
 }

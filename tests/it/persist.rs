@@ -23,10 +23,14 @@ async fn writing_the_same_batch_twice_changes_nothing() {
     let config = pg_config(BackendKind::Memory, &pg_url());
     let (pg, c) = migrated(&config).await;
     let batch = vec![
-        event(json!({"provider_message_id": "wamid.A", "message": {"type": "text", "text": "hi"},
+        event(
+            json!({"provider_message_id": "wamid.A", "message": {"type": "text", "text": "hi"},
                      "assignment": {"action": "assigned", "agent": "alice", "team": "support",
-                                    "strategy": "least_loaded", "reason": "r", "seq": 1}})),
-        event(json!({"provider_message_id": "wamid.B", "message": {"type": "text", "text": "again"}})),
+                                    "strategy": "least_loaded", "reason": "r", "seq": 1}}),
+        ),
+        event(
+            json!({"provider_message_id": "wamid.B", "message": {"type": "text", "text": "again"}}),
+        ),
         event(json!({"kind": "status", "direction": "outbound",
                      "status": {"state": "delivered", "message_id": "wamid.OUT"}})),
         event(json!({"kind": "assignment",
@@ -35,7 +39,13 @@ async fn writing_the_same_batch_twice_changes_nothing() {
     let mut client = pg.client().await.unwrap();
     let first = write_batch(&mut client, &batch).await.unwrap();
     assert_eq!(
-        (first.messages, first.statuses, first.deliveries, first.assignments, first.conversations),
+        (
+            first.messages,
+            first.statuses,
+            first.deliveries,
+            first.assignments,
+            first.conversations
+        ),
         (2, 1, 1, 2, 1)
     );
     let after_first = counts(&c).await;
@@ -44,14 +54,21 @@ async fn writing_the_same_batch_twice_changes_nothing() {
         .query_one("SELECT agent, state, assignment_seq, first_message_at <= last_message_at FROM conversations", &[])
         .await
         .unwrap();
-    assert_eq!(conv.get::<_, Option<String>>(0), None, "closed at seq 2 clears the owner");
+    assert_eq!(
+        conv.get::<_, Option<String>>(0),
+        None,
+        "closed at seq 2 clears the owner"
+    );
     assert_eq!(conv.get::<_, String>(1), "closed");
     assert_eq!(conv.get::<_, i64>(2), 2);
     assert!(conv.get::<_, bool>(3));
 
     // Again, and again in reverse order: the same rows.
     let second = write_batch(&mut client, &batch).await.unwrap();
-    assert_eq!((second.messages, second.statuses, second.assignments), (0, 0, 0));
+    assert_eq!(
+        (second.messages, second.statuses, second.assignments),
+        (0, 0, 0)
+    );
     let mut reversed = batch.clone();
     reversed.reverse();
     write_batch(&mut client, &reversed).await.unwrap();
@@ -78,26 +95,38 @@ async fn statuses_in_any_order_end_at_the_highest_and_failed_is_final() {
                      "status": {"state": state, "message_id": mid}}))
     };
     // An echo of a message the business sent elsewhere: we have it, so it carries the state.
-    let echo = event(json!({"direction": "outbound", "provider_message_id": "wamid.R",
-                            "message": {"type": "text", "text": "sent from the phone"}}));
+    let echo = event(
+        json!({"direction": "outbound", "provider_message_id": "wamid.R",
+                            "message": {"type": "text", "text": "sent from the phone"}}),
+    );
     write_batch(&mut client, &[echo]).await.unwrap();
     // read before delivered before sent, each in its own batch.
     for state in ["read", "delivered", "sent"] {
-        write_batch(&mut client, &[status("wamid.R", state)]).await.unwrap();
+        write_batch(&mut client, &[status("wamid.R", state)])
+            .await
+            .unwrap();
     }
     // In one batch too, and for a message we never saw.
     write_batch(
         &mut client,
-        &[status("wamid.S", "read"), status("wamid.S", "sent"), status("wamid.S", "delivered")],
+        &[
+            status("wamid.S", "read"),
+            status("wamid.S", "sent"),
+            status("wamid.S", "delivered"),
+        ],
     )
     .await
     .unwrap();
     // failed, then read: stays failed; read, then failed: becomes failed.
     for state in ["failed", "read"] {
-        write_batch(&mut client, &[status("wamid.F1", state)]).await.unwrap();
+        write_batch(&mut client, &[status("wamid.F1", state)])
+            .await
+            .unwrap();
     }
     for state in ["read", "failed", "delivered"] {
-        write_batch(&mut client, &[status("wamid.F2", state)]).await.unwrap();
+        write_batch(&mut client, &[status("wamid.F2", state)])
+            .await
+            .unwrap();
     }
     let state = |mid: &'static str| {
         let c = &c;
@@ -116,12 +145,18 @@ async fn statuses_in_any_order_end_at_the_highest_and_failed_is_final() {
     assert_eq!(state("wamid.F1").await, "failed");
     assert_eq!(state("wamid.F2").await, "failed");
     let m = c
-        .query_one("SELECT status, status_rank FROM messages WHERE provider_message_id = 'wamid.R'", &[])
+        .query_one(
+            "SELECT status, status_rank FROM messages WHERE provider_message_id = 'wamid.R'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(m.get::<_, Option<String>>(0).as_deref(), Some("read"));
     // Every status event is kept.
-    assert_eq!(count(&c, "SELECT count(*) FROM message_statuses").await, 3 + 3 + 2 + 3);
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM message_statuses").await,
+        3 + 3 + 2 + 3
+    );
     drop(client);
     drop_schema(&c, &config.postgres.schema).await;
 }
@@ -136,11 +171,21 @@ async fn conversation_follows_the_highest_assignment_seq_whatever_the_arrival_or
                      "assignment": {"action": action, "agent": agent, "strategy": "round_robin",
                                     "reason": "test", "seq": seq}}))
     };
-    write_batch(&mut client, &[change(3, "transferred", Some("carol"))]).await.unwrap();
-    write_batch(&mut client, &[change(1, "assigned", Some("alice"))]).await.unwrap();
-    write_batch(&mut client, &[change(2, "transferred", Some("bob")), change(3, "kept", Some("carol"))])
+    write_batch(&mut client, &[change(3, "transferred", Some("carol"))])
         .await
         .unwrap();
+    write_batch(&mut client, &[change(1, "assigned", Some("alice"))])
+        .await
+        .unwrap();
+    write_batch(
+        &mut client,
+        &[
+            change(2, "transferred", Some("bob")),
+            change(3, "kept", Some("carol")),
+        ],
+    )
+    .await
+    .unwrap();
     let row = c
         .query_one("SELECT agent, state, assignment_seq FROM conversations WHERE conversation_id = 'conv_seq'", &[])
         .await
@@ -148,7 +193,14 @@ async fn conversation_follows_the_highest_assignment_seq_whatever_the_arrival_or
     assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("carol"));
     assert_eq!(row.get::<_, String>(1), "transferred");
     assert_eq!(row.get::<_, i64>(2), 3);
-    assert_eq!(count(&c, "SELECT count(*) FROM assignments WHERE conversation_id = 'conv_seq'").await, 4);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM assignments WHERE conversation_id = 'conv_seq'"
+        )
+        .await,
+        4
+    );
     drop(client);
     drop_schema(&c, &config.postgres.schema).await;
 }
@@ -160,19 +212,37 @@ async fn end_to_end(backend: BackendKind) {
     let app = spawn_with(config).await;
     let ids: Vec<String> = (0..30).map(|_| unique_wamid()).collect();
     for chunk in ids.chunks(10) {
-        assert_eq!(app.post(&wa_text_batch(PHONE_ID, chunk)).await.status(), 200);
+        assert_eq!(
+            app.post(&wa_text_batch(PHONE_ID, chunk)).await.status(),
+            200
+        );
     }
     let out = unique_wamid();
-    let statuses = wa_statuses(&[(&out, "read", 1749416390), (&out, "delivered", 1749416385), (&out, "sent", 1749416383)]);
+    let statuses = wa_statuses(&[
+        (&out, "read", 1749416390),
+        (&out, "delivered", 1749416385),
+        (&out, "sent", 1749416383),
+    ]);
     assert_eq!(app.post(&statuses).await.status(), 200);
     // A redelivery changes nothing.
-    assert_eq!(app.post(&wa_text_batch(PHONE_ID, &ids[..10])).await.status(), 200);
+    assert_eq!(
+        app.post(&wa_text_batch(PHONE_ID, &ids[..10]))
+            .await
+            .status(),
+        200
+    );
 
     let n = wait_count(&c, "SELECT count(*) FROM messages", 30, 20).await;
     assert_eq!(n, 30, "{backend:?}: every message stored");
-    assert_eq!(wait_count(&c, "SELECT count(*) FROM message_statuses", 3, 20).await, 3);
+    assert_eq!(
+        wait_count(&c, "SELECT count(*) FROM message_statuses", 3, 20).await,
+        3
+    );
     let d = c
-        .query_one("SELECT status FROM deliveries WHERE provider_message_id = $1", &[&out])
+        .query_one(
+            "SELECT status FROM deliveries WHERE provider_message_id = $1",
+            &[&out],
+        )
         .await
         .unwrap();
     assert_eq!(d.get::<_, String>(0), "read");
@@ -181,9 +251,15 @@ async fn end_to_end(backend: BackendKind) {
         .await
         .unwrap();
     assert_eq!(conv.get::<_, i64>(0), 1, "one contact, one conversation");
-    assert_eq!(conv.get::<_, Option<String>>(1).as_deref(), Some("16505551234"));
+    assert_eq!(
+        conv.get::<_, Option<String>>(1).as_deref(),
+        Some("16505551234")
+    );
     let stored: serde_json::Value = c
-        .query_one("SELECT event FROM messages WHERE provider_message_id = $1", &[&ids[0]])
+        .query_one(
+            "SELECT event FROM messages WHERE provider_message_id = $1",
+            &[&ids[0]],
+        )
         .await
         .unwrap()
         .get(0);
@@ -192,19 +268,53 @@ async fn end_to_end(backend: BackendKind) {
     // /readyz shows the persister; the lag drains to 0.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let ready: serde_json::Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        let ready: serde_json::Value = app
+            .client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(ready["persister"]["postgres"], "up", "{ready}");
-        if ready["persister"]["lag"]["pending"] == 0 && ready["persister"]["lag"]["undelivered"] == 0 {
+        if ready["persister"]["lag"]["pending"] == 0
+            && ready["persister"]["lag"]["undelivered"] == 0
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "lag never drained: {ready}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag never drained: {ready}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let m = app.metrics().await;
-    assert!(counter(&m, "switchboard_persister_rows_total", &[("table", "messages")]) >= 30.0);
-    assert!(counter(&m, "switchboard_persister_events_total", &[("outcome", "stored")]) >= 33.0);
-    assert!(counter(&m, "switchboard_persister_batch_duration_seconds_count", &[]) >= 1.0);
-    assert!(m.contains("switchboard_persister_lag"), "lag gauge exported");
+    assert!(
+        counter(
+            &m,
+            "switchboard_persister_rows_total",
+            &[("table", "messages")]
+        ) >= 30.0
+    );
+    assert!(
+        counter(
+            &m,
+            "switchboard_persister_events_total",
+            &[("outcome", "stored")]
+        ) >= 33.0
+    );
+    assert!(
+        counter(
+            &m,
+            "switchboard_persister_batch_duration_seconds_count",
+            &[]
+        ) >= 1.0
+    );
+    assert!(
+        m.contains("switchboard_persister_lag"),
+        "lag gauge exported"
+    );
     app.stop().await;
     drop_schema(&c, &schema).await;
 }
@@ -223,9 +333,15 @@ async fn webhooks_end_in_postgres_on_memory() {
 async fn migrations_are_tracked_and_idempotent_and_config_names_bad_keys() {
     let config = pg_config(BackendKind::Memory, &pg_url());
     let (pg, c) = migrated(&config).await;
-    assert!(pg.migrate().await.unwrap().is_empty(), "nothing left to apply");
+    assert!(
+        pg.migrate().await.unwrap().is_empty(),
+        "nothing left to apply"
+    );
     let versions: Vec<i32> = c
-        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -255,8 +371,10 @@ async fn migrations_are_tracked_and_idempotent_and_config_names_bad_keys() {
     for key in ["postgres.schema", "postgres.url", "postgres.pool_size"] {
         assert!(err.contains(key), "{key} named in: {err}");
     }
-    let err = Config::from_toml(&format!("{BASE_CONFIG}\n[tenants.extra]\nretention_days = 0\n"))
-        .unwrap_err()
-        .to_string();
+    let err = Config::from_toml(&format!(
+        "{BASE_CONFIG}\n[tenants.extra]\nretention_days = 0\n"
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("tenants.extra.retention_days"), "{err}");
 }

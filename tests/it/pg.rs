@@ -179,10 +179,8 @@ fn as_server_user(program: &std::path::Path) -> Command {
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
         let bin = pg_bin();
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-pg-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
             let ok = Command::new("chown")
@@ -224,7 +222,12 @@ impl PrivatePostgres {
         let child = as_server_user(&self.bin.join("postgres"))
             .arg("-D")
             .arg(self.dir.join("data"))
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
             .arg("-k")
             .arg(&self.dir)
             .stdout(Stdio::null())
