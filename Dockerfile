@@ -6,7 +6,7 @@ WORKDIR /src
 # Dependencies first, so that source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/verify_normalize.rs && echo 'fn main() {}' > benches/load.rs \
+    && for b in verify_normalize load routing; do echo 'fn main() {}' > benches/$b.rs; done \
     && cargo build --release --locked --bin switchboard || true
 COPY src ./src
 COPY benches ./benches

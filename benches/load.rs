@@ -7,7 +7,8 @@
 //! correctness check (every 2xx is on the events stream exactly once).
 //!
 //! Knobs (environment): CONNECTIONS (64), DURATION_SECS (10), WARMUP_SECS (2),
-//! REDIS_URL (redis://127.0.0.1:6379), WORKERS (2).
+//! REDIS_URL (redis://127.0.0.1:6379), WORKERS (2), ROUTING (0: the pass-through router, the
+//! ingest path alone; 1: the shipped demo tenant's routing rules decide every conversation).
 //! Run by `cargo test --all-targets` (no `--bench` argument) it does a 1-second smoke run
 //! with 4 connections, so the harness itself stays tested.
 
@@ -32,6 +33,8 @@ struct Params {
     warmup: Duration,
     redis_url: String,
     workers: usize,
+    /// Route events (the shipped demo tenant's rules) rather than pass them through.
+    routing: bool,
     smoke: bool,
 }
 
@@ -56,6 +59,7 @@ impl Params {
             redis_url: std::env::var("REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             workers: env_or("WORKERS", 2),
+            routing: env_or("ROUTING", 0) == 1,
             smoke,
         }
     }
@@ -267,6 +271,10 @@ fn start_gateway(p: &Params, prefix: &str) -> Gateway {
         .env("SWITCHBOARD__LIMITS__TENANT_BURST", "10000000")
         .env("SWITCHBOARD__STREAMS__INBOUND_MAX_BACKLOG", "10000000")
         .env("SWITCHBOARD__STREAMS__EVENTS_MAX_LEN", "10000000")
+        .env(
+            "SWITCHBOARD__ROUTING__ENABLED",
+            if p.routing { "true" } else { "false" },
+        )
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -302,7 +310,8 @@ fn xlen(conn: &mut redis::Connection, key: &str) -> u64 {
 }
 
 fn cleanup(conn: &mut redis::Connection, prefix: &str) {
-    let pattern = format!("{{{prefix}}}:*");
+    // `{prefix}:...` and the routing keys `{prefix:rt:<tenant>}:...`.
+    let pattern = format!("{{{prefix}[}}:]*");
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -419,6 +428,14 @@ fn main() {
     cleanup(&mut redis_conn, &prefix);
 
     println!();
+    println!(
+        "gateway router: {}",
+        if p.routing {
+            "routing (the demo tenant's rules)"
+        } else {
+            "pass-through (ROUTING=1 to route)"
+        }
+    );
     println!(
         "{:<10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>7}",
         "target", "2xx", "req/s", "p50 ms", "p99 ms", "p999 ms", "non-2xx"

@@ -15,7 +15,7 @@
 //! atomic script), so each call is recorded once per decision it made.
 //!
 //! Knobs: EVENTS (100000), TENANTS (4), AGENTS (25), BATCH (256, the router's batch_size),
-//! REDIS_URL. Without `--bench` (as `cargo test --all-targets` runs it) a 2,000-event
+//! WORKERS (2, the router's `workers`), REDIS_URL. Without `--bench` (as `cargo test --all-targets` runs it) a 2,000-event
 //! smoke run keeps the harness tested.
 
 use std::collections::HashMap;
@@ -207,6 +207,7 @@ async fn run(
     tenants: usize,
     agents: usize,
     batch: usize,
+    workers: usize,
     routed: bool,
 ) -> Run {
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
@@ -240,52 +241,107 @@ async fn run(
     } else {
         None
     };
+    // WORKERS router loops, as the gateway runs `router.workers` router tasks.
+    let total = items.len();
+    let moved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let backend = backend.clone();
+        let engine = engine.clone();
+        let moved = moved.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut decisions = 0u64;
+            let consumer = format!("bench-router-{w}");
+            while moved.load(std::sync::atomic::Ordering::SeqCst) < total {
+                let mut entries = backend
+                    .read_inbound(
+                        &consumer,
+                        batch,
+                        Duration::from_millis(100),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .expect("read");
+                if entries.is_empty() {
+                    continue;
+                }
+                let mut drain = Vec::new();
+                if let Some(engine) = &engine {
+                    let out = engine
+                        .route_batch(&mut entries, engine.now())
+                        .await
+                        .expect("route");
+                    for (n, took) in &out.calls {
+                        latency
+                            .record_n(took.as_micros().max(1) as u64, *n as u64)
+                            .ok();
+                    }
+                    decisions += out.decisions as u64;
+                    drain = out.drain;
+                }
+                let n = backend.publish(&entries).await.expect("publish");
+                moved.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                if let Some(engine) = &engine {
+                    drain.sort();
+                    drain.dedup();
+                    for t in drain {
+                        engine.drain(&t, engine.now()).await.expect("drain");
+                    }
+                }
+            }
+            (latency, decisions)
+        }));
+    }
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let mut decisions = 0u64;
-    let mut moved = 0;
-    let consumer = "bench-router";
-    let started = Instant::now();
-    while moved < items.len() {
-        let mut entries = backend
-            .read_inbound(
-                consumer,
-                batch,
-                Duration::from_millis(100),
-                Duration::from_secs(60),
-            )
-            .await
-            .expect("read");
-        if entries.is_empty() {
-            continue;
-        }
-        let mut drain = Vec::new();
-        if let Some(engine) = &engine {
-            let out = engine
-                .route_batch(&mut entries, engine.now())
-                .await
-                .expect("route");
-            for (n, took) in &out.calls {
-                latency
-                    .record_n(took.as_micros().max(1) as u64, *n as u64)
-                    .ok();
-            }
-            decisions += out.decisions as u64;
-            drain = out.drain;
-        }
-        moved += backend.publish(&entries).await.expect("publish");
-        if let Some(engine) = &engine {
-            drain.sort();
-            drain.dedup();
-            for t in drain {
-                engine.drain(&t, engine.now()).await.expect("drain");
-            }
-        }
+    for t in tasks {
+        let (h, d) = t.await.expect("router task");
+        latency.add(&h).ok();
+        decisions += d;
     }
+    let moved = moved.load(std::sync::atomic::Ordering::SeqCst);
+    let elapsed = started.elapsed();
+    cleanup(url, &prefix).await;
     Run {
         events: moved,
-        elapsed: started.elapsed(),
+        elapsed,
         decisions,
         latency,
+    }
+}
+
+/// Deletes every key of a run (`{prefix}...` and `{prefix:rt:<tenant>}...`), so that
+/// repeated runs do not fill the shared Redis (and slow each other down).
+async fn cleanup(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{{{prefix}*"))
+            .arg("COUNT")
+            .arg(5000)
+            .query_async(&mut conn)
+            .await
+            .expect("scan");
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .expect("unlink");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
     }
 }
 
@@ -300,18 +356,19 @@ async fn main() {
     let tenants = env_or("TENANTS", 4);
     let agents = env_or("AGENTS", 25);
     let batch = env_or("BATCH", 256);
+    let workers = env_or("WORKERS", 2);
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let items = events(n, tenants);
     println!(
-        "routing bench: {n} events, {tenants} tenants x {agents} agents, batch {batch}{}",
+        "routing bench: {n} events, {tenants} tenants x {agents} agents, batch {batch}, {workers} router workers{}",
         if smoke {
             " (smoke run; use --bench for figures)"
         } else {
             ""
         }
     );
-    let pass = run(&url, &items, tenants, agents, batch, false).await;
-    let routed = run(&url, &items, tenants, agents, batch, true).await;
+    let pass = run(&url, &items, tenants, agents, batch, workers, false).await;
+    let routed = run(&url, &items, tenants, agents, batch, workers, true).await;
     let eps = |r: &Run| r.events as f64 / r.elapsed.as_secs_f64();
     println!(
         "pass-through router: {:>9.0} events/s ({} events in {:.2} s)",

@@ -114,12 +114,16 @@ impl Application {
     /// Serves until SIGTERM/SIGINT (or the server handle stops it), then shuts down in order.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let router = Router::new(
-            self.state.backend.clone(),
-            self.state.engine.clone(),
-            &self.config.router,
-        );
-        let router_task = tokio::spawn(router.run(stop_rx.clone()));
+        let router_tasks: Vec<_> = (0..self.config.router.workers)
+            .map(|_| {
+                let router = Router::new(
+                    self.state.backend.clone(),
+                    self.state.engine.clone(),
+                    &self.config.router,
+                );
+                tokio::spawn(router.run(stop_rx.clone()))
+            })
+            .collect();
         let maintain_task = self.state.engine.clone().map(|engine| {
             tokio::spawn(crate::route::maintain(
                 engine,
@@ -146,7 +150,9 @@ impl Application {
         let served = self.server.await;
         tracing::info!("HTTP server stopped; stopping workers");
         let _ = stop_tx.send(true);
-        let _ = router_task.await;
+        for t in router_tasks {
+            let _ = t.await;
+        }
         if let Some(t) = maintain_task {
             let _ = t.await;
         }

@@ -189,6 +189,8 @@ pub struct RouterConfig {
     pub batch_size: usize,
     pub block_ms: u64,
     pub claim_idle_ms: u64,
+    /// Router tasks per process: while one waits for Redis another prepares its batch.
+    pub workers: usize,
 }
 
 /// `[routing]`: the routing engine as a whole (each tenant's rules are in
@@ -388,6 +390,7 @@ fn defaults() -> Defaults {
             batch_size: 256,
             block_ms: 1000,
             claim_idle_ms: 30_000,
+            workers: 2,
         },
         routing: RoutingSection {
             enabled: true,
@@ -526,6 +529,9 @@ impl Config {
         }
         if self.router.batch_size == 0 || self.router.batch_size > 10_000 {
             errs.push("router.batch_size must be 1..=10000".into());
+        }
+        if self.router.workers == 0 || self.router.workers > 64 {
+            errs.push("router.workers must be 1..=64".into());
         }
         if self.router.claim_idle_ms < 1000 {
             errs.push("router.claim_idle_ms must be at least 1000".into());

@@ -229,6 +229,273 @@ fn has_keyword(text: &str, keywords: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::model::{
+        AgentConfig, CalendarConfig, Conditions, RoutingConfig, RuleConfig, TeamConfig,
+    };
+
+    fn ruleset(rules: Vec<(&str, Conditions)>) -> Ruleset {
+        let mut cfg = RoutingConfig {
+            default_team: Some("support".into()),
+            default_strategy: "least_loaded".into(),
+            max_queued: 10,
+            ..Default::default()
+        };
+        cfg.teams.insert("support".into(), TeamConfig::default());
+        cfg.agents.insert(
+            "alice".into(),
+            AgentConfig {
+                teams: vec!["support".into()],
+                ..Default::default()
+            },
+        );
+        cfg.contact_lists
+            .insert("vip".into(), vec!["15550000001".into()]);
+        cfg.calendars.insert(
+            "office".into(),
+            CalendarConfig {
+                timezone: "UTC".into(),
+                hours: [("mon".to_string(), vec!["09:00-17:00".to_string()])].into(),
+                holidays: vec![],
+            },
+        );
+        cfg.rules = rules
+            .into_iter()
+            .map(|(id, when)| RuleConfig {
+                id: id.into(),
+                when,
+                team: Some("support".into()),
+                ..Default::default()
+            })
+            .collect();
+        Ruleset::compile("t", 1, cfg, "routing", &|_| true).expect("valid rule set")
+    }
+
+    fn event(contact: &str, text: &str) -> serde_json::Value {
+        serde_json::json!({
+            "event_id": "evt_1", "kind": "message", "tenant": "t", "source": "meta_main",
+            "provider": "meta", "channel": "whatsapp", "direction": "inbound",
+            "conversation_id": "conv_1",
+            "contact": {"id": contact, "language": "es-MX"},
+            "business": {"id": "106540352242922"},
+            "message": {"type": "text", "text": text}
+        })
+    }
+
+    fn view(v: serde_json::Value) -> EventView {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// Monday 2026-11-30 10:00 UTC (office open) and 20:00 (closed).
+    const OPEN: u64 = 1_796_032_800_000;
+    const CLOSED: u64 = 1_796_068_800_000;
+
+    /// Each condition, alone, matching and not matching.
+    #[test]
+    fn every_condition_matches_and_refuses() {
+        let base = event("34600111222", "Where is my ORDER #123?");
+        let c = |f: fn(&mut Conditions)| {
+            let mut w = Conditions::default();
+            f(&mut w);
+            w
+        };
+        let cases: Vec<(&str, Conditions, serde_json::Value, bool)> = vec![
+            (
+                "channel",
+                c(|w| w.channels = vec!["whatsapp".into()]),
+                base.clone(),
+                true,
+            ),
+            (
+                "channel",
+                c(|w| w.channels = vec!["sms".into()]),
+                base.clone(),
+                false,
+            ),
+            (
+                "provider",
+                c(|w| w.providers = vec!["meta".into()]),
+                base.clone(),
+                true,
+            ),
+            (
+                "provider",
+                c(|w| w.providers = vec!["twilio".into()]),
+                base.clone(),
+                false,
+            ),
+            (
+                "source",
+                c(|w| w.sources = vec!["meta_main".into()]),
+                base.clone(),
+                true,
+            ),
+            (
+                "source",
+                c(|w| w.sources = vec!["other".into()]),
+                base.clone(),
+                false,
+            ),
+            (
+                "business",
+                c(|w| w.businesses = vec!["106540352242922".into()]),
+                base.clone(),
+                true,
+            ),
+            (
+                "business",
+                c(|w| w.businesses = vec!["1".into()]),
+                base.clone(),
+                false,
+            ),
+            (
+                "prefix",
+                c(|w| w.contact_prefixes = vec!["55".into(), "34".into()]),
+                base.clone(),
+                true,
+            ),
+            (
+                "prefix",
+                c(|w| w.contact_prefixes = vec!["55".into()]),
+                base.clone(),
+                false,
+            ),
+            (
+                "list",
+                c(|w| w.contact_lists = vec!["vip".into()]),
+                event("15550000001", "x"),
+                true,
+            ),
+            (
+                "list",
+                c(|w| w.contact_lists = vec!["vip".into()]),
+                base.clone(),
+                false,
+            ),
+            (
+                "keyword",
+                c(|w| w.keywords = vec!["order".into()]),
+                base.clone(),
+                true,
+            ),
+            (
+                "keyword",
+                c(|w| w.keywords = vec!["ord".into()]),
+                base.clone(),
+                false,
+            ),
+            (
+                "regex",
+                c(|w| w.text_regex = Some(r"(?i)order\s+#\d+".into())),
+                base.clone(),
+                true,
+            ),
+            (
+                "regex",
+                c(|w| w.text_regex = Some(r"^refund".into())),
+                base.clone(),
+                false,
+            ),
+            (
+                "language",
+                c(|w| w.languages = vec!["es".into()]),
+                base.clone(),
+                true,
+            ),
+            (
+                "language",
+                c(|w| w.languages = vec!["pt".into()]),
+                base.clone(),
+                false,
+            ),
+            (
+                "type",
+                c(|w| w.message_types = vec!["text".into()]),
+                base.clone(),
+                true,
+            ),
+            (
+                "type",
+                c(|w| w.message_types = vec!["image".into()]),
+                base.clone(),
+                false,
+            ),
+            (
+                "no referral",
+                c(|w| w.referral = Some(false)),
+                base.clone(),
+                true,
+            ),
+            (
+                "referral",
+                c(|w| w.referral = Some(true)),
+                base.clone(),
+                false,
+            ),
+        ];
+        for (name, when, ev, expected) in cases {
+            let rs = ruleset(vec![("r", when)]);
+            let got = plan(&rs, &view(ev), OPEN).rule_id() == Some("r");
+            assert_eq!(got, expected, "condition {name}");
+        }
+        // Referral ids: the ad that brought the contact.
+        let mut ad = base.clone();
+        ad["message"]["referral"] = serde_json::json!({"source_id": "120208", "source_type": "ad"});
+        let rs = ruleset(vec![(
+            "ads",
+            c(|w| {
+                w.referral = Some(true);
+                w.referral_ids = vec!["120208".into()];
+            }),
+        )]);
+        assert_eq!(plan(&rs, &view(ad.clone()), OPEN).rule_id(), Some("ads"));
+        ad["message"]["referral"]["source_id"] = "999".into();
+        assert_eq!(plan(&rs, &view(ad), OPEN).rule_id(), None);
+    }
+
+    #[test]
+    fn hours_first_match_wins_and_the_default_catches_the_rest() {
+        let rs = ruleset(vec![
+            (
+                "night",
+                Conditions {
+                    outside_hours: Some("office".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "day",
+                Conditions {
+                    within_hours: Some("office".into()),
+                    ..Default::default()
+                },
+            ),
+            ("everything", Conditions::default()),
+        ]);
+        let ev = view(event("1", "hi"));
+        assert_eq!(plan(&rs, &ev, OPEN).rule_id(), Some("day"));
+        assert_eq!(plan(&rs, &ev, CLOSED).rule_id(), Some("night"));
+        let rs = ruleset(vec![(
+            "sms-only",
+            Conditions {
+                channels: vec!["sms".into()],
+                ..Default::default()
+            },
+        )]);
+        let p = plan(&rs, &ev, OPEN);
+        assert_eq!(p.rule_id(), None);
+        assert_eq!(p.target.queue, "team:support");
+    }
+
+    #[test]
+    fn only_what_the_contact_did_is_routable() {
+        let mut status = event("1", "x");
+        status["kind"] = "status".into();
+        assert!(!view(status).routable());
+        let mut echo = event("1", "x");
+        echo["direction"] = "outbound".into();
+        assert!(!view(echo).routable());
+        assert!(view(event("1", "x")).routable());
+    }
 
     #[test]
     fn keywords_match_whole_words_in_any_case() {

@@ -3,6 +3,7 @@
 mod backend;
 mod backend_groups;
 mod cli;
+mod deploy;
 mod helpers;
 mod metrics;
 mod outage;

@@ -836,3 +836,212 @@ async fn reprocessing_after_a_router_crash_yields_the_same_assignments() {
     let _ = StreamName::Events;
     app.stop().await;
 }
+
+/// A strategy registered by the embedding program can be named by rules (docs/routing.md
+/// "Writing your own"); a rule naming an unknown one stops the gateway at start.
+#[tokio::test]
+async fn a_registered_strategy_is_used_by_rules_and_unknown_ones_are_refused() {
+    use switchboard::route::strategy::{Candidate, RankContext, Strategies, Strategy};
+    use switchboard::startup::{Application, Options};
+
+    /// Reverse alphabetical: bob before alice, whatever their loads.
+    struct Reverse;
+    impl Strategy for Reverse {
+        fn name(&self) -> &str {
+            "reverse"
+        }
+        fn rank(&self, _: &RankContext<'_>, c: &mut Vec<Candidate<'_>>) {
+            c.sort_by(|a, b| b.agent.id.cmp(&a.agent.id));
+        }
+    }
+    let mut config = routing_config(BackendKind::Memory);
+    let routing = config
+        .tenants
+        .get_mut("acme")
+        .unwrap()
+        .routing
+        .as_mut()
+        .unwrap();
+    routing.default_strategy = "reverse".into();
+    routing.rules.clear();
+    let refused = Application::build(config.clone()).await;
+    let err = format!("{:#}", refused.err().expect("unknown strategy refused"));
+    assert!(err.contains("\"reverse\": unknown strategy"), "{err}");
+
+    let app = Application::build_with(
+        config,
+        Options {
+            strategies: Strategies::builtin().with(Reverse),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let port = app.port();
+    let handle = app.server_handle();
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+    let body = wa_messages(&[("16505557001", "a"), ("16505557002", "b")]);
+    let res = client
+        .post(format!("http://127.0.0.1:{port}/webhooks/meta_test"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            switchboard::verify::meta::sign_sha256(SECRET, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let agents = loop {
+        let v: Value = client
+            .get(format!("http://127.0.0.1:{port}/v1/events?limit=10"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let agents: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| {
+                i["event"]["assignment"]["agent"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        if agents.len() == 2 || Instant::now() > deadline {
+            break agents;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // victor is in team vip only; support = alice, bob: reverse puts bob first, then bob
+    // again (capacity 2).
+    assert_eq!(agents, ["bob", "bob"]);
+    handle.stop(true).await;
+}
+
+#[tokio::test]
+async fn routing_metrics_move() {
+    let app = spawn_with(routing_config(BackendKind::Memory)).await;
+    assert_eq!(
+        app.post(&wa_messages(&[("16505558001", "x")]))
+            .await
+            .status(),
+        200
+    );
+    app.routed(1).await;
+    let m = app.metrics().await;
+    assert!(
+        counter(
+            &m,
+            "switchboard_routing_assignments_total",
+            &[("action", "assigned")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        counter(
+            &m,
+            "switchboard_routing_decision_duration_seconds_count",
+            &[]
+        ) >= 1.0
+    );
+    assert!(
+        counter(
+            &m,
+            "switchboard_routed_events_total",
+            &[("router", "rules")]
+        ) >= 1.0
+    );
+    app.stop().await;
+}
+
+/// `POST /v1/routing/reload` re-reads the configuration file: a changed routing section
+/// becomes a new version; a broken file is refused and changes nothing.
+#[tokio::test]
+async fn routing_reloads_from_the_configuration_file() {
+    use switchboard::startup::{Application, Options};
+    let dir = std::env::temp_dir().join(format!("sb-reload-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchboard.toml");
+    let base = format!("{BASE_CONFIG}\n[routing]\nsweep_interval_ms = 100\n{ROUTING}");
+    std::fs::write(&path, &base).unwrap();
+    let config = Config::load(Some(&path)).unwrap();
+    let app = Application::build_with(
+        config,
+        Options {
+            config_path: Some(path.clone()),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let port = app.port();
+    let handle = app.server_handle();
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let get_version = || async {
+        let v: Value = client
+            .get(url("/v1/tenants/acme/routing"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    let before = get_version().await;
+    let reload = || async {
+        let res = client
+            .post(url("/v1/routing/reload"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    };
+    // Unchanged file: nothing to do.
+    let (status, v) = reload().await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["changed"], json!([]));
+    // A broken edit: refused, old rules stay.
+    std::fs::write(
+        &path,
+        base.replace(
+            "strategy = \"skills\"",
+            "strategy = \"skills\"\nteam = \"vip\"",
+        ),
+    )
+    .unwrap();
+    let (status, v) = reload().await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (422, Some("invalid_rules")),
+        "{v}"
+    );
+    assert_eq!(get_version().await["version"], before["version"]);
+    // A good edit: a new version, from the file.
+    std::fs::write(
+        &path,
+        base.replace("sticky_window_secs = 3600", "sticky_window_secs = 60"),
+    )
+    .unwrap();
+    let (status, v) = reload().await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["changed"][0]["tenant"], "acme");
+    let after = get_version().await;
+    assert_eq!(after["version"], before["version"].as_u64().unwrap() + 1);
+    assert_eq!(after["routing"]["sticky_window_secs"], 60);
+    assert_eq!(after["origin"], "file");
+    handle.stop(true).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
