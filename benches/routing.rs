@@ -193,6 +193,7 @@ async fn backend(url: &str, prefix: &str) -> Backend {
         events_max_len: 10_000_000,
         events_max_age: Duration::ZERO,
         deadletter_max_len: 1000,
+        persister_max_backlog: 1_000_000,
         memory_max_dedup_keys: 1,
     };
     Backend::Redis(Box::new(

@@ -33,6 +33,12 @@ pub const ROUTING_QUEUE_OLDEST: &str = "switchboard_routing_queue_oldest_wait_se
 pub const ROUTING_AGENTS: &str = "switchboard_routing_agents";
 pub const ROUTING_UTILIZATION: &str = "switchboard_routing_agent_utilization_ratio";
 pub const ROUTING_RULESET_CHANGES: &str = "switchboard_routing_ruleset_changes_total";
+pub const PERSISTER_ROWS: &str = "switchboard_persister_rows_total";
+pub const PERSISTER_EVENTS: &str = "switchboard_persister_events_total";
+pub const PERSISTER_BATCH_DURATION: &str = "switchboard_persister_batch_duration_seconds";
+pub const PERSISTER_LAG: &str = "switchboard_persister_lag";
+pub const PERSISTER_FAILURES: &str = "switchboard_persister_failures_total";
+pub const PRIVACY_OPERATIONS: &str = "switchboard_privacy_operations_total";
 
 /// Queue wait buckets (seconds): 1 s .. 4 h.
 const WAIT_BUCKETS: &[f64] = &[
@@ -354,5 +360,83 @@ impl RoutingSampled {
         gauge!(ROUTING_UTILIZATION, "stat" => "min").set(self.utilization_min);
         gauge!(ROUTING_UTILIZATION, "stat" => "mean").set(self.utilization_mean);
         gauge!(ROUTING_UTILIZATION, "stat" => "max").set(self.utilization_max);
+    }
+}
+
+/// The persister wrote a batch to PostgreSQL and acknowledged it.
+pub struct PersisterBatchWritten<'a> {
+    pub entries: usize,
+    /// Entries that were not events (deleted meanwhile, or unreadable): acknowledged only.
+    pub unreadable: u64,
+    pub written: &'a crate::persist::write::Written,
+    pub elapsed: Duration,
+}
+
+impl PersisterBatchWritten<'_> {
+    pub fn emit(self) {
+        let w = self.written;
+        tracing::debug!(
+            entries = self.entries,
+            messages = w.messages,
+            statuses = w.statuses,
+            assignments = w.assignments,
+            conversations = w.conversations,
+            elapsed_ms = self.elapsed.as_secs_f64() * 1e3,
+            "persister batch written"
+        );
+        for (table, n) in [
+            ("messages", w.messages),
+            ("message_statuses", w.statuses),
+            ("deliveries", w.deliveries),
+            ("assignments", w.assignments),
+            ("conversations", w.conversations),
+        ] {
+            counter!(PERSISTER_ROWS, "table" => table).increment(n);
+        }
+        let stored = (self.entries as u64).saturating_sub(self.unreadable + w.erased + w.refused);
+        counter!(PERSISTER_EVENTS, "outcome" => "stored").increment(stored);
+        counter!(PERSISTER_EVENTS, "outcome" => "unreadable").increment(self.unreadable);
+        counter!(PERSISTER_EVENTS, "outcome" => "erased").increment(w.erased);
+        counter!(PERSISTER_EVENTS, "outcome" => "refused").increment(w.refused);
+        histogram!(PERSISTER_BATCH_DURATION).record(self.elapsed.as_secs_f64());
+    }
+}
+
+/// A persister step failed (it is retried; nothing was acknowledged).
+pub struct PersisterFailed<'a> {
+    /// `migrate`, `read`, `write`, `refused_event`, `retention`.
+    pub op: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl PersisterFailed<'_> {
+    pub fn emit(self) {
+        tracing::error!(op = self.op, error = %self.error, "persister step failed");
+        counter!(PERSISTER_FAILURES, "op" => self.op).increment(1);
+    }
+}
+
+/// Events stream entries the persister has not stored yet (pending + undelivered).
+pub struct PersisterLagSampled {
+    pub lag: u64,
+}
+
+impl PersisterLagSampled {
+    pub fn emit(self) {
+        gauge!(PERSISTER_LAG).set(self.lag as f64);
+    }
+}
+
+/// A privacy operation (erase, export, retention, data_deletion) finished.
+pub struct PrivacyOperation {
+    pub op: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+impl PrivacyOperation {
+    pub fn emit(self) {
+        tracing::info!(op = self.op, outcome = self.outcome, "privacy operation");
+        counter!(PRIVACY_OPERATIONS, "op" => self.op, "outcome" => self.outcome).increment(1);
     }
 }

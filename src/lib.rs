@@ -2,7 +2,7 @@
 //!
 //! The pipeline, one module per stage (see DESIGN.md "the path of one webhook"):
 //! [`ingest`] (HTTP) → [`verify`] → [`normalize`] → [`accept`] (dedup + enqueue) →
-//! [`route`] (inbound → events) ; [`config`], [`telemetry`] and [`internal_events`]
+//! [`route`] (inbound → events) → [`persist`] (events → PostgreSQL); [`config`], [`telemetry`] and [`internal_events`]
 //! (metrics + logs) serve them all.
 
 pub mod accept;
@@ -13,6 +13,7 @@ pub mod event;
 pub mod ingest;
 pub mod internal_events;
 pub mod normalize;
+pub mod persist;
 pub mod route;
 pub mod startup;
 pub mod state;

@@ -66,6 +66,13 @@ enum Command {
         #[arg(long)]
         value_only: bool,
     },
+    /// Apply the PostgreSQL migrations (migrations/) to [postgres] url and schema, whether or
+    /// not [postgres] enabled is set. Idempotent: applies only what is missing.
+    Migrate {
+        /// Only print which migrations are applied and which are pending.
+        #[arg(long)]
+        status: bool,
+    },
     /// Routing tools.
     Routing {
         #[command(subcommand)]
@@ -149,6 +156,7 @@ fn main() -> anyhow::Result<()> {
                     json,
                 },
         } => simulate(config, traffic, start, handle_secs, tick_ms, json),
+        Command::Migrate { status } => migrate(config, status),
         Command::CheckConfig => {
             for (id, t) in &config.tenants {
                 if let Some(r) = &t.routing {
@@ -220,6 +228,51 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {
+    use switchboard::persist::{migrate, Postgres};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let pg = Postgres::new(&config)?;
+        let target = format!(
+            "{} (schema {})",
+            switchboard::config::redact_url(&config.postgres.url),
+            config.postgres.schema
+        );
+        let client = pg
+            .client()
+            .await
+            .with_context(|| format!("cannot connect to PostgreSQL at {target}"))?;
+        if status_only {
+            let done = migrate::applied(&client, &config.postgres.schema).await?;
+            for m in migrate::MIGRATIONS {
+                let state = if done.contains(&m.version) {
+                    "applied"
+                } else {
+                    "pending"
+                };
+                println!("{:>4}  {state:8} {}", m.version, m.name);
+            }
+            return Ok(());
+        }
+        drop(client);
+        let applied = pg
+            .migrate()
+            .await
+            .with_context(|| format!("migrating {target}"))?;
+        if applied.is_empty() {
+            println!(
+                "{target}: up to date ({} migrations)",
+                migrate::MIGRATIONS.len()
+            );
+        } else {
+            println!("{target}: applied {applied:?}");
+        }
+        Ok(())
+    })
 }
 
 fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {

@@ -67,6 +67,10 @@ impl Application {
             .context("cannot start the routing engine")?;
             state.engine = Some(Arc::new(engine));
         }
+        if config.postgres.enabled {
+            state.persist =
+                Some(crate::persist::Postgres::new(&config).context("cannot set up PostgreSQL")?);
+        }
         let state = web::Data::new(state);
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("cannot listen on server.bind = {}", config.server.bind))?;
@@ -127,6 +131,15 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
+        // History in PostgreSQL: its own worker and the retention job (never in the way of
+        // ingestion; see crate::persist).
+        let persist_tasks = self.state.persist.clone().map(|pg| {
+            let persister = crate::persist::Persister::new(self.state.backend.clone(), pg.clone());
+            (
+                tokio::spawn(persister.run(stop_rx.clone())),
+                tokio::spawn(crate::persist::retain(pg, stop_rx.clone())),
+            )
+        });
         let sampler_task = tokio::spawn(sample(self.state.clone(), stop_rx));
         tracing::info!(
             port = self.port,
@@ -142,6 +155,10 @@ impl Application {
         }
         if let Some(t) = maintain_task {
             let _ = t.await;
+        }
+        if let Some((persister, retention)) = persist_tasks {
+            let _ = persister.await;
+            let _ = retention.await;
         }
         let _ = sampler_task.await;
         served.context("HTTP server failed")

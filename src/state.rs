@@ -212,6 +212,8 @@ pub struct AppState {
     pub backend: Backend,
     /// The routing engine (None with `routing.enabled = false`).
     pub engine: Option<Arc<crate::route::Engine>>,
+    /// PostgreSQL history (None unless `[postgres] enabled`).
+    pub persist: Option<crate::persist::Postgres>,
     /// The configuration file, for `POST /v1/routing/reload`.
     pub config_path: Option<std::path::PathBuf>,
     pub limiters: Limiters,
@@ -243,6 +245,7 @@ impl AppState {
                 .collect(),
             backend,
             engine: None,
+            persist: None,
             config_path: None,
             limiters: Limiters::from_config(config),
             max_body_bytes: config.server.max_body_bytes,

@@ -1,20 +1,27 @@
 -- Append events to the events stream unless already there (dedup by event id): how the
 -- router relays assignment changes from a tenant's outbox. Relaying is at least once (an
 -- interrupted relay repeats); the dedup key makes the stream see each change once.
+-- (trim.lua is prepended.)
 --
 -- KEYS[1] events stream   KEYS[2..] dedup keys, one per event
 -- ARGV[1] dedup TTL (s)   ARGV[2] events max length (0 = none)
 -- ARGV[3] events min id for age retention ('0' = none)
--- ARGV[4..] pairs: event id, event JSON
--- Returns the number appended.
+-- ARGV[4] persister group on the events stream   ARGV[5] its most unacknowledged entries
+-- ARGV[6..] pairs: event id, event JSON
+-- Returns the number appended, or -1 - n when the persister is at its bound (nothing done).
 local ttl = tonumber(ARGV[1])
 local maxlen = tonumber(ARGV[2])
+local full, state = persister_full(KEYS[1], ARGV[4], tonumber(ARGV[5]))
+if full then
+  return -1 - state
+end
+local plain = state == nil
 local appended = 0
 for i = 2, #KEYS do
-  local j = 4 + (i - 2) * 2
+  local j = 6 + (i - 2) * 2
   if redis.call('EXISTS', KEYS[i]) == 0 then
     local id
-    if maxlen > 0 then
+    if maxlen > 0 and plain then
       id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event_id', ARGV[j], 'event', ARGV[j + 1])
     else
       id = redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[j], 'event', ARGV[j + 1])
@@ -23,7 +30,7 @@ for i = 2, #KEYS do
     appended = appended + 1
   end
 end
-if ARGV[3] ~= '0' then
+if plain and ARGV[3] ~= '0' then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3])
 end
 return appended

@@ -8,19 +8,30 @@
 //! first) and their TTL, the inbound stream by `inbound_max_backlog`, the events stream by
 //! its retention, dead letters by `deadletter_max_len`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-use super::{AcceptReport, BackendError, Batch, Limits, StreamEntry, StreamName, StreamStats};
+use super::{
+    AcceptReport, BackendError, Batch, GroupLag, Limits, StreamEntry, StreamName, StreamStats,
+};
 
 #[derive(Clone)]
 pub struct MemoryBackend {
     inner: Arc<Mutex<Inner>>,
     inbound_ready: Arc<Notify>,
+    events_ready: Arc<Notify>,
     limits: Arc<Limits>,
+}
+
+/// A consumer group of the events stream (the persister's): like a Redis group, the last
+/// id delivered and the entries delivered but not acknowledged, with who has them since when.
+#[derive(Default)]
+struct Group {
+    last_delivered: StreamId,
+    pending: BTreeMap<StreamId, Instant>,
 }
 
 struct Inner {
@@ -33,10 +44,13 @@ struct Inner {
     events: VecDeque<(StreamId, String, String)>,
     deadletter: VecDeque<(StreamId, String, String)>,
     last_id: StreamId,
+    /// Consumer groups of the events stream. Every group here is protected from trimming
+    /// (the memory backend has no outside consumers; only the persister makes groups).
+    groups: HashMap<String, Group>,
 }
 
 /// Redis-compatible stream id: milliseconds and a sequence number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 struct StreamId(u64, u64);
 
 impl StreamId {
@@ -105,8 +119,10 @@ impl MemoryBackend {
                 events: VecDeque::new(),
                 deadletter: VecDeque::new(),
                 last_id: StreamId::default(),
+                groups: HashMap::new(),
             })),
             inbound_ready: Arc::new(Notify::new()),
+            events_ready: Arc::new(Notify::new()),
             limits: Arc::new(limits),
         }
     }
@@ -235,10 +251,11 @@ impl MemoryBackend {
 
     /// Appends events to the events stream unless their key was seen (see the Redis
     /// backend's `append_events`).
-    pub fn append_events(&self, items: &[super::Item]) -> usize {
+    pub fn append_events(&self, items: &[super::Item]) -> Result<usize, BackendError> {
         let now = Instant::now();
         let expiry = now + self.limits.dedup_ttl;
         let mut g = self.lock();
+        self.check_persister_backlog(&g)?;
         g.expire(now, self.limits.memory_max_dedup_keys);
         let mut appended = 0;
         for item in items {
@@ -252,26 +269,185 @@ impl MemoryBackend {
             appended += 1;
         }
         self.trim_events(&mut g);
-        appended
+        drop(g);
+        if appended > 0 {
+            self.events_ready.notify_waiters();
+        }
+        Ok(appended)
     }
 
+    /// Retention of the events stream; never removes an entry at or above a group's floor
+    /// (its oldest unacknowledged entry, else its last delivered one).
     fn trim_events(&self, g: &mut Inner) {
+        let floor = g
+            .groups
+            .values()
+            .map(|gr| {
+                gr.pending
+                    .keys()
+                    .next()
+                    .copied()
+                    .unwrap_or(gr.last_delivered)
+            })
+            .min();
+        let below_floor = |id: &StreamId| floor.is_none_or(|f| *id < f);
         let max_len = self.limits.events_max_len;
         if max_len > 0 {
-            while g.events.len() as u64 > max_len {
+            while g.events.len() as u64 > max_len
+                && g.events.front().is_some_and(|(id, _, _)| below_floor(id))
+            {
                 g.events.pop_front();
             }
         }
         if !self.limits.events_max_age.is_zero() {
             let min_ms = now_ms().saturating_sub(self.limits.events_max_age.as_millis() as u64);
-            while g.events.front().is_some_and(|(id, _, _)| id.0 < min_ms) {
+            while g
+                .events
+                .front()
+                .is_some_and(|(id, _, _)| id.0 < min_ms && below_floor(id))
+            {
                 g.events.pop_front();
             }
         }
     }
 
-    pub fn publish(&self, moves: &[StreamEntry]) -> usize {
+    /// Refuses to add to the events stream while the persister group has
+    /// `persister_max_backlog` entries or more unacknowledged.
+    fn check_persister_backlog(&self, g: &Inner) -> Result<(), BackendError> {
+        if let Some(lag) = Self::lag_of(g, super::PERSISTER_GROUP) {
+            if lag.total() >= self.limits.persister_max_backlog {
+                return Err(BackendError::Backpressure {
+                    backlog: lag.total(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn lag_of(g: &Inner, group: &str) -> Option<GroupLag> {
+        let gr = g.groups.get(group)?;
+        let undelivered = g
+            .events
+            .iter()
+            .rev()
+            .take_while(|(id, _, _)| *id > gr.last_delivered)
+            .count() as u64;
+        Some(GroupLag {
+            pending: gr.pending.len() as u64,
+            undelivered,
+        })
+    }
+
+    pub fn events_group_lag(&self, group: &str) -> Option<GroupLag> {
+        Self::lag_of(&self.lock(), group)
+    }
+
+    pub async fn read_events_group(
+        &self,
+        group: &str,
+        _consumer: &str,
+        count: usize,
+        block: Duration,
+        claim_idle: Duration,
+    ) -> Vec<StreamEntry> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            let notified = self.events_ready.notified();
+            {
+                let mut guard = self.lock();
+                let g = &mut *guard;
+                let gr = g.groups.entry(group.to_string()).or_default();
+                let now = Instant::now();
+                // Abandoned entries first (one process: only a consumer that gave up on a
+                // batch leaves them), then new ones.
+                let stale: Vec<StreamId> = gr
+                    .pending
+                    .iter()
+                    .filter(|(_, at)| now.duration_since(**at) >= claim_idle)
+                    .map(|(id, _)| *id)
+                    .take(count)
+                    .collect();
+                let mut out = Vec::new();
+                for id in stale {
+                    gr.pending.insert(id, now);
+                    let found = g.events.iter().find(|(i, _, _)| *i == id);
+                    out.push(match found {
+                        Some((i, k, p)) => StreamEntry {
+                            id: i.to_string(),
+                            key: k.clone(),
+                            payload: p.clone(),
+                        },
+                        None => StreamEntry {
+                            id: id.to_string(),
+                            key: String::new(),
+                            payload: String::new(),
+                        },
+                    });
+                }
+                if out.is_empty() {
+                    let after = gr.last_delivered;
+                    for (i, k, p) in g.events.iter().filter(|(i, _, _)| *i > after).take(count) {
+                        gr.pending.insert(*i, now);
+                        gr.last_delivered = *i;
+                        out.push(StreamEntry {
+                            id: i.to_string(),
+                            key: k.clone(),
+                            payload: p.clone(),
+                        });
+                    }
+                }
+                if !out.is_empty() {
+                    return out;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+
+    pub fn ack_events(&self, group: &str, ids: &[String]) -> usize {
         let mut g = self.lock();
+        let Some(gr) = g.groups.get_mut(group) else {
+            return 0;
+        };
+        let acked = ids
+            .iter()
+            .filter_map(|id| StreamId::parse(id))
+            .filter(|id| gr.pending.remove(id).is_some())
+            .count();
+        self.trim_events(&mut g);
+        acked
+    }
+
+    pub fn delete_entries(&self, stream: StreamName, ids: &[String]) -> usize {
+        let ids: std::collections::HashSet<StreamId> =
+            ids.iter().filter_map(|i| StreamId::parse(i)).collect();
+        let mut guard = self.lock();
+        let g = &mut *guard;
+        if stream == StreamName::Inbound {
+            // Keep the count of entries handed to the router right.
+            let gone = g
+                .inbound
+                .iter()
+                .take(g.delivered)
+                .filter(|(id, _, _)| ids.contains(id))
+                .count();
+            g.delivered -= gone;
+        }
+        let entries = match stream {
+            StreamName::Inbound => &mut g.inbound,
+            StreamName::Events => &mut g.events,
+            StreamName::DeadLetter => &mut g.deadletter,
+        };
+        let before = entries.len();
+        entries.retain(|(id, _, _)| !ids.contains(id));
+        before - entries.len()
+    }
+
+    pub fn publish(&self, moves: &[StreamEntry]) -> Result<usize, BackendError> {
+        let mut g = self.lock();
+        self.check_persister_backlog(&g)?;
         let mut moved = 0;
         for entry in moves {
             let Some(id) = StreamId::parse(&entry.id) else {
@@ -290,6 +466,10 @@ impl MemoryBackend {
             moved += 1;
         }
         self.trim_events(&mut g);
-        moved
+        drop(g);
+        if moved > 0 {
+            self.events_ready.notify_waiters();
+        }
+        Ok(moved)
     }
 }

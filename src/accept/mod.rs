@@ -11,6 +11,13 @@
 //! - when the inbound backlog (entries not yet routed) would exceed its bound, nothing is
 //!   appended and [`BackendError::Backpressure`] is returned;
 //! - it returns only once the appends are as durable as the backend can make them.
+//!
+//! The events stream is trimmed to its retention (`streams.events_max_len`,
+//! `events_max_age_secs`), except that while the [`PERSISTER_GROUP`] consumer group exists no
+//! entry it has not acknowledged is ever trimmed: retention then waits for the persister,
+//! and past `postgres.max_backlog` unpersisted entries publishing is refused
+//! ([`BackendError::Backpressure`]), so the router stops, the inbound backlog fills and the
+//! edge answers 503 — the providers keep the rest until Postgres is back.
 
 pub mod memory;
 pub mod redis;
@@ -18,6 +25,25 @@ pub mod redis;
 use std::time::Duration;
 
 use crate::config::Config;
+
+/// The persister's consumer group on the events stream (see the module docs on trimming).
+pub const PERSISTER_GROUP: &str = "persister";
+
+/// Where a consumer group of the events stream stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GroupLag {
+    /// Entries delivered to a consumer and not yet acknowledged.
+    pub pending: u64,
+    /// Entries not yet delivered to any consumer of the group.
+    pub undelivered: u64,
+}
+
+impl GroupLag {
+    /// Entries the group has not acknowledged yet.
+    pub fn total(&self) -> u64 {
+        self.pending + self.undelivered
+    }
+}
 
 /// One thing to store: its dedup identity and its JSON payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +128,9 @@ pub struct Limits {
     pub events_max_age: Duration,
     pub deadletter_max_len: u64,
     pub memory_max_dedup_keys: usize,
+    /// Most events stream entries the persister group may leave unacknowledged before
+    /// publishing is refused (`postgres.max_backlog`).
+    pub persister_max_backlog: u64,
 }
 
 impl Limits {
@@ -113,6 +142,7 @@ impl Limits {
             events_max_age: Duration::from_secs(c.streams.events_max_age_secs),
             deadletter_max_len: c.streams.deadletter_max_len as u64,
             memory_max_dedup_keys: c.streams.memory_max_dedup_keys,
+            persister_max_backlog: c.postgres.max_backlog,
         }
     }
 }
@@ -199,7 +229,7 @@ impl Backend {
     /// appended or accepted before: assignment changes made without a message.
     pub async fn append_events(&self, items: &[Item]) -> Result<usize, BackendError> {
         match self {
-            Backend::Memory(b) => Ok(b.append_events(items)),
+            Backend::Memory(b) => b.append_events(items),
             Backend::Redis(b) => b.append_events(items).await,
         }
     }
@@ -209,8 +239,73 @@ impl Backend {
     /// claim) is skipped, so an entry is published once. Returns how many were moved.
     pub async fn publish(&self, moves: &[StreamEntry]) -> Result<usize, BackendError> {
         match self {
-            Backend::Memory(b) => Ok(b.publish(moves)),
+            Backend::Memory(b) => b.publish(moves),
             Backend::Redis(b) => b.publish(moves).await,
+        }
+    }
+
+    /// For a consumer group of the events stream (the persister): up to `count` entries not
+    /// yet delivered to the group, waiting up to `block`; entries another consumer of the
+    /// group left unacknowledged for longer than `claim_idle` come first. Creates the group
+    /// (from the start of the stream) when it does not exist. An entry deleted meanwhile
+    /// (erased) comes back with an empty payload, to be acknowledged.
+    pub async fn read_events_group(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+        claim_idle: Duration,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b
+                .read_events_group(group, consumer, count, block, claim_idle)
+                .await),
+            Backend::Redis(b) => {
+                b.read_events_group(group, consumer, count, block, claim_idle)
+                    .await
+            }
+        }
+    }
+
+    /// Acknowledges entries of the events stream for a group, then applies the stream's
+    /// retention (which never passes the persister group's unacknowledged entries).
+    pub async fn ack_events(&self, group: &str, ids: &[String]) -> Result<usize, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.ack_events(group, ids)),
+            Backend::Redis(b) => b.ack_events(group, ids).await,
+        }
+    }
+
+    /// Where a group of the events stream stands; `None` when it does not exist.
+    pub async fn events_group_lag(&self, group: &str) -> Result<Option<GroupLag>, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.events_group_lag(group)),
+            Backend::Redis(b) => b.events_group_lag(group).await,
+        }
+    }
+
+    /// Forgets a stopped consumer of an events stream group if it holds nothing pending.
+    pub async fn retire_events_consumer(
+        &self,
+        group: &str,
+        consumer: &str,
+    ) -> Result<(), BackendError> {
+        match self {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(b) => b.retire_events_consumer(group, consumer).await.map(|_| ()),
+        }
+    }
+
+    /// Deletes entries from a stream by id (privacy erasure); returns how many existed.
+    pub async fn delete_entries(
+        &self,
+        stream: StreamName,
+        ids: &[String],
+    ) -> Result<usize, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.delete_entries(stream, ids)),
+            Backend::Redis(b) => b.delete_entries(stream, ids).await,
         }
     }
 }

@@ -1,28 +1,39 @@
 -- Move routed entries from the inbound stream to the events stream, atomically per batch.
+-- (trim.lua is prepended.)
 --
 -- KEYS[1] inbound stream   KEYS[2] events stream
 -- ARGV[1] consumer group   ARGV[2] events max length (0 = none)
 -- ARGV[3] events min id for age retention ('0' = none)
--- ARGV[4..] triples: inbound entry id, event id, event JSON
+-- ARGV[4] persister group on the events stream   ARGV[5] its most unacknowledged entries
+-- ARGV[6..] triples: inbound entry id, event id, event JSON
 --
 -- Each entry reaches the events stream once. Publishing an entry deletes it from the inbound
 -- stream in the same script, so an entry that still exists there has not been published by
 -- anyone. Common case: one XACK acknowledges the whole batch and every entry was ours (the
 -- ack count says so): publish all, then one XDEL. Otherwise (another consumer claimed and
 -- moved some after we read them) each entry is published only if it still exists.
--- Returns the number moved.
+-- Returns the number moved, or -1 - n when the persister has n entries unacknowledged, at
+-- its bound: then nothing is done, the entries stay pending in the inbound stream.
 local maxlen = tonumber(ARGV[2])
-local n = (#ARGV - 3) / 3
+local first = 6
+local n = (#ARGV - first + 1) / 3
 if n < 1 then
   return 0
 end
+local full, state = persister_full(KEYS[2], ARGV[4], tonumber(ARGV[5]))
+if full then
+  return -1 - state
+end
+-- With the persister group present, the persister's acknowledgements trim (never past what
+-- it has stored); without it, each append trims as before.
+local plain = state == nil
 local ids = {}
-for i = 4, #ARGV, 3 do
+for i = first, #ARGV, 3 do
   ids[#ids + 1] = ARGV[i]
 end
 
 local function publish(i)
-  if maxlen > 0 then
+  if maxlen > 0 and plain then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'event_id', ARGV[i + 1], 'event', ARGV[i + 2])
   else
     redis.call('XADD', KEYS[2], '*', 'event_id', ARGV[i + 1], 'event', ARGV[i + 2])
@@ -33,12 +44,12 @@ end
 local function each_chunk(cmd, ...)
   local extra = {...}
   local total = 0
-  for first = 1, #ids, 1000 do
+  for from = 1, #ids, 1000 do
     local args = {}
     for _, a in ipairs(extra) do
       args[#args + 1] = a
     end
-    for j = first, math.min(first + 999, #ids) do
+    for j = from, math.min(from + 999, #ids) do
       args[#args + 1] = ids[j]
     end
     total = total + redis.call(cmd, KEYS[1], unpack(args))
@@ -49,12 +60,12 @@ end
 local moved = 0
 local acked = each_chunk('XACK', ARGV[1])
 if acked == n then
-  for i = 4, #ARGV, 3 do
+  for i = first, #ARGV, 3 do
     publish(i)
   end
   moved = n
 else
-  for i = 4, #ARGV, 3 do
+  for i = first, #ARGV, 3 do
     if #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) > 0 then
       publish(i)
       moved = moved + 1
@@ -62,7 +73,7 @@ else
   end
 end
 each_chunk('XDEL')
-if ARGV[3] ~= '0' then
+if plain and ARGV[3] ~= '0' then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[3])
 end
 return moved

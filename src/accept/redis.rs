@@ -7,7 +7,9 @@
 //!   one script), so its length *is* the backlog; it is never trimmed, and accept refuses
 //!   (503) past `inbound_max_backlog` instead.
 //! - `{prefix}:events` — stream the CRM backends read with XREADGROUP; fields `event_id`,
-//!   `event`. Trimmed approximately to `events_max_len` and/or `events_max_age_secs`.
+//!   `event`. Trimmed approximately to `events_max_len` and/or `events_max_age_secs`, but
+//!   while the consumer group `persister` exists never past its oldest unacknowledged entry
+//!   (`trim.lua`; the persister's acknowledgements do the trimming then).
 //! - `{prefix}:deadletter` — verified payload parts that could not become events; fields
 //!   `deadletter_id` and `deadletter` (JSON: reason, detail, source, provider, received_at,
 //!   part, body).
@@ -29,7 +31,10 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamRea
 use redis::{RedisError, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AcceptReport, BackendError, Batch, Limits, StreamEntry, StreamName, StreamStats};
+use super::{
+    AcceptReport, BackendError, Batch, GroupLag, Limits, StreamEntry, StreamName, StreamStats,
+    PERSISTER_GROUP,
+};
 use crate::config::RedisConfig;
 
 /// The router's consumer group on the inbound stream.
@@ -75,12 +80,30 @@ pub struct RedisBackend {
     accept_script: Script,
     publish_script: Script,
     append_script: Script,
+    ack_events_script: Script,
     command_timeout: Duration,
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
     /// Queue of the group-commit task; `None` when created outside a runtime (each accept
     /// is then its own script call) and in the task's own copy.
     combiner: Option<mpsc::Sender<Pending>>,
+}
+
+/// A script with the events stream's retention functions (`trim.lua`) in front.
+fn with_trim(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("trim.lua")))
+}
+
+/// A publish/append reply: the count, or `-1 - n` when the persister has `n` unacknowledged
+/// entries, at its bound.
+fn appended(reply: i64) -> Result<usize, BackendError> {
+    if reply < 0 {
+        Err(BackendError::Backpressure {
+            backlog: (-1 - reply).max(0) as u64,
+        })
+    } else {
+        Ok(reply as usize)
+    }
 }
 
 fn unavailable(e: RedisError) -> BackendError {
@@ -117,8 +140,9 @@ impl RedisBackend {
             keys: Keys::new(&cfg.key_prefix),
             limits: std::sync::Arc::new(limits),
             accept_script: Script::new(include_str!("accept.lua")),
-            publish_script: Script::new(include_str!("publish.lua")),
-            append_script: Script::new(include_str!("append.lua")),
+            publish_script: with_trim(include_str!("publish.lua")),
+            append_script: with_trim(include_str!("append.lua")),
+            ack_events_script: with_trim(include_str!("ack_events.lua")),
             command_timeout,
             last_claim: std::sync::Arc::new(AtomicU64::new(0)),
             combiner: None,
@@ -443,13 +467,15 @@ impl RedisBackend {
             .key(&self.keys.events)
             .arg(ROUTER_GROUP)
             .arg(self.limits.events_max_len)
-            .arg(min_id);
+            .arg(min_id)
+            .arg(PERSISTER_GROUP)
+            .arg(self.limits.persister_max_backlog);
         for m in moves {
             inv.arg(&m.id).arg(&m.key).arg(&m.payload);
         }
         let mut conn = self.conn.clone();
-        let moved: usize = self.timed(inv.invoke_async(&mut conn)).await?;
-        Ok(moved)
+        let moved: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
+        appended(moved)
     }
 }
 
@@ -466,12 +492,240 @@ impl RedisBackend {
         }
         inv.arg(self.limits.dedup_ttl.as_secs().max(1))
             .arg(self.limits.events_max_len)
-            .arg(self.events_min_id());
+            .arg(self.events_min_id())
+            .arg(PERSISTER_GROUP)
+            .arg(self.limits.persister_max_backlog);
         for it in items {
             inv.arg(&it.key).arg(&it.payload);
         }
         let mut conn = self.conn.clone();
+        let reply: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
+        appended(reply)
+    }
+
+    async fn ensure_events_group(&self, group: &str) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        // From the start of the stream: enabling the persister stores the retained history.
+        let r: Result<(), BackendError> = self
+            .timed(
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&self.keys.events)
+                    .arg(group)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn),
+            )
+            .await;
+        match r {
+            Err(BackendError::Unavailable(e)) if e.contains("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    pub async fn read_events_group(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+        claim_idle: Duration,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
+        // Abandoned entries first. Unlike the router's, this group's reads are rare (one
+        // batch per persister write), so it looks every time.
+        let mut conn = self.conn.clone();
+        let claimed: Result<Value, BackendError> = self
+            .timed(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&self.keys.events)
+                    .arg(group)
+                    .arg(consumer)
+                    .arg(claim_idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await;
+        match claimed {
+            Ok(reply) => {
+                let entries = autoclaimed(reply)?;
+                if !entries.is_empty() {
+                    return Ok(entries);
+                }
+            }
+            Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => {
+                self.ensure_events_group(group).await?
+            }
+            Err(e) => return Err(e),
+        }
+        let mut blocking = self.blocking.clone();
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.keys.events)
+            .arg(">")
+            .query_async::<Option<StreamReadReply>>(&mut blocking)
+            .await;
+        match read {
+            Ok(Some(reply)) => Ok(reply
+                .keys
+                .into_iter()
+                .flat_map(|k| k.ids.into_iter().map(entry))
+                .collect()),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                self.ensure_events_group(group).await?;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    pub async fn ack_events(&self, group: &str, ids: &[String]) -> Result<usize, BackendError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.ack_events_script.prepare_invoke();
+        inv.key(&self.keys.events)
+            .arg(group)
+            .arg(self.limits.events_max_len)
+            .arg(self.events_min_id())
+            .arg(PERSISTER_GROUP);
+        for id in ids {
+            inv.arg(id);
+        }
+        let mut conn = self.conn.clone();
         self.timed(inv.invoke_async(&mut conn)).await
+    }
+
+    pub async fn events_group_lag(&self, group: &str) -> Result<Option<GroupLag>, BackendError> {
+        let mut conn = self.conn.clone();
+        let groups: Result<Value, BackendError> = self
+            .timed(
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&self.keys.events)
+                    .query_async(&mut conn),
+            )
+            .await;
+        let groups = match groups {
+            Ok(Value::Array(g)) => g,
+            Ok(_) => return Ok(None),
+            // No stream yet.
+            Err(BackendError::Unavailable(e)) if e.contains("no such key") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for g in groups {
+            let fields = match g {
+                Value::Array(f) => f,
+                Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => continue,
+            };
+            let mut name = None;
+            let mut pending = 0u64;
+            let mut lag = None;
+            for pair in fields.chunks(2) {
+                let [k, v] = pair else { continue };
+                let k = match k {
+                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    Value::SimpleString(s) => s.clone(),
+                    _ => continue,
+                };
+                match (k.as_str(), v) {
+                    ("name", Value::BulkString(b)) => {
+                        name = Some(String::from_utf8_lossy(b).into_owned())
+                    }
+                    ("pending", Value::Int(n)) => pending = (*n).max(0) as u64,
+                    ("lag", Value::Int(n)) => lag = Some((*n).max(0) as u64),
+                    _ => {}
+                }
+            }
+            if name.as_deref() == Some(group) {
+                let undelivered = match lag {
+                    Some(l) => l,
+                    // Redis cannot count it (deleted entries in the way): the stream's
+                    // length bounds it.
+                    None => {
+                        let len: u64 = self
+                            .timed(
+                                redis::cmd("XLEN")
+                                    .arg(&self.keys.events)
+                                    .query_async(&mut conn),
+                            )
+                            .await?;
+                        len.saturating_sub(pending)
+                    }
+                };
+                return Ok(Some(GroupLag {
+                    pending,
+                    undelivered,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Like [`Self::retire_consumer`], for a group of the events stream.
+    pub async fn retire_events_consumer(
+        &self,
+        group: &str,
+        consumer: &str,
+    ) -> Result<bool, BackendError> {
+        let mut conn = self.conn.clone();
+        let pending: Value = self
+            .timed(
+                redis::cmd("XPENDING")
+                    .arg(&self.keys.events)
+                    .arg(group)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .arg(consumer)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if matches!(&pending, Value::Array(items) if !items.is_empty()) {
+            return Ok(false);
+        }
+        let _: i64 = self
+            .timed(
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.keys.events)
+                    .arg(group)
+                    .arg(consumer)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    pub async fn delete_entries(
+        &self,
+        stream: StreamName,
+        ids: &[String],
+    ) -> Result<usize, BackendError> {
+        let mut deleted = 0;
+        let mut conn = self.conn.clone();
+        for chunk in ids.chunks(1000) {
+            let n: usize = self
+                .timed(
+                    redis::cmd("XDEL")
+                        .arg(self.keys.stream(stream))
+                        .arg(chunk)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            deleted += n;
+        }
+        Ok(deleted)
     }
 
     fn events_min_id(&self) -> String {
@@ -628,6 +882,50 @@ fn take_field(id: &mut StreamId, name: &str) -> Option<String> {
         Value::SimpleString(s) => Some(s),
         _ => None,
     }
+}
+
+/// XAUTOCLAIM's reply: [next start, claimed entries, deleted ids (Redis 7)]. Claimed
+/// entries deleted meanwhile come back as ids without fields, with an empty payload.
+fn autoclaimed(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
+    let Value::Array(parts) = reply else {
+        return Err(BackendError::Protocol(
+            "XAUTOCLAIM reply is not an array".into(),
+        ));
+    };
+    let Some(Value::Array(claimed)) = parts.into_iter().nth(1) else {
+        return Err(BackendError::Protocol(
+            "XAUTOCLAIM reply has no entries".into(),
+        ));
+    };
+    let mut out = Vec::with_capacity(claimed.len());
+    for item in claimed {
+        let Value::Array(mut pair) = item else {
+            continue;
+        };
+        if pair.is_empty() {
+            continue;
+        }
+        let fields = if pair.len() > 1 { pair.pop() } else { None };
+        let id = match pair.pop() {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+            Some(Value::SimpleString(s)) => s,
+            _ => continue,
+        };
+        let mut e = StreamId {
+            id,
+            ..StreamId::default()
+        };
+        if let Some(Value::Array(kv)) = fields {
+            let mut it = kv.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if let Value::BulkString(k) = k {
+                    e.map.insert(String::from_utf8_lossy(&k).into_owned(), v);
+                }
+            }
+        }
+        out.push(entry(e));
+    }
+    Ok(out)
 }
 
 fn entry(mut id: StreamId) -> StreamEntry {

@@ -6,6 +6,7 @@
 //! in `crate::error`. Bodies are parsed here (not with actix's extractors) so that every
 //! refusal is a `{code, message}` body.
 
+pub mod privacy;
 pub mod routing;
 
 use actix_web::http::header;
@@ -17,6 +18,7 @@ use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routing::configure(cfg);
+    privacy::configure(cfg);
 }
 
 /// The bearer token check shared by every `/v1/` endpoint.
@@ -75,6 +77,10 @@ pub fn route_label(path: &str) -> &'static str {
             "/v1/tenants/{tenant}/agents/{agent}/capacity"
         }
         ["v1", "tenants", _, "queues"] => "/v1/tenants/{tenant}/queues",
+        ["v1", "tenants", _, "contacts", _] => "/v1/tenants/{tenant}/contacts/{contact}",
+        ["v1", "tenants", _, "contacts", _, "export"] => {
+            "/v1/tenants/{tenant}/contacts/{contact}/export"
+        }
         ["v1", "tenants", _, "conversations", _] => "/v1/tenants/{tenant}/conversations/{conv}",
         ["v1", "tenants", _, "conversations", _, "close"] => {
             "/v1/tenants/{tenant}/conversations/{conv}/close"

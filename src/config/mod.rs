@@ -21,6 +21,7 @@ use crate::verify::Secret;
 pub mod bird;
 pub mod messagebird;
 pub mod plivo;
+pub mod postgres;
 pub mod sinch;
 pub mod standard;
 pub mod telegram;
@@ -124,6 +125,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub routing: RoutingSection,
     pub api: ApiConfig,
+    pub postgres: postgres::PostgresConfig,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
     #[serde(default)]
@@ -219,6 +221,8 @@ pub struct TenantConfig {
     /// Agents, teams and rules of this tenant (see docs/routing.md). Absent: its events are
     /// published unassigned.
     pub routing: Option<crate::route::model::RoutingConfig>,
+    /// Days of this tenant's history kept in PostgreSQL (absent: kept until erased).
+    pub retention_days: Option<u32>,
 }
 
 /// One webhook endpoint, `/webhooks/{id}`, tagged by provider.
@@ -342,6 +346,7 @@ struct Defaults {
     router: RouterConfig,
     routing: RoutingSection,
     api: BTreeMap<String, String>,
+    postgres: postgres::PostgresConfig,
 }
 
 fn defaults() -> Defaults {
@@ -392,6 +397,7 @@ fn defaults() -> Defaults {
             sweep_interval_ms: 1000,
         },
         api: BTreeMap::new(),
+        postgres: postgres::defaults(),
     }
 }
 
@@ -539,6 +545,11 @@ impl Config {
                     "tenants.{id}: ids use a-z, 0-9, '_' and '-' (1-64 chars)"
                 ));
             }
+            if t.retention_days == Some(0) {
+                errs.push(format!(
+                    "tenants.{id}.retention_days must be at least 1 (remove it to keep history until erased)"
+                ));
+            }
             if t.requests_per_sec == Some(0) || t.burst == Some(0) {
                 errs.push(format!(
                     "tenants.{id}: requests_per_sec and burst must be at least 1"
@@ -561,6 +572,7 @@ impl Config {
                 }
             }
         }
+        self.postgres.validate(&mut errs);
         if self.sources.is_empty() {
             errs.push("no [sources.<id>] defined: add at least one webhook source".into());
         }

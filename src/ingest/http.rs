@@ -195,9 +195,16 @@ async fn readyz(state: State) -> HttpResponse {
     match state.backend.ping().await {
         Ok(()) => {
             let streams = state.backend.stats().await.ok();
-            HttpResponse::Ok().json(serde_json::json!({
+            let mut body = serde_json::json!({
                 "status": "ready", "backend": backend, "streams": streams
-            }))
+            });
+            // Postgres being down does not make the gateway unready (ingestion does not
+            // wait for it); the lag says how far behind the history is.
+            if let Some(pg) = &state.persist {
+                body["persister"] =
+                    serde_json::json!(crate::persist::status(pg, &state.backend).await);
+            }
+            HttpResponse::Ok().json(body)
         }
         Err(e) => {
             tracing::warn!(backend, error = %e, "readiness check failed");
@@ -275,6 +282,8 @@ fn route_label(path: &str) -> &'static str {
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
         p if p.starts_with("/v1/") => crate::api::route_label(p),
+        p if p.ends_with("/data-deletion") => "/webhooks/{source}/data-deletion",
+        p if p.contains("/data-deletion/") => "/webhooks/{source}/data-deletion/{code}",
         p if p
             .strip_prefix("/webhooks/")
             .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')) =>

@@ -11,6 +11,7 @@ pub mod bird;
 pub mod messagebird;
 pub mod meta;
 pub mod plivo;
+pub mod signed_request;
 pub mod sinch;
 pub mod standard;
 pub mod telegram;

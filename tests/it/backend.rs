@@ -17,6 +17,7 @@ fn limits(max_backlog: u64) -> Limits {
         events_max_len: 5,
         events_max_age: Duration::ZERO,
         deadletter_max_len: 100,
+        persister_max_backlog: 1_000_000,
         memory_max_dedup_keys: 10_000,
     }
 }

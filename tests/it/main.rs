@@ -1,11 +1,16 @@
-//! The integration-test binary: real HTTP on port 0, real Redis.
+//! The integration-test binary: real HTTP on port 0, real Redis, real PostgreSQL.
 
 mod backend;
+mod backend_groups;
 mod cli;
 mod deploy;
 mod helpers;
 mod metrics;
 mod outage;
+mod persist;
+mod persist_outage;
+mod pg;
+mod privacy;
 mod props;
 mod providers;
 mod routing;

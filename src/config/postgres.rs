@@ -1,0 +1,132 @@
+//! `[postgres]`: PostgreSQL as the system of record for history (the persister), privacy
+//! operations and retention. Off by default, so that the gateway runs without a database.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Run the persister, the retention job and the privacy endpoints.
+    pub enabled: bool,
+    /// libpq-style URL, e.g. `postgres://switchboard:pw@db:5432/switchboard`.
+    pub url: String,
+    /// Schema of every table (created by `switchboard migrate` when absent).
+    pub schema: String,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    /// Longest a statement may run before Postgres cancels it.
+    pub statement_timeout_ms: u64,
+    /// Apply pending migrations when the gateway starts (else run `switchboard migrate`).
+    pub migrate_on_start: bool,
+    /// Events stream entries read and written per batch.
+    pub batch_size: usize,
+    /// How long one read of the events stream waits for new entries.
+    pub block_ms: u64,
+    /// Entries a stopped or crashed persister left unacknowledged are taken over after this.
+    pub claim_idle_ms: u64,
+    /// Most events stream entries the persister may leave unstored; at the bound the router
+    /// stops publishing (backpressure reaches the webhooks as 503 once the inbound backlog
+    /// is full), so nothing is ever trimmed before it is stored.
+    pub max_backlog: u64,
+    /// How often the retention job runs.
+    pub retention_interval_secs: u64,
+    /// History of a source removed from the configuration is deleted this long after it
+    /// disappeared.
+    pub disconnected_source_retention_days: u32,
+    /// Scheme and host the data deletion status URL is given with (Meta shows it to the
+    /// user), e.g. `https://hooks.example.com`. Absent: taken from the request's Host.
+    pub public_base_url: Option<String>,
+}
+
+pub fn defaults() -> PostgresConfig {
+    PostgresConfig {
+        enabled: false,
+        url: "postgres://postgres@127.0.0.1:5432/switchboard".into(),
+        schema: "public".into(),
+        pool_size: 8,
+        connect_timeout_ms: 2000,
+        statement_timeout_ms: 30_000,
+        migrate_on_start: false,
+        batch_size: 500,
+        block_ms: 1000,
+        claim_idle_ms: 30_000,
+        max_backlog: 1_000_000,
+        retention_interval_secs: 3600,
+        disconnected_source_retention_days: 30,
+        public_base_url: None,
+    }
+}
+
+/// A schema name used unquoted in SQL (`search_path`, `CREATE SCHEMA`): lower case letters,
+/// digits and '_', not starting with a digit, at most 63 bytes.
+pub fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl PostgresConfig {
+    /// Checks, each naming the key. The URL and schema are checked even when disabled, so
+    /// that `switchboard migrate` and a later enable do not fail on them.
+    pub fn validate(&self, errs: &mut Vec<String>) {
+        match url::Url::parse(&self.url) {
+            Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") && u.has_host() => {}
+            _ => errs.push(format!(
+                "postgres.url = {:?}: expected postgres://user[:password]@host[:port]/database",
+                super::redact_url(&self.url)
+            )),
+        }
+        if self.url.parse::<tokio_postgres::Config>().is_err() {
+            errs.push(format!(
+                "postgres.url = {:?}: not a connection string PostgreSQL accepts",
+                super::redact_url(&self.url)
+            ));
+        }
+        if !valid_schema(&self.schema) {
+            errs.push(format!(
+                "postgres.schema = {:?}: use lower case letters, digits and '_' (not starting with a digit, at most 63)",
+                self.schema
+            ));
+        }
+        if self.pool_size == 0 || self.pool_size > 256 {
+            errs.push("postgres.pool_size must be 1..=256".into());
+        }
+        if self.connect_timeout_ms == 0 || self.statement_timeout_ms == 0 {
+            errs.push(
+                "postgres.connect_timeout_ms and postgres.statement_timeout_ms must be at least 1"
+                    .into(),
+            );
+        }
+        if self.batch_size == 0 || self.batch_size > 10_000 {
+            errs.push("postgres.batch_size must be 1..=10000".into());
+        }
+        if self.block_ms > 60_000 {
+            errs.push("postgres.block_ms must be at most 60000".into());
+        }
+        if self.claim_idle_ms < 1000 {
+            errs.push("postgres.claim_idle_ms must be at least 1000".into());
+        }
+        if self.max_backlog < self.batch_size as u64 {
+            errs.push(format!(
+                "postgres.max_backlog = {}: use at least postgres.batch_size ({})",
+                self.max_backlog, self.batch_size
+            ));
+        }
+        if self.retention_interval_secs < 1 {
+            errs.push("postgres.retention_interval_secs must be at least 1".into());
+        }
+        if self.disconnected_source_retention_days == 0 {
+            errs.push("postgres.disconnected_source_retention_days must be at least 1".into());
+        }
+        if let Some(base) = &self.public_base_url {
+            match url::Url::parse(base) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => errs.push(format!(
+                    "postgres.public_base_url = {base:?}: expected scheme://host[:port], e.g. \"https://hooks.example.com\""
+                )),
+            }
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! Privacy operations on the history: erase one contact, export one contact, the retention
+//! job, and Meta's data deletion requests. Every operation writes one `audit_log` row.
+//!
+//! The audit log is append-only (the database refuses UPDATE and DELETE), so it never holds
+//! what an erasure must remove: contacts appear in it, and in `erasures`, only as
+//! [`contact_hash`] — enough to answer "was this contact erased, when, by whom" for someone
+//! who knows the id, not enough to recover it.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio_postgres::GenericClient;
+
+use super::{PersistError, Postgres};
+use crate::accept::{Backend, StreamName};
+use crate::event::short_hash;
+use crate::internal_events::PrivacyOperation;
+
+/// The stable, non-reversible name of a contact of a tenant in the audit log and
+/// `erasures`.
+pub fn contact_hash(tenant: &str, contact: &str) -> String {
+    short_hash(format!("{tenant}\n{contact}").as_bytes())
+}
+
+/// Appends one audit row. `before`/`after` must not carry secrets or contact data.
+pub async fn audit(
+    client: &impl GenericClient,
+    actor: &str,
+    tenant: Option<&str>,
+    action: &str,
+    target: &str,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> Result<(), PersistError> {
+    client
+        .execute(
+            "INSERT INTO audit_log (actor, tenant, action, target, before, after)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&actor, &tenant, &action, &target, &before, &after],
+        )
+        .await?;
+    Ok(())
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    pub messages: u64,
+    pub statuses: u64,
+    pub deliveries: u64,
+    pub assignments: u64,
+    pub conversations: u64,
+    /// Entries of the events stream deleted (XDEL).
+    pub stream_entries: u64,
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    contact: Option<ProbeParty>,
+}
+
+#[derive(Deserialize)]
+struct ProbeParty {
+    id: String,
+}
+
+/// Erases a contact of a tenant: its messages, statuses, deliveries, assignments and
+/// conversations in Postgres, and its entries of the events stream. Idempotent: erasing
+/// again removes what arrived since (and nothing else). Events of the contact already on
+/// their way (accepted before the erasure, not yet stored) are not stored afterwards: the
+/// `erasures` row makes the persister drop them.
+pub async fn erase_contact(
+    pg: &Postgres,
+    backend: &Backend,
+    actor: &str,
+    tenant: &str,
+    contact: &str,
+) -> Result<Erased, PersistError> {
+    let hash = contact_hash(tenant, contact);
+    let mut out = Erased::default();
+    {
+        let mut client = pg.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO erasures (tenant, contact_hash) VALUES ($1, $2)
+             ON CONFLICT (tenant, contact_hash) DO UPDATE SET erased_at = now()",
+            &[&tenant, &hash],
+        )
+        .await?;
+        out.assignments = tx
+            .execute(
+                "DELETE FROM assignments WHERE tenant = $1 AND (contact_id = $2 OR conversation_id IN
+                     (SELECT conversation_id FROM conversations WHERE tenant = $1 AND contact_id = $2))",
+                &[&tenant, &contact],
+            )
+            .await?;
+        out.messages = tx
+            .execute(
+                "DELETE FROM messages WHERE tenant = $1 AND contact_id = $2",
+                &[&tenant, &contact],
+            )
+            .await?;
+        out.statuses = tx
+            .execute(
+                "DELETE FROM message_statuses WHERE tenant = $1 AND contact_id = $2",
+                &[&tenant, &contact],
+            )
+            .await?;
+        out.deliveries = tx
+            .execute(
+                "DELETE FROM deliveries WHERE tenant = $1 AND contact_id = $2",
+                &[&tenant, &contact],
+            )
+            .await?;
+        out.conversations = tx
+            .execute(
+                "DELETE FROM conversations WHERE tenant = $1 AND contact_id = $2",
+                &[&tenant, &contact],
+            )
+            .await?;
+        tx.commit().await?;
+    }
+    out.stream_entries = erase_from_stream(backend, tenant, contact).await? as u64;
+    let client = pg.client().await?;
+    audit(
+        &**client,
+        actor,
+        Some(tenant),
+        "contact.erase",
+        &format!("contact:{hash}"),
+        None,
+        Some(serde_json::to_value(&out).unwrap_or(Value::Null)),
+    )
+    .await?;
+    PrivacyOperation {
+        op: "erase",
+        outcome: "ok",
+    }
+    .emit();
+    Ok(out)
+}
+
+/// Deletes the contact's entries of the events stream; returns how many. (The inbound
+/// stream holds entries only until they are routed, seconds; dead letters keep raw
+/// bodies that are not attributed to a contact and age out with their retention.)
+async fn erase_from_stream(
+    backend: &Backend,
+    tenant: &str,
+    contact: &str,
+) -> Result<usize, PersistError> {
+    let mut after = "0-0".to_string();
+    let mut ids = Vec::new();
+    loop {
+        let page = backend.read(StreamName::Events, 1000, Some(&after)).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.id.clone();
+        for e in &page {
+            if let Ok(p) = serde_json::from_str::<Probe>(&e.payload) {
+                if p.tenant == tenant && p.contact.is_some_and(|c| c.id == contact) {
+                    ids.push(e.id.clone());
+                }
+            }
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    Ok(backend.delete_entries(StreamName::Events, &ids).await?)
+}
+
+/// Everything stored about a contact of a tenant, as one JSON document.
+pub async fn export_contact(
+    pg: &Postgres,
+    actor: &str,
+    tenant: &str,
+    contact: &str,
+) -> Result<Value, PersistError> {
+    let client = pg.client().await?;
+    let rows = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let rows = client.query(sql, &[&tenant, &contact]).await?;
+            Ok::<Vec<Value>, PersistError>(rows.iter().map(|r| r.get::<_, Value>(0)).collect())
+        }
+    };
+    let conversations = rows(
+        "SELECT to_jsonb(c) FROM conversations c WHERE tenant = $1 AND contact_id = $2
+         ORDER BY first_message_at NULLS LAST, conversation_id",
+    )
+    .await?;
+    let messages = rows(
+        "SELECT to_jsonb(m) FROM messages m WHERE tenant = $1 AND contact_id = $2
+         ORDER BY occurred_at, event_id",
+    )
+    .await?;
+    let statuses = rows(
+        "SELECT to_jsonb(s) FROM message_statuses s WHERE tenant = $1 AND contact_id = $2
+         ORDER BY occurred_at, event_id",
+    )
+    .await?;
+    let deliveries = rows(
+        "SELECT to_jsonb(d) FROM deliveries d WHERE tenant = $1 AND contact_id = $2
+         ORDER BY status_at, provider_message_id",
+    )
+    .await?;
+    let assignments = rows(
+        "SELECT to_jsonb(a) FROM assignments a WHERE tenant = $1 AND (contact_id = $2 OR
+             conversation_id IN (SELECT conversation_id FROM conversations
+                                 WHERE tenant = $1 AND contact_id = $2))
+         ORDER BY at, seq, event_id",
+    )
+    .await?;
+    let counts = json!({
+        "conversations": conversations.len(), "messages": messages.len(),
+        "statuses": statuses.len(), "deliveries": deliveries.len(),
+        "assignments": assignments.len(),
+    });
+    audit(
+        &**client,
+        actor,
+        Some(tenant),
+        "contact.export",
+        &format!("contact:{}", contact_hash(tenant, contact)),
+        None,
+        Some(counts),
+    )
+    .await?;
+    PrivacyOperation {
+        op: "export",
+        outcome: "ok",
+    }
+    .emit();
+    Ok(json!({
+        "tenant": tenant,
+        "contact_id": contact,
+        "exported_at": crate::event::rfc3339(OffsetDateTime::now_utc()),
+        "conversations": conversations,
+        "messages": messages,
+        "statuses": statuses,
+        "deliveries": deliveries,
+        "assignments": assignments,
+    }))
+}
+
+/// What one retention run deleted, per tenant (age) and per disconnected source.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RetentionReport {
+    pub tenants: Vec<(String, u64)>,
+    pub sources: Vec<(String, u64)>,
+}
+
+/// Tables with history, and the column their age is measured by.
+const AGED: &[(&str, &str)] = &[
+    ("messages", "received_at"),
+    ("message_statuses", "received_at"),
+    ("deliveries", "updated_at"),
+    ("assignments", "at"),
+    ("conversations", "COALESCE(last_message_at, updated_at)"),
+];
+
+/// One run of the retention job at `now` (a parameter so tests can run it in the future):
+/// each tenant's history older than its `retention_days`, and everything of a source that
+/// has not been in the configuration for `disconnected_source_retention_days`.
+pub async fn run_retention(
+    pg: &Postgres,
+    now: OffsetDateTime,
+) -> Result<RetentionReport, PersistError> {
+    let s = pg.settings();
+    let mut report = RetentionReport::default();
+    let mut client = pg.client().await?;
+    let mut tenants: Vec<(&String, &u32)> = s.tenant_retention_days.iter().collect();
+    tenants.sort();
+    for (tenant, days) in tenants {
+        let cutoff = now - time::Duration::days(i64::from(*days));
+        let tx = client.transaction().await?;
+        let mut total = 0;
+        let mut per_table = serde_json::Map::new();
+        for (table, col) in AGED {
+            let n = tx
+                .execute(
+                    &format!("DELETE FROM {table} WHERE tenant = $1 AND {col} < $2"),
+                    &[tenant, &cutoff],
+                )
+                .await?;
+            per_table.insert((*table).into(), n.into());
+            total += n;
+        }
+        if total > 0 {
+            audit(
+                &*tx,
+                "retention",
+                Some(tenant),
+                "retention.tenant",
+                &format!("tenant:{tenant}"),
+                None,
+                Some(json!({"retention_days": days, "older_than": crate::event::rfc3339(cutoff), "deleted": per_table})),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        report.tenants.push((tenant.clone(), total));
+    }
+
+    // Sources: configured ones are connected; ones seen in the history but no longer
+    // configured are disconnected from the first run that notices.
+    let configured: Vec<String> = s.sources.keys().cloned().collect();
+    let providers: Vec<String> = configured
+        .iter()
+        .map(|id| s.sources[id].to_string())
+        .collect();
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO sources (source, provider, first_seen_at, last_seen_at)
+         SELECT u.source, u.provider, $3, $3 FROM UNNEST($1::text[], $2::text[]) AS u(source, provider)
+         ON CONFLICT (source) DO UPDATE SET provider = EXCLUDED.provider,
+             last_seen_at = EXCLUDED.last_seen_at, disconnected_at = NULL",
+        &[&configured, &providers, &now],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO sources (source, provider, first_seen_at, last_seen_at, disconnected_at)
+         SELECT DISTINCT source, provider, $2::timestamptz, $2::timestamptz, $2::timestamptz
+         FROM conversations WHERE source <> ALL($1)
+         ON CONFLICT (source) DO NOTHING",
+        &[&configured, &now],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE sources SET disconnected_at = $2
+         WHERE disconnected_at IS NULL AND source <> ALL($1)",
+        &[&configured, &now],
+    )
+    .await?;
+    let cutoff = now - time::Duration::days(i64::from(s.disconnected_source_retention_days));
+    let gone: Vec<String> = tx
+        .query(
+            "SELECT source FROM sources WHERE disconnected_at IS NOT NULL AND disconnected_at < $1
+             ORDER BY source",
+            &[&cutoff],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.commit().await?;
+    for source in gone {
+        let tx = client.transaction().await?;
+        let mut total = 0;
+        let mut per_table = serde_json::Map::new();
+        for (table, _) in AGED {
+            let n = tx
+                .execute(
+                    &format!("DELETE FROM {table} WHERE source = $1"),
+                    &[&source],
+                )
+                .await?;
+            per_table.insert((*table).into(), n.into());
+            total += n;
+        }
+        if total > 0 {
+            audit(
+                &*tx,
+                "retention",
+                None,
+                "retention.disconnected_source",
+                &format!("source:{source}"),
+                None,
+                Some(json!({"retention_days": s.disconnected_source_retention_days, "deleted": per_table})),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        report.sources.push((source, total));
+    }
+    PrivacyOperation {
+        op: "retention",
+        outcome: "ok",
+    }
+    .emit();
+    Ok(report)
+}
+
+/// A Meta data deletion request, as stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeletionStatus {
+    pub confirmation_code: String,
+    pub status: String,
+    pub requested_at: String,
+    pub completed_at: Option<String>,
+}
+
+/// Records a data deletion request for a Meta app-scoped user id and carries it out:
+/// the contact with that id is erased in every tenant the source serves. Returns the
+/// confirmation code.
+///
+/// Meta's `user_id` here is app-scoped (the id the app sees through Facebook Login); the
+/// ids on messaging webhooks (PSID, IGSID, WhatsApp numbers) are different namespaces, so
+/// this finds the contact only where both are the same. The request and its outcome are
+/// kept either way, for the status URL and the audit log.
+pub async fn deletion_request(
+    pg: &Postgres,
+    backend: &Backend,
+    source: &str,
+    tenants: &[String],
+    user_id: &str,
+) -> Result<String, PersistError> {
+    let code = uuid::Uuid::new_v4().simple().to_string();
+    let user_hash = short_hash(format!("{source}\n{user_id}").as_bytes());
+    {
+        let client = pg.client().await?;
+        client
+            .execute(
+                "INSERT INTO deletion_requests (confirmation_code, source, user_hash, status)
+                 VALUES ($1, $2, $3, 'received')",
+                &[&code, &source, &user_hash],
+            )
+            .await?;
+    }
+    let mut erased = serde_json::Map::new();
+    let actor = format!("meta:{source}");
+    for tenant in tenants {
+        let e = erase_contact(pg, backend, &actor, tenant, user_id).await?;
+        erased.insert(
+            tenant.clone(),
+            serde_json::to_value(e).unwrap_or(Value::Null),
+        );
+    }
+    let mut client = pg.client().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "UPDATE deletion_requests SET status = 'completed', completed_at = now(), detail = $2
+         WHERE confirmation_code = $1",
+        &[&code, &Value::Object(erased.clone())],
+    )
+    .await?;
+    audit(
+        &*tx,
+        &actor,
+        None,
+        "meta.data_deletion",
+        &format!("deletion_request:{code}"),
+        None,
+        Some(json!({"status": "completed", "user": user_hash, "erased": erased})),
+    )
+    .await?;
+    tx.commit().await?;
+    PrivacyOperation {
+        op: "data_deletion",
+        outcome: "ok",
+    }
+    .emit();
+    Ok(code)
+}
+
+/// The stored request of `code` for `source`, if any.
+pub async fn deletion_status(
+    pg: &Postgres,
+    source: &str,
+    code: &str,
+) -> Result<Option<DeletionStatus>, PersistError> {
+    let client = pg.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT confirmation_code, status, requested_at, completed_at FROM deletion_requests
+             WHERE confirmation_code = $1 AND source = $2",
+            &[&code, &source],
+        )
+        .await?;
+    Ok(row.map(|r| DeletionStatus {
+        confirmation_code: r.get(0),
+        status: r.get(1),
+        requested_at: crate::event::rfc3339(r.get(2)),
+        completed_at: r
+            .get::<_, Option<OffsetDateTime>>(3)
+            .map(crate::event::rfc3339),
+    }))
+}
