@@ -168,6 +168,7 @@ fn events(n: usize, tenants: usize) -> Vec<Item> {
         out.push(Item {
             key: e.event_id.clone(),
             payload: e.to_json(),
+            shard: e.conversation_id.clone(),
         });
     }
     out
@@ -183,6 +184,7 @@ struct Run {
 async fn backend(url: &str, prefix: &str) -> Backend {
     let cfg = RedisConfig {
         url: url.into(),
+        cluster_nodes: Vec::new(),
         key_prefix: prefix.into(),
         command_timeout_ms: 10_000,
         connect_timeout_ms: 2_000,

@@ -164,6 +164,9 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamsConfig {
+    /// Stream partitions (1: `{prefix}:inbound`...; N: `{prefix:p0}:inbound` ... `p<N-1>`),
+    /// for spreading the streams over a Redis Cluster's nodes.
+    pub partitions: usize,
     pub dedup_ttl_secs: u64,
     pub inbound_max_backlog: usize,
     pub events_max_len: usize,
@@ -178,6 +181,8 @@ pub struct StreamsConfig {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`); empty: the one server at `url`.
+    pub cluster_nodes: Vec<String>,
     pub key_prefix: String,
     pub command_timeout_ms: u64,
     pub connect_timeout_ms: u64,
@@ -189,8 +194,12 @@ pub struct RouterConfig {
     pub batch_size: usize,
     pub block_ms: u64,
     pub claim_idle_ms: u64,
-    /// Router tasks per process: while one waits for Redis another prepares its batch.
+    /// Router tasks per stream partition in this process. One router (of all replicas)
+    /// holds a partition's lease and routes it; the others stand by to take over.
     pub workers: usize,
+    /// How long a partition's router lease lasts without renewal: the takeover time after
+    /// a router dies without releasing it.
+    pub lease_ms: u64,
 }
 
 /// `[routing]`: the routing engine as a whole (each tenant's rules are in
@@ -372,6 +381,7 @@ fn defaults() -> Defaults {
             max_tracked_keys: 100_000,
         },
         streams: StreamsConfig {
+            partitions: 1,
             dedup_ttl_secs: 8 * 24 * 3600,
             inbound_max_backlog: 100_000,
             events_max_len: 1_000_000,
@@ -382,6 +392,7 @@ fn defaults() -> Defaults {
         },
         redis: RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
             key_prefix: "switchboard".into(),
             command_timeout_ms: 2000,
             connect_timeout_ms: 2000,
@@ -390,7 +401,8 @@ fn defaults() -> Defaults {
             batch_size: 256,
             block_ms: 1000,
             claim_idle_ms: 30_000,
-            workers: 2,
+            workers: 1,
+            lease_ms: 5000,
         },
         routing: RoutingSection {
             enabled: true,
@@ -489,6 +501,20 @@ impl Config {
                 self.streams.dedup_ttl_secs
             ));
         }
+        if self.streams.partitions == 0 || self.streams.partitions > 256 {
+            errs.push(format!(
+                "streams.partitions = {}: use 1..=256 (partitions spread the streams over Redis Cluster nodes)",
+                self.streams.partitions
+            ));
+        }
+        for node in &self.redis.cluster_nodes {
+            if !matches!(url::Url::parse(node), Ok(u) if matches!(u.scheme(), "redis" | "rediss")) {
+                errs.push(format!(
+                    "redis.cluster_nodes: {:?} is not a redis:// or rediss:// URL",
+                    redact_url(node)
+                ));
+            }
+        }
         if self.streams.inbound_max_backlog == 0 {
             errs.push("streams.inbound_max_backlog must be at least 1".into());
         }
@@ -532,6 +558,13 @@ impl Config {
         }
         if self.router.workers == 0 || self.router.workers > 64 {
             errs.push("router.workers must be 1..=64".into());
+        }
+        if self.router.lease_ms < 3 * self.router.block_ms.max(100) {
+            errs.push(format!(
+                "router.lease_ms = {} must be at least 3 x router.block_ms ({}): the lease is renewed between reads",
+                self.router.lease_ms,
+                3 * self.router.block_ms.max(100)
+            ));
         }
         if self.router.claim_idle_ms < 1000 {
             errs.push("router.claim_idle_ms must be at least 1000".into());

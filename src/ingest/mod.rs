@@ -408,6 +408,7 @@ fn to_batch(
         .map(|e| Item {
             key: e.event_id.clone(),
             payload: e.to_json(),
+            shard: e.conversation_id.clone(),
         })
         .collect();
     let received = rfc3339(received_at);
@@ -468,5 +469,6 @@ fn dead_letter_item(
     Item {
         payload: serde_json::to_string(&entry).unwrap_or_default(),
         key: id,
+        shard: None,
     }
 }

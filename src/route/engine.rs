@@ -927,6 +927,7 @@ impl Engine {
                 .map(|e| Item {
                     key: e.event_id.clone(),
                     payload: assignment_event(tenant, e),
+                    shard: Some(e.conv.clone()),
                 })
                 .collect();
             self.backend.append_events(&items).await?;

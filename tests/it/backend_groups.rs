@@ -28,6 +28,7 @@ async fn backends() -> Vec<Backend> {
     require_redis(&url).await;
     let cfg = RedisConfig {
         url,
+        cluster_nodes: Vec::new(),
         key_prefix: format!("grp-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
@@ -40,9 +41,11 @@ async fn backends() -> Vec<Backend> {
 
 fn items(from: usize, n: usize) -> Vec<Item> {
     (from..from + n)
-        .map(|i| Item {
-            key: format!("evt_{i:04}"),
-            payload: format!("{{\"event_id\":\"evt_{i:04}\"}}"),
+        .map(|i| {
+            Item::new(
+                format!("evt_{i:04}"),
+                format!("{{\"event_id\":\"evt_{i:04}\"}}"),
+            )
         })
         .collect()
 }

@@ -3,6 +3,7 @@
 mod backend;
 mod backend_groups;
 mod cli;
+mod cluster;
 mod deploy;
 mod helpers;
 mod metrics;
