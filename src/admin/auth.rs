@@ -131,8 +131,8 @@ impl Admin {
                     tenant: None,
                     agent: None,
                 },
-                self.default_requests_per_sec,
-                self.default_burst,
+                self.token_requests_per_sec.unwrap_or(0),
+                self.token_requests_per_sec.unwrap_or(0).saturating_mul(2),
             ),
             _ => {
                 let live = self.live();
@@ -155,6 +155,10 @@ impl Admin {
                 )
             }
         };
+        // per_sec 0: the `[api] token` without `token_requests_per_sec`, not limited.
+        if per_sec == 0 {
+            return Ok(principal);
+        }
         let limiter = self.limiter(principal.key_id.as_deref().unwrap_or(""), per_sec, burst);
         if let Err(not_until) = limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());

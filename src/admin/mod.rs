@@ -82,6 +82,8 @@ pub struct Admin {
     limiters: Mutex<HashMap<String, KeyLimiter>>,
     pub default_requests_per_sec: u32,
     pub default_burst: u32,
+    /// Limit of the `[api] token` (None: not limited).
+    pub token_requests_per_sec: Option<u32>,
     pub reload_interval: Duration,
     pub include_raw: bool,
     pub max_body_bytes: usize,
@@ -118,6 +120,7 @@ impl Admin {
             limiters: Mutex::new(HashMap::new()),
             default_requests_per_sec: config.api.key_requests_per_sec,
             default_burst: config.api.key_burst,
+            token_requests_per_sec: config.api.token_requests_per_sec,
             reload_interval: Duration::from_millis(config.api.reload_interval_ms),
             include_raw: config.streams.include_raw,
             max_body_bytes: config.server.max_body_bytes,

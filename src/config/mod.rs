@@ -220,6 +220,10 @@ pub struct ApiConfig {
     pub key_requests_per_sec: u32,
     #[serde(default = "default_key_burst")]
     pub key_burst: u32,
+    /// Limit of the `token` itself (burst = twice this); absent: not limited, as before
+    /// API keys existed.
+    #[serde(default)]
+    pub token_requests_per_sec: Option<u32>,
     /// How often each replica checks PostgreSQL for admin changes made elsewhere.
     #[serde(default = "default_reload_interval_ms")]
     pub reload_interval_ms: u64,
@@ -608,8 +612,14 @@ impl Config {
                 &mut errs,
             );
         }
-        if self.api.key_requests_per_sec == 0 || self.api.key_burst == 0 {
-            errs.push("api.key_requests_per_sec and api.key_burst must be at least 1".into());
+        if self.api.key_requests_per_sec == 0
+            || self.api.key_burst == 0
+            || self.api.token_requests_per_sec == Some(0)
+        {
+            errs.push(
+                "api.key_requests_per_sec, api.key_burst and api.token_requests_per_sec must be at least 1"
+                    .into(),
+            );
         }
         if self.api.reload_interval_ms < 50 || self.api.reload_interval_ms > 60_000 {
             errs.push("api.reload_interval_ms must be 50..=60000".into());
