@@ -69,11 +69,11 @@ async fn erase(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    let who = authorize(&state, &req)?;
     let pg = postgres(&state)?;
     let (tenant, contact) = path.into_inner();
     tenant_known(&state, &tenant)?;
-    let erased = privacy::erase_contact(pg, &state.backend, "api", &tenant, &contact)
+    let erased = privacy::erase_contact(pg, &state.backend, &who.actor(), &tenant, &contact)
         .await
         .map_err(|e| failed("erase", e))?;
     Ok(HttpResponse::Ok().json(json!({ "erased": erased })))
@@ -84,11 +84,11 @@ async fn export(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    let who = authorize(&state, &req)?;
     let pg = postgres(&state)?;
     let (tenant, contact) = path.into_inner();
     tenant_known(&state, &tenant)?;
-    let doc = privacy::export_contact(pg, "api", &tenant, &contact)
+    let doc = privacy::export_contact(pg, &who.actor(), &tenant, &contact)
         .await
         .map_err(|e| failed("export", e))?;
     Ok(HttpResponse::Ok().json(doc))
