@@ -73,6 +73,10 @@ enum Command {
         #[arg(long)]
         status: bool,
     },
+    /// Re-encrypt every source secret stored through the admin API under the first master
+    /// key (SWITCHBOARD_MASTER_KEY or [api] master_key_file), with its audit row. The
+    /// same as POST /v1/admin/rotate-master-key; idempotent.
+    RotateMasterKey,
     /// Routing tools.
     Routing {
         #[command(subcommand)]
@@ -157,6 +161,7 @@ fn main() -> anyhow::Result<()> {
                 },
         } => simulate(config, traffic, start, handle_secs, tick_ms, json),
         Command::Migrate { status } => migrate(config, status),
+        Command::RotateMasterKey => rotate_master_key(config),
         Command::CheckConfig => {
             for (id, t) in &config.tenants {
                 if let Some(r) = &t.routing {
@@ -228,6 +233,25 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn rotate_master_key(config: Config) -> anyhow::Result<()> {
+    use switchboard::admin::MasterKeys;
+    use switchboard::persist::Postgres;
+    let keys = MasterKeys::load(config.api.master_key_file.as_deref())?.with_context(|| {
+        "no master key: set SWITCHBOARD_MASTER_KEY or api.master_key_file".to_string()
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let pg = Postgres::new(&config)?;
+        let report = switchboard::api::admin::reencrypt_all(&pg, &keys, "cli:rotate-master-key")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{report}");
+        Ok(())
+    })
 }
 
 fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {

@@ -72,6 +72,7 @@ impl Application {
                 Some(crate::persist::Postgres::new(&config).context("cannot set up PostgreSQL")?);
         }
         let state = web::Data::new(state);
+        crate::admin::start(&state.clone().into_inner()).await;
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("cannot listen on server.bind = {}", config.server.bind))?;
         let port = listener.local_addr()?.port();

@@ -222,6 +222,8 @@ pub struct AppState {
     pub trusted_proxies: HashSet<IpAddr>,
     pub api_token: Option<Secret>,
     pub metrics: PrometheusHandle,
+    /// API keys, API tenants and API sources (see `crate::admin`).
+    pub admin: Arc<crate::admin::Admin>,
 }
 
 impl AppState {
@@ -247,7 +249,17 @@ impl AppState {
             trusted_proxies: config.server.trusted_proxies.iter().copied().collect(),
             api_token: config.api.token.clone(),
             metrics,
+            admin: Arc::new(crate::admin::Admin::from_config(config)),
         })
+    }
+
+    /// The source a webhook path names: the configuration's, else an enabled one created
+    /// through the API (the file wins on a clash, which the API refuses to create anyway).
+    pub fn source(&self, id: &str) -> Option<Arc<Source>> {
+        match self.sources.get(id) {
+            Some(s) => Some(s.clone()),
+            None => self.admin.live().sources.get(id).cloned(),
+        }
     }
 }
 

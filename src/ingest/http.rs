@@ -56,12 +56,9 @@ async fn deliver(
     payload: web::Payload,
     method: Method,
 ) -> HttpResponse {
-    let provider = state
-        .sources
-        .get(&source_id)
-        .map(|s| s.provider)
-        .unwrap_or(Provider::Meta);
-    let provider_label = if state.sources.contains_key(&source_id) {
+    let known = state.source(&source_id);
+    let provider = known.as_ref().map(|s| s.provider).unwrap_or(Provider::Meta);
+    let provider_label = if known.is_some() {
         provider.as_str()
     } else {
         "unknown"

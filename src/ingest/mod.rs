@@ -103,10 +103,9 @@ pub fn public_url(state: &AppState, src: &Source, req: &HttpRequest) -> String {
     format!("{scheme}://{host}{path_and_query}")
 }
 
-fn source<'s>(state: &'s AppState, id: &str) -> Result<&'s std::sync::Arc<Source>, ApiError> {
+fn source(state: &AppState, id: &str) -> Result<std::sync::Arc<Source>, ApiError> {
     state
-        .sources
-        .get(id)
+        .source(id)
         .ok_or_else(|| ApiError::UnknownSource(truncate(id, 64)))
 }
 
@@ -147,7 +146,7 @@ pub async fn receive(
     // 2. Verify the raw bytes.
     let unverified = Unverified::new(verifier_headers(req.headers()), body)
         .with_method(method)
-        .with_url(public_url(state, src, req));
+        .with_url(public_url(state, &src, req));
     let verified = src.verify(unverified).map_err(|e| {
         SignatureFailed {
             provider,
@@ -187,7 +186,7 @@ pub async fn receive(
 
     // 5. Accept: dedup + enqueue atomically.
     let batch = to_batch(
-        src,
+        &src,
         &normalized,
         verified.body(),
         req.headers(),

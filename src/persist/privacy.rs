@@ -308,11 +308,25 @@ pub async fn run_retention(
 
     // Sources: configured ones are connected; ones seen in the history but no longer
     // configured are disconnected from the first run that notices.
-    let configured: Vec<String> = s.sources.keys().cloned().collect();
-    let providers: Vec<String> = configured
+    let mut configured: Vec<String> = s.sources.keys().cloned().collect();
+    let mut providers: Vec<String> = configured
         .iter()
         .map(|id| s.sources[id].to_string())
         .collect();
+    // Sources created through the admin API are connected too, unless disabled.
+    for row in client
+        .query(
+            "SELECT id, provider FROM admin_sources WHERE NOT disabled",
+            &[],
+        )
+        .await?
+    {
+        let id: String = row.get(0);
+        if !configured.contains(&id) {
+            configured.push(id);
+            providers.push(row.get(1));
+        }
+    }
     let tx = client.transaction().await?;
     tx.execute(
         "INSERT INTO sources (source, provider, first_seen_at, last_seen_at)

@@ -123,6 +123,17 @@ pub async fn spawn_unchecked(config: Config) -> TestApp {
 }
 
 impl TestApp {
+    /// A gateway already running elsewhere (e.g. the binary), at `base`.
+    pub fn at(base: &str) -> TestApp {
+        TestApp {
+            base: base.to_string(),
+            client: reqwest::Client::new(),
+            prefix: String::new(),
+            redis_url: redis_url(),
+            stop: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -1,5 +1,6 @@
 //! The integration-test binary: real HTTP on port 0, real Redis, real PostgreSQL.
 
+mod admin;
 mod backend;
 mod backend_groups;
 mod cli;
