@@ -46,6 +46,9 @@ pub struct TenantRow {
     pub created_by: String,
     pub created_at: String,
     pub updated_at: String,
+    /// History kept this many days (None: until erased), as `retention_days` of a
+    /// config.toml tenant.
+    pub retention_days: Option<u32>,
 }
 
 /// An API key as the request path needs it (never the token).

@@ -96,7 +96,7 @@ fn source_row(r: &tokio_postgres::Row) -> SourceRow {
     }
 }
 
-const TENANT_COLS: &str = "id, name, disabled, created_by, created_at, updated_at";
+const TENANT_COLS: &str = "id, name, disabled, created_by, created_at, updated_at, retention_days";
 
 fn tenant_row(r: &tokio_postgres::Row) -> TenantRow {
     TenantRow {
@@ -106,6 +106,7 @@ fn tenant_row(r: &tokio_postgres::Row) -> TenantRow {
         created_by: r.get(3),
         created_at: ts(r.get(4)),
         updated_at: ts(r.get(5)),
+        retention_days: r.get::<_, Option<i32>>(6).map(|d| d as u32),
     }
 }
 
@@ -225,14 +226,16 @@ pub async fn insert_tenant(
     c: &impl GenericClient,
     id: &str,
     name: Option<&str>,
+    retention_days: Option<u32>,
     actor: &str,
 ) -> Result<bool, PersistError> {
-    Ok(c
-        .execute(
-            "INSERT INTO tenants (id, name, created_by) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
-            &[&id, &name, &actor],
-        )
-        .await?
+    let days = retention_days.map(|d| d as i32);
+    Ok(c.execute(
+        "INSERT INTO tenants (id, name, retention_days, created_by) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO NOTHING",
+        &[&id, &name, &days, &actor],
+    )
+    .await?
         == 1)
 }
 
@@ -241,10 +244,13 @@ pub async fn update_tenant(
     id: &str,
     name: Option<&str>,
     disabled: bool,
+    retention_days: Option<u32>,
 ) -> Result<(), PersistError> {
+    let days = retention_days.map(|d| d as i32);
     c.execute(
-        "UPDATE tenants SET name = $2, disabled = $3, updated_at = now() WHERE id = $1",
-        &[&id, &name, &disabled],
+        "UPDATE tenants SET name = $2, disabled = $3, retention_days = $4, updated_at = now()
+         WHERE id = $1",
+        &[&id, &name, &disabled, &days],
     )
     .await?;
     Ok(())

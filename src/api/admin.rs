@@ -131,6 +131,7 @@ fn config_tenant_json(id: &str, t: Option<&str>) -> Value {
 fn api_tenant_json(t: &admin_mod::TenantRow) -> Value {
     json!({
         "id": t.id, "name": t.name, "origin": "api", "disabled": t.disabled,
+        "retention_days": t.retention_days,
         "created_by": t.created_by, "created_at": t.created_at, "updated_at": t.updated_at,
     })
 }
@@ -161,6 +162,16 @@ async fn list_tenants(state: State, req: HttpRequest) -> Result<HttpResponse, Ap
 struct NewTenant {
     id: String,
     name: Option<String>,
+    retention_days: Option<u32>,
+}
+
+fn check_retention(days: Option<u32>) -> Result<(), ApiError> {
+    match days {
+        Some(d) if !(1..=36_500).contains(&d) => Err(ApiError::BadRequest(format!(
+            "retention_days = {d}: use 1..=36500, or null to keep history until erased"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 async fn create_tenant(
@@ -176,13 +187,14 @@ async fn create_tenant(
             "tenant ids use a-z, 0-9, '_' and '-' (1-64 chars)".into(),
         ));
     }
+    check_retention(b.retention_days)?;
     if state.admin.config_tenants.contains(&b.id) {
         return Err(config_managed("tenant", &b.id));
     }
     let actor = who.actor();
     let mut client = pg.client().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
-    if !store::insert_tenant(&*tx, &b.id, b.name.as_deref(), &actor)
+    if !store::insert_tenant(&*tx, &b.id, b.name.as_deref(), b.retention_days, &actor)
         .await
         .map_err(db)?
     {
@@ -239,6 +251,15 @@ struct TenantPatch {
     #[serde(default, with = "double_option")]
     name: Option<Option<String>>,
     disabled: Option<bool>,
+    #[serde(default, with = "double_option_days")]
+    retention_days: Option<Option<u32>>,
+}
+
+mod double_option_days {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+        Option::<u32>::deserialize(d).map(Some)
+    }
 }
 
 /// `null` (clear) is not the same as absent (keep).
@@ -272,7 +293,9 @@ async fn update_tenant(
         .ok_or_else(|| ApiError::UnknownTenant(tenant.clone()))?;
     let name = b.name.unwrap_or_else(|| before.name.clone());
     let disabled = b.disabled.unwrap_or(before.disabled);
-    store::update_tenant(&*tx, &tenant, name.as_deref(), disabled)
+    let retention_days = b.retention_days.unwrap_or(before.retention_days);
+    check_retention(retention_days)?;
+    store::update_tenant(&*tx, &tenant, name.as_deref(), disabled, retention_days)
         .await
         .map_err(db)?;
     let after = store::tenant(&*tx, &tenant)

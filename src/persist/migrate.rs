@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_admin.sql",
         sql: include_str!("../../migrations/0003_admin.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_tenant_retention.sql",
+        sql: include_str!("../../migrations/0004_tenant_retention.sql"),
+    },
 ];
 
 /// First key of the advisory lock (the second is the schema's hash): "sb" in ASCII.

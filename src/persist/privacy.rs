@@ -273,9 +273,28 @@ pub async fn run_retention(
     let s = pg.settings();
     let mut report = RetentionReport::default();
     let mut client = pg.client().await?;
-    let mut tenants: Vec<(&String, &u32)> = s.tenant_retention_days.iter().collect();
+    // config.toml tenants' retention, then that of tenants created through the admin API
+    // (read each run, so a change applies without restart; ids never overlap: the API
+    // refuses config tenants).
+    let mut tenants: Vec<(String, u32)> = s
+        .tenant_retention_days
+        .iter()
+        .map(|(t, d)| (t.clone(), *d))
+        .collect();
+    for row in client
+        .query(
+            "SELECT id, retention_days FROM tenants WHERE retention_days IS NOT NULL",
+            &[],
+        )
+        .await?
+    {
+        let id: String = row.get(0);
+        if !s.tenant_retention_days.contains_key(&id) {
+            tenants.push((id, row.get::<_, i32>(1) as u32));
+        }
+    }
     tenants.sort();
-    for (tenant, days) in tenants {
+    for (tenant, days) in &tenants {
         let cutoff = now - time::Duration::days(i64::from(*days));
         let tx = client.transaction().await?;
         let mut total = 0;

@@ -1477,3 +1477,89 @@ fn registered_routes() -> BTreeSet<(String, String)> {
     }
     out
 }
+
+/// A tenant created through the API has its own history retention, like a config.toml
+/// tenant: validated, changed without restart, applied by the retention job.
+#[tokio::test]
+async fn api_tenants_have_their_own_retention() {
+    let config = admin_config(&master_key("k1"));
+    let (pg, c) = migrated(&config).await;
+    let schema = config.postgres.schema.clone();
+    let app = spawn_with(config).await;
+    let api = Api { app: &app };
+    let (s, v, _) = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(API_TOKEN),
+            Some(&json!({"id": "hooli", "retention_days": 0})),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("bad_request")), "{v}");
+    let t = api
+        .ok(
+            Method::POST,
+            "/v1/tenants",
+            API_TOKEN,
+            Some(&json!({"id": "hooli", "retention_days": 10})),
+        )
+        .await;
+    assert_eq!(t["retention_days"], 10);
+    // Kept when a PATCH does not mention it, cleared by null, set again by a number.
+    let t = api
+        .ok(
+            Method::PATCH,
+            "/v1/tenants/hooli",
+            API_TOKEN,
+            Some(&json!({"name": "Hooli"})),
+        )
+        .await;
+    assert_eq!(t["retention_days"], 10);
+    let t = api
+        .ok(
+            Method::PATCH,
+            "/v1/tenants/hooli",
+            API_TOKEN,
+            Some(&json!({"retention_days": null})),
+        )
+        .await;
+    assert!(t["retention_days"].is_null(), "{t}");
+    let t = api
+        .ok(
+            Method::PATCH,
+            "/v1/tenants/hooli",
+            API_TOKEN,
+            Some(&json!({"retention_days": 5})),
+        )
+        .await;
+    assert_eq!(t["retention_days"], 5);
+
+    let now = time::OffsetDateTime::now_utc();
+    let at = |days: i64| switchboard::event::rfc3339(now - time::Duration::days(days));
+    let ev = |conv: &str, days: i64| {
+        crate::pg::event(json!({"tenant": "hooli", "conversation_id": conv,
+                                "received_at": at(days), "occurred_at": at(days)}))
+    };
+    let mut client = pg.client().await.unwrap();
+    switchboard::persist::write::write_batch(&mut client, &[ev("conv_old", 8), ev("conv_new", 1)])
+        .await
+        .unwrap();
+    drop(client);
+    let report = switchboard::persist::privacy::run_retention(&pg, now)
+        .await
+        .unwrap();
+    assert_eq!(report.tenants, [("hooli".to_string(), 2)]);
+    let left: Vec<String> = c
+        .query(
+            "SELECT conversation_id FROM messages WHERE tenant = 'hooli'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["conv_new"]);
+    app.stop().await;
+    drop_schema(&c, &schema).await;
+}
