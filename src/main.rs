@@ -173,6 +173,18 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
             }
+            if config.backend == switchboard::config::BackendKind::Redis {
+                println!(
+                    "redis: {}, {} stream partition(s), key prefix {:?}",
+                    if config.redis.cluster_nodes.is_empty() {
+                        "one server".to_string()
+                    } else {
+                        format!("cluster ({} seed node(s))", config.redis.cluster_nodes.len())
+                    },
+                    config.streams.partitions,
+                    config.redis.key_prefix
+                );
+            }
             println!(
                 "configuration OK: backend {:?}, listening on {}, {} tenant(s), {} source(s): {}",
                 config.backend,
