@@ -16,7 +16,7 @@
 //! atomic script), so each call is recorded once per decision it made.
 //!
 //! Knobs: EVENTS (100000), TENANTS (4), AGENTS (25), BATCH (256, the router's batch_size),
-//! PARTITIONS (2, `streams.partitions`: one active router each), REDIS_URL. Without `--bench` (as `cargo test --all-targets` runs it) a 2,000-event
+//! PARTITIONS (1, `streams.partitions`: one active router each), REDIS_URL. Without `--bench` (as `cargo test --all-targets` runs it) a 2,000-event
 //! smoke run keeps the harness tested.
 
 use std::collections::HashMap;
@@ -386,7 +386,7 @@ async fn main() {
     let tenants = env_or("TENANTS", 4);
     let agents = env_or("AGENTS", 25);
     let batch = env_or("BATCH", 256);
-    let partitions = env_or("PARTITIONS", 2);
+    let partitions = env_or("PARTITIONS", 1);
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let items = events(n, tenants);
     println!(
