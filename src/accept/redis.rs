@@ -90,6 +90,7 @@ pub struct RedisBackend {
     lease_script: Script,
     release_script: Script,
     ack_events_script: Script,
+    group_lag_script: Script,
     command_timeout: Duration,
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
@@ -175,6 +176,7 @@ impl RedisBackend {
             lease_script: Script::new(LEASE_LUA),
             release_script: Script::new(RELEASE_LUA),
             ack_events_script: with_trim(include_str!("ack_events.lua")),
+            group_lag_script: with_trim(include_str!("group_lag.lua")),
             command_timeout,
             last_claim: std::sync::Arc::new(AtomicU64::new(0)),
             combiner: None,
@@ -700,71 +702,36 @@ impl RedisBackend {
         self.timed(inv.invoke_async(&mut conn)).await
     }
 
+    /// A group's pending and undelivered counts (None without the stream or the group).
+    /// Through a script sharing `trim.lua`'s lag correction, so that what /readyz and the
+    /// lag metric show is what the backlog bound counts, also right after a Redis restart.
     pub async fn events_group_lag(&self, group: &str) -> Result<Option<GroupLag>, BackendError> {
+        let mut inv = self.group_lag_script.prepare_invoke();
+        inv.key(&self.keys.events).arg(group);
         let mut conn = self.conn.clone();
-        let groups: Result<Value, BackendError> = self
-            .timed(
-                redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(&self.keys.events)
-                    .query_async(&mut conn),
-            )
-            .await;
-        let groups = match groups {
-            Ok(Value::Array(g)) => g,
-            Ok(_) => return Ok(None),
-            // No stream yet.
-            Err(BackendError::Unavailable(e)) if e.contains("no such key") => return Ok(None),
-            Err(e) => return Err(e),
+        let counts: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
+        let [pending, lag] = counts[..] else {
+            return Ok(None);
         };
-        for g in groups {
-            let fields = match g {
-                Value::Array(f) => f,
-                Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-                _ => continue,
-            };
-            let mut name = None;
-            let mut pending = 0u64;
-            let mut lag = None;
-            for pair in fields.chunks(2) {
-                let [k, v] = pair else { continue };
-                let k = match k {
-                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                    Value::SimpleString(s) => s.clone(),
-                    _ => continue,
-                };
-                match (k.as_str(), v) {
-                    ("name", Value::BulkString(b)) => {
-                        name = Some(String::from_utf8_lossy(b).into_owned())
-                    }
-                    ("pending", Value::Int(n)) => pending = (*n).max(0) as u64,
-                    ("lag", Value::Int(n)) => lag = Some((*n).max(0) as u64),
-                    _ => {}
-                }
-            }
-            if name.as_deref() == Some(group) {
-                let undelivered = match lag {
-                    Some(l) => l,
-                    // Redis cannot count it (deleted entries in the way): the stream's
-                    // length bounds it.
-                    None => {
-                        let len: u64 = self
-                            .timed(
-                                redis::cmd("XLEN")
-                                    .arg(&self.keys.events)
-                                    .query_async(&mut conn),
-                            )
-                            .await?;
-                        len.saturating_sub(pending)
-                    }
-                };
-                return Ok(Some(GroupLag {
-                    pending,
-                    undelivered,
-                }));
-            }
-        }
-        Ok(None)
+        let pending = pending.max(0) as u64;
+        let undelivered = if lag >= 0 {
+            lag as u64
+        } else {
+            // Redis cannot count it (deleted entries in the way): the stream's length
+            // bounds it.
+            let len: u64 = self
+                .timed(
+                    redis::cmd("XLEN")
+                        .arg(&self.keys.events)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            len.saturating_sub(pending)
+        };
+        Ok(Some(GroupLag {
+            pending,
+            undelivered,
+        }))
     }
 
     /// Like [`Self::retire_consumer`], for a group of the events stream.
