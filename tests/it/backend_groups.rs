@@ -205,6 +205,7 @@ async fn a_redis_restart_after_an_aof_rewrite_does_not_inflate_the_persister_bac
     let mut redis = PrivateRedis::start();
     let cfg = RedisConfig {
         url: redis.url(),
+        cluster_nodes: Vec::new(),
         key_prefix: format!("lag-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
