@@ -13,6 +13,7 @@ pub mod event;
 pub mod ingest;
 pub mod internal_events;
 pub mod normalize;
+pub mod ops;
 pub mod persist;
 pub mod route;
 pub mod startup;

@@ -6,6 +6,7 @@ mod cli;
 mod deploy;
 mod helpers;
 mod metrics;
+mod ops;
 mod outage;
 mod persist;
 mod persist_outage;
