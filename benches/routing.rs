@@ -1,11 +1,12 @@
 //! Routing benchmark: routed events per second through the router on Redis, against the
 //! pass-through router in the same run, and the latency of each decision.
 //!
-//! `cargo bench --bench routing` accepts EVENTS unified events into the inbound stream the
-//! way ingest does (one accept call per 100, like a batch webhook), then drains the inbound
-//! stream twice on fresh key prefixes with the router's own loop (read_inbound → route_batch
-//! → publish → drain, as `Router::run` does): once pass-through, once with the routing
-//! engine. Traffic: TENANTS tenants of AGENTS agents (two teams, capacity 1000 each, so
+//! `cargo bench --bench routing` accepts EVENTS unified events into the inbound streams the
+//! way ingest does (one accept call per 100, like a batch webhook; PARTITIONS stream
+//! partitions, events spread by conversation), then drains them twice on fresh key prefixes
+//! with one router loop per partition, as the gateway runs them (lease → read_inbound →
+//! route_batch → fenced publish → drain, as `Router::run` does): once pass-through, once
+//! with the routing engine. Traffic: TENANTS tenants of AGENTS agents (two teams, capacity 1000 each, so
 //! decisions assign rather than queue), three rules per tenant (a VIP list, a country
 //! prefix with the skills strategy, a keyword regex with round robin; the rest by least
 //! loaded), 70 % new conversations and 30 % follow-ups (kept).
@@ -15,7 +16,7 @@
 //! atomic script), so each call is recorded once per decision it made.
 //!
 //! Knobs: EVENTS (100000), TENANTS (4), AGENTS (25), BATCH (256, the router's batch_size),
-//! WORKERS (2, the router's `workers`), REDIS_URL. Without `--bench` (as `cargo test --all-targets` runs it) a 2,000-event
+//! PARTITIONS (1, `streams.partitions`: one active router each), REDIS_URL. Without `--bench` (as `cargo test --all-targets` runs it) a 2,000-event
 //! smoke run keeps the harness tested.
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use switchboard::accept::partitioned::Partitioned;
 use switchboard::accept::redis::RedisBackend;
 use switchboard::accept::{Backend, Batch, Item, Limits};
 use switchboard::config::RedisConfig;
@@ -168,6 +170,7 @@ fn events(n: usize, tenants: usize) -> Vec<Item> {
         out.push(Item {
             key: e.event_id.clone(),
             payload: e.to_json(),
+            shard: e.conversation_id.clone(),
         });
     }
     out
@@ -180,9 +183,10 @@ struct Run {
     latency: Histogram<u64>,
 }
 
-async fn backend(url: &str, prefix: &str) -> Backend {
+async fn backend(url: &str, prefix: &str, partitions: usize) -> Backend {
     let cfg = RedisConfig {
         url: url.into(),
+        cluster_nodes: Vec::new(),
         key_prefix: prefix.into(),
         command_timeout_ms: 10_000,
         connect_timeout_ms: 2_000,
@@ -196,8 +200,25 @@ async fn backend(url: &str, prefix: &str) -> Backend {
         persister_max_backlog: 1_000_000,
         memory_max_dedup_keys: 1,
     };
-    Backend::Redis(Box::new(
-        RedisBackend::new(&cfg, limits).expect("redis backend"),
+    let first = RedisBackend::new(&cfg, limits.clone()).expect("redis backend");
+    if partitions <= 1 {
+        return Backend::Redis(Box::new(first));
+    }
+    let conn = first.connection();
+    Backend::Partitioned(Partitioned::new(
+        (0..partitions)
+            .map(|p| {
+                Backend::Redis(Box::new(
+                    RedisBackend::partition(
+                        &cfg,
+                        limits.clone(),
+                        &format!("{{{prefix}:p{p}}}"),
+                        conn.clone(),
+                    )
+                    .expect("redis partition"),
+                ))
+            })
+            .collect(),
     ))
 }
 
@@ -207,11 +228,11 @@ async fn run(
     tenants: usize,
     agents: usize,
     batch: usize,
-    workers: usize,
+    partitions: usize,
     routed: bool,
 ) -> Run {
     let prefix = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let backend = backend(url, &prefix).await;
+    let backend = backend(url, &prefix, partitions).await;
     for chunk in items.chunks(100) {
         backend
             .accept(Batch {
@@ -222,7 +243,7 @@ async fn run(
             .expect("accept");
     }
     let engine = if routed {
-        let Backend::Redis(r) = &backend else {
+        let Backend::Redis(r) = &backend.partitions()[0] else {
             unreachable!()
         };
         let store = RoutingStore::Redis(Box::new(RedisStore::new(
@@ -241,20 +262,26 @@ async fn run(
     } else {
         None
     };
-    // WORKERS router loops, as the gateway runs `router.workers` router tasks.
+    // One router loop per partition, each holding its partition's lease.
     let total = items.len();
     let moved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..workers {
-        let backend = backend.clone();
+    for (w, backend) in backend.partitions().into_iter().enumerate() {
         let engine = engine.clone();
         let moved = moved.clone();
         tasks.push(tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut decisions = 0u64;
             let consumer = format!("bench-router-{w}");
+            let lease = Duration::from_secs(30);
+            assert!(backend.lease(&consumer, lease).await.expect("lease"));
+            let mut renewed = Instant::now();
             while moved.load(std::sync::atomic::Ordering::SeqCst) < total {
+                if renewed.elapsed() > lease / 3 {
+                    assert!(backend.lease(&consumer, lease).await.expect("lease"));
+                    renewed = Instant::now();
+                }
                 let mut entries = backend
                     .read_inbound(
                         &consumer,
@@ -281,7 +308,10 @@ async fn run(
                     decisions += out.decisions as u64;
                     drain = out.drain;
                 }
-                let n = backend.publish(&entries).await.expect("publish");
+                let n = backend
+                    .publish_fenced(&consumer, &entries)
+                    .await
+                    .expect("publish");
                 moved.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
                 if let Some(engine) = &engine {
                     drain.sort();
@@ -356,19 +386,19 @@ async fn main() {
     let tenants = env_or("TENANTS", 4);
     let agents = env_or("AGENTS", 25);
     let batch = env_or("BATCH", 256);
-    let workers = env_or("WORKERS", 2);
+    let partitions = env_or("PARTITIONS", 1);
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let items = events(n, tenants);
     println!(
-        "routing bench: {n} events, {tenants} tenants x {agents} agents, batch {batch}, {workers} router workers{}",
+        "routing bench: {n} events, {tenants} tenants x {agents} agents, batch {batch}, {partitions} partitions (one router each){}",
         if smoke {
             " (smoke run; use --bench for figures)"
         } else {
             ""
         }
     );
-    let pass = run(&url, &items, tenants, agents, batch, workers, false).await;
-    let routed = run(&url, &items, tenants, agents, batch, workers, true).await;
+    let pass = run(&url, &items, tenants, agents, batch, partitions, false).await;
+    let routed = run(&url, &items, tenants, agents, batch, partitions, true).await;
     let eps = |r: &Run| r.events as f64 / r.elapsed.as_secs_f64();
     println!(
         "pass-through router: {:>9.0} events/s ({} events in {:.2} s)",

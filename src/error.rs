@@ -52,6 +52,19 @@ pub enum ApiError {
     AgentUnavailable(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Authenticated, but this key's role or tenant scope does not allow the operation.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409 with its own stable code (`config_managed`, `already_exists`,
+    /// `master_key_missing`...).
+    #[error("{message}")]
+    ConflictCode { code: &'static str, message: String },
+    /// 422 with its own stable code (`invalid_source`, `invalid_key`...): every problem.
+    #[error("{}", .errors.join("; "))]
+    Unprocessable {
+        code: &'static str,
+        errors: Vec<String>,
+    },
     #[error("internal error")]
     Internal,
 }
@@ -85,6 +98,9 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::AgentUnavailable(_) => "agent_unavailable",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::ConflictCode { code, .. } => code,
+            ApiError::Unprocessable { code, .. } => code,
             ApiError::Internal => "internal",
         }
     }
@@ -109,14 +125,19 @@ impl ResponseError for ApiError {
             | ApiError::UnknownTenant(_)
             | ApiError::NotFoundResource { .. }
             | ApiError::RoutingNotConfigured(_) => StatusCode::NOT_FOUND,
-            ApiError::InvalidRules(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidRules(_) | ApiError::Unprocessable { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::VersionConflict { .. }
+            | ApiError::ConflictCode { .. }
             | ApiError::Conflict(_)
             | ApiError::AgentUnavailable(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidSignature | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::HandshakeRejected | ApiError::ApiDisabled => StatusCode::FORBIDDEN,
+            ApiError::HandshakeRejected | ApiError::ApiDisabled | ApiError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Backpressure { .. } | ApiError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -6,6 +6,7 @@
 //! (metrics + logs) serve them all.
 
 pub mod accept;
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod error;

@@ -74,6 +74,10 @@ enum Command {
         #[arg(long)]
         status: bool,
     },
+    /// Re-encrypt every source secret stored through the admin API under the first master
+    /// key (SWITCHBOARD_MASTER_KEY or [api] master_key_file), with its audit row. The
+    /// same as POST /v1/admin/rotate-master-key; idempotent.
+    RotateMasterKey,
     /// Re-publish dead-lettered requests after a fix (a channel mapped, a normalizer fixed):
     /// each is re-verified with the source's current secrets, normalized with the current
     /// code and accepted through the same dedup + enqueue as a webhook (an event accepted
@@ -192,6 +196,7 @@ fn main() -> anyhow::Result<()> {
                 },
         } => simulate(config, traffic, start, handle_secs, tick_ms, json),
         Command::Migrate { status } => migrate(config, status),
+        Command::RotateMasterKey => rotate_master_key(config),
         Command::Replay {
             source,
             reason,
@@ -221,6 +226,21 @@ fn main() -> anyhow::Result<()> {
                         r.rules.len()
                     );
                 }
+            }
+            if config.backend == switchboard::config::BackendKind::Redis {
+                println!(
+                    "redis: {}, {} stream partition(s), key prefix {:?}",
+                    if config.redis.cluster_nodes.is_empty() {
+                        "one server".to_string()
+                    } else {
+                        format!(
+                            "cluster ({} seed node(s))",
+                            config.redis.cluster_nodes.len()
+                        )
+                    },
+                    config.streams.partitions,
+                    config.redis.key_prefix
+                );
             }
             println!(
                 "configuration OK: backend {:?}, listening on {}, {} tenant(s), {} source(s): {}",
@@ -282,6 +302,25 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn rotate_master_key(config: Config) -> anyhow::Result<()> {
+    use switchboard::admin::MasterKeys;
+    use switchboard::persist::Postgres;
+    let keys = MasterKeys::load(config.api.master_key_file.as_deref())?.with_context(|| {
+        "no master key: set SWITCHBOARD_MASTER_KEY or api.master_key_file".to_string()
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let pg = Postgres::new(&config)?;
+        let report = switchboard::api::admin::reencrypt_all(&pg, &keys, "cli:rotate-master-key")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("{report}");
+        Ok(())
+    })
 }
 
 fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {

@@ -72,6 +72,7 @@ impl Application {
                 Some(crate::persist::Postgres::new(&config).context("cannot set up PostgreSQL")?);
         }
         let state = web::Data::new(state);
+        crate::admin::start(&state.clone().into_inner()).await;
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("cannot listen on server.bind = {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -114,13 +115,13 @@ impl Application {
     /// Serves until SIGTERM/SIGINT (or the server handle stops it), then shuts down in order.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let router_tasks: Vec<_> = (0..self.config.router.workers)
-            .map(|_| {
-                let router = Router::new(
-                    self.state.backend.clone(),
-                    self.state.engine.clone(),
-                    &self.config.router,
-                );
+        // `router.workers` routers per stream partition, each on its partition's streams.
+        let partitions = self.state.backend.partitions();
+        let router_tasks: Vec<_> = partitions
+            .iter()
+            .flat_map(|part| (0..self.config.router.workers).map(move |_| part.clone()))
+            .map(|part| {
+                let router = Router::new(part, self.state.engine.clone(), &self.config.router);
                 tokio::spawn(router.run(stop_rx.clone()))
             })
             .collect();
@@ -134,9 +135,21 @@ impl Application {
         // History in PostgreSQL: its own worker and the retention job (never in the way of
         // ingestion; see crate::persist).
         let persist_tasks = self.state.persist.clone().map(|pg| {
-            let persister = crate::persist::Persister::new(self.state.backend.clone(), pg.clone());
+            let persisters: Vec<_> = partitions
+                .iter()
+                .enumerate()
+                .map(|(i, part)| {
+                    let p = crate::persist::Persister::for_partition(
+                        part.clone(),
+                        &self.state.backend,
+                        pg.clone(),
+                        i == 0,
+                    );
+                    tokio::spawn(p.run(stop_rx.clone()))
+                })
+                .collect();
             (
-                tokio::spawn(persister.run(stop_rx.clone())),
+                persisters,
                 tokio::spawn(crate::persist::retain(pg, stop_rx.clone())),
             )
         });
@@ -156,8 +169,10 @@ impl Application {
         if let Some(t) = maintain_task {
             let _ = t.await;
         }
-        if let Some((persister, retention)) = persist_tasks {
-            let _ = persister.await;
+        if let Some((persisters, retention)) = persist_tasks {
+            for p in persisters {
+                let _ = p.await;
+            }
             let _ = retention.await;
         }
         let _ = sampler_task.await;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::accept::memory::MemoryBackend;
+use crate::accept::partitioned::Partitioned;
 use crate::accept::redis::RedisBackend;
 use crate::accept::{Backend, BackendError, Limits};
 use crate::config::{BackendKind, Config, SourceConfig};
@@ -221,17 +222,13 @@ pub struct AppState {
     pub trusted_proxies: HashSet<IpAddr>,
     pub api_token: Option<Secret>,
     pub metrics: PrometheusHandle,
+    /// API keys, API tenants and API sources (see `crate::admin`).
+    pub admin: Arc<crate::admin::Admin>,
 }
 
 impl AppState {
     pub fn build(config: &Config, metrics: PrometheusHandle) -> Result<AppState, BackendError> {
-        let limits = Limits::from_config(config);
-        let backend = match config.backend {
-            BackendKind::Memory => Backend::Memory(MemoryBackend::new(limits)),
-            BackendKind::Redis => {
-                Backend::Redis(Box::new(RedisBackend::new(&config.redis, limits)?))
-            }
-        };
+        let backend = build_backend(config)?;
         Ok(AppState {
             sources: config
                 .sources
@@ -252,7 +249,53 @@ impl AppState {
             trusted_proxies: config.server.trusted_proxies.iter().copied().collect(),
             api_token: config.api.token.clone(),
             metrics,
+            admin: Arc::new(crate::admin::Admin::from_config(config)),
         })
+    }
+
+    /// The source a webhook path names: the configuration's, else an enabled one created
+    /// through the API (the file wins on a clash, which the API refuses to create anyway).
+    pub fn source(&self, id: &str) -> Option<Arc<Source>> {
+        match self.sources.get(id) {
+            Some(s) => Some(s.clone()),
+            None => self.admin.live().sources.get(id).cloned(),
+        }
+    }
+}
+
+/// The configured backend: one stream partition under `{<prefix>}`, or
+/// `streams.partitions` of them under `{<prefix>:p<n>}` (sharing one request-path
+/// connection).
+pub fn build_backend(config: &Config) -> Result<Backend, BackendError> {
+    let limits = Limits::from_config(config);
+    let n = config.streams.partitions;
+    match config.backend {
+        BackendKind::Memory if n <= 1 => Ok(Backend::Memory(MemoryBackend::new(limits))),
+        BackendKind::Memory => Ok(Backend::Partitioned(Partitioned::new(
+            (0..n)
+                .map(|_| Backend::Memory(MemoryBackend::new(limits.clone())))
+                .collect(),
+        ))),
+        BackendKind::Redis if n <= 1 => Ok(Backend::Redis(Box::new(RedisBackend::new(
+            &config.redis,
+            limits,
+        )?))),
+        BackendKind::Redis => {
+            let first = RedisBackend::new(&config.redis, limits.clone())?;
+            let conn = first.connection();
+            let parts = (0..n)
+                .map(|p| {
+                    RedisBackend::partition(
+                        &config.redis,
+                        limits.clone(),
+                        &format!("{{{}:p{p}}}", config.redis.key_prefix),
+                        conn.clone(),
+                    )
+                    .map(|b| Backend::Redis(Box::new(b)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Backend::Partitioned(Partitioned::new(parts)))
+        }
     }
 }
 
@@ -266,5 +309,6 @@ pub fn routing_store(backend: &Backend, config: &Config) -> RoutingStore {
             &config.redis.key_prefix,
             r.command_timeout(),
         ))),
+        Backend::Partitioned(p) => routing_store(&p.parts()[0], config),
     }
 }

@@ -47,6 +47,8 @@ struct Inner {
     /// Consumer groups of the events stream. Every group here is protected from trimming
     /// (the memory backend has no outside consumers; only the persister makes groups).
     groups: HashMap<String, Group>,
+    /// The router lease: holder and expiry.
+    lease: Option<(String, Instant)>,
 }
 
 /// Redis-compatible stream id: milliseconds and a sequence number.
@@ -120,6 +122,7 @@ impl MemoryBackend {
                 deadletter: VecDeque::new(),
                 last_id: StreamId::default(),
                 groups: HashMap::new(),
+                lease: None,
             })),
             inbound_ready: Arc::new(Notify::new()),
             events_ready: Arc::new(Notify::new()),
@@ -445,8 +448,58 @@ impl MemoryBackend {
         before - entries.len()
     }
 
-    pub fn publish(&self, moves: &[StreamEntry]) -> Result<usize, BackendError> {
+    /// Takes the lease when free or expired, renews it when `owner`'s.
+    pub fn lease(&self, owner: &str, ttl: Duration) -> bool {
         let mut g = self.lock();
+        let now = Instant::now();
+        match &g.lease {
+            Some((holder, until)) if holder != owner && *until > now => false,
+            _ => {
+                g.lease = Some((owner.to_string(), now + ttl));
+                true
+            }
+        }
+    }
+
+    pub fn release_lease(&self, owner: &str) {
+        let mut g = self.lock();
+        if matches!(&g.lease, Some((holder, _)) if holder == owner) {
+            g.lease = None;
+        }
+    }
+
+    /// Hands out again, from the oldest, the entries handed out and not yet published.
+    pub fn claim_pending(&self, count: usize) -> Vec<StreamEntry> {
+        let mut g = self.lock();
+        let pending = g.delivered;
+        g.delivered = 0;
+        let out: Vec<StreamEntry> = g
+            .inbound
+            .iter()
+            .take(pending.min(count))
+            .map(|(id, key, p)| StreamEntry {
+                id: id.to_string(),
+                key: key.clone(),
+                payload: p.clone(),
+            })
+            .collect();
+        // The rest of what was pending is handed out by the next reads, in order.
+        g.delivered = out.len();
+        out
+    }
+
+    pub fn publish(
+        &self,
+        moves: &[StreamEntry],
+        fence: Option<&str>,
+    ) -> Result<usize, BackendError> {
+        let mut g = self.lock();
+        if let Some(owner) = fence {
+            let held = matches!(&g.lease, Some((holder, until)) if holder == owner && *until > Instant::now());
+            if !held {
+                return Err(BackendError::Fenced);
+            }
+        }
         self.check_persister_backlog(&g)?;
         let mut moved = 0;
         for entry in moves {

@@ -19,7 +19,9 @@
 //! ([`BackendError::Backpressure`]), so the router stops, the inbound backlog fills and the
 //! edge answers 503 — the providers keep the rest until Postgres is back.
 
+pub mod conn;
 pub mod memory;
+pub mod partitioned;
 pub mod redis;
 
 use std::time::Duration;
@@ -51,6 +53,23 @@ pub struct Item {
     /// Dedup identity: an event id (`evt_...`) or a dead-letter id (`dl_...`).
     pub key: String,
     pub payload: String,
+    /// What picks the stream partition: the conversation id, so that a conversation's
+    /// events stay in order in one partition. None: the key.
+    pub shard: Option<String>,
+}
+
+impl Item {
+    pub fn new(key: impl Into<String>, payload: impl Into<String>) -> Item {
+        Item {
+            key: key.into(),
+            payload: payload.into(),
+            shard: None,
+        }
+    }
+
+    pub fn shard_key(&self) -> &str {
+        self.shard.as_deref().unwrap_or(&self.key)
+    }
 }
 
 /// Everything one webhook request produced.
@@ -117,6 +136,10 @@ pub enum BackendError {
     /// The backend answered something this version does not understand.
     #[error("unexpected backend reply: {0}")]
     Protocol(String),
+    /// A fenced publish by a router that no longer holds its partition's lease: nothing
+    /// moved (the new holder routes those entries).
+    #[error("another router holds this stream partition's lease")]
+    Fenced,
 }
 
 /// Bounds and retention every backend applies; from `[streams]`.
@@ -154,6 +177,8 @@ pub enum Backend {
     // Boxed: the Redis backend holds two connection managers and scripts; the enum is
     // cloned per request path and should stay small.
     Redis(Box<redis::RedisBackend>),
+    /// Several stream partitions (`streams.partitions` > 1), each a backend of its own.
+    Partitioned(partitioned::Partitioned),
 }
 
 impl Backend {
@@ -161,6 +186,15 @@ impl Backend {
         match self {
             Backend::Memory(_) => "memory",
             Backend::Redis(_) => "redis",
+            Backend::Partitioned(p) => p.parts()[0].name(),
+        }
+    }
+
+    /// The stream partitions, each read by its own routers and persister (one: itself).
+    pub fn partitions(&self) -> Vec<Backend> {
+        match self {
+            Backend::Partitioned(p) => p.parts().to_vec(),
+            other => vec![other.clone()],
         }
     }
 
@@ -169,6 +203,7 @@ impl Backend {
         match self {
             Backend::Memory(b) => b.accept(&batch),
             Backend::Redis(b) => b.accept(batch).await,
+            Backend::Partitioned(p) => p.accept(batch).await,
         }
     }
 
@@ -177,6 +212,7 @@ impl Backend {
         match self {
             Backend::Memory(_) => Ok(()),
             Backend::Redis(b) => b.ping().await,
+            Backend::Partitioned(p) => p.ping().await,
         }
     }
 
@@ -184,6 +220,7 @@ impl Backend {
         match self {
             Backend::Memory(b) => Ok(b.stats()),
             Backend::Redis(b) => b.stats().await,
+            Backend::Partitioned(p) => p.stats().await,
         }
     }
 
@@ -198,6 +235,7 @@ impl Backend {
         match self {
             Backend::Memory(b) => Ok(b.read(stream, limit, after)),
             Backend::Redis(b) => b.read(stream, limit, after).await,
+            Backend::Partitioned(p) => p.read(stream, limit, after).await,
         }
     }
 
@@ -214,6 +252,7 @@ impl Backend {
         match self {
             Backend::Memory(b) => Ok(b.read_inbound(count, block).await),
             Backend::Redis(b) => b.read_inbound(consumer, count, block, claim_idle).await,
+            Backend::Partitioned(_) => Err(partitioned::per_partition("read_inbound")),
         }
     }
 
@@ -222,6 +261,7 @@ impl Backend {
         match self {
             Backend::Memory(_) => Ok(()),
             Backend::Redis(b) => b.retire_consumer(consumer).await.map(|_| ()),
+            Backend::Partitioned(_) => Err(partitioned::per_partition("retire_consumer")),
         }
     }
 
@@ -231,6 +271,7 @@ impl Backend {
         match self {
             Backend::Memory(b) => b.append_events(items),
             Backend::Redis(b) => b.append_events(items).await,
+            Backend::Partitioned(p) => p.append_events(items).await,
         }
     }
 
@@ -239,8 +280,60 @@ impl Backend {
     /// claim) is skipped, so an entry is published once. Returns how many were moved.
     pub async fn publish(&self, moves: &[StreamEntry]) -> Result<usize, BackendError> {
         match self {
-            Backend::Memory(b) => b.publish(moves),
-            Backend::Redis(b) => b.publish(moves).await,
+            Backend::Memory(b) => b.publish(moves, None),
+            Backend::Redis(b) => b.publish(moves, None).await,
+            Backend::Partitioned(_) => Err(partitioned::per_partition("publish")),
+        }
+    }
+
+    /// [`Self::publish`] only while `owner` holds the partition's router lease
+    /// ([`BackendError::Fenced`] otherwise, nothing moved).
+    pub async fn publish_fenced(
+        &self,
+        owner: &str,
+        moves: &[StreamEntry],
+    ) -> Result<usize, BackendError> {
+        match self {
+            Backend::Memory(b) => b.publish(moves, Some(owner)),
+            Backend::Redis(b) => b.publish(moves, Some(owner)).await,
+            Backend::Partitioned(_) => Err(partitioned::per_partition("publish_fenced")),
+        }
+    }
+
+    /// Takes or renews this partition's router lease: one router at a time moves a
+    /// partition's inbound stream, so each conversation's events are published in the order
+    /// they were accepted. False: another router holds it.
+    pub async fn lease(&self, owner: &str, ttl: Duration) -> Result<bool, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.lease(owner, ttl)),
+            Backend::Redis(b) => b.lease(owner, ttl).await,
+            Backend::Partitioned(_) => Err(partitioned::per_partition("lease")),
+        }
+    }
+
+    /// Gives the lease up when `owner` holds it.
+    pub async fn release_lease(&self, owner: &str) -> Result<(), BackendError> {
+        match self {
+            Backend::Memory(b) => {
+                b.release_lease(owner);
+                Ok(())
+            }
+            Backend::Redis(b) => b.release_lease(owner).await,
+            Backend::Partitioned(_) => Err(partitioned::per_partition("release_lease")),
+        }
+    }
+
+    /// For a new lease holder: every inbound entry handed out but not routed (by a router
+    /// that crashed or lost the lease), oldest first, up to `count`; empty when none is left.
+    pub async fn claim_pending(
+        &self,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.claim_pending(count)),
+            Backend::Redis(b) => b.claim_pending(consumer, count).await,
+            Backend::Partitioned(_) => Err(partitioned::per_partition("claim_pending")),
         }
     }
 
@@ -265,6 +358,7 @@ impl Backend {
                 b.read_events_group(group, consumer, count, block, claim_idle)
                     .await
             }
+            Backend::Partitioned(_) => Err(partitioned::per_partition("read_events_group")),
         }
     }
 
@@ -274,6 +368,7 @@ impl Backend {
         match self {
             Backend::Memory(b) => Ok(b.ack_events(group, ids)),
             Backend::Redis(b) => b.ack_events(group, ids).await,
+            Backend::Partitioned(_) => Err(partitioned::per_partition("ack_events")),
         }
     }
 
@@ -282,6 +377,7 @@ impl Backend {
         match self {
             Backend::Memory(b) => Ok(b.events_group_lag(group)),
             Backend::Redis(b) => b.events_group_lag(group).await,
+            Backend::Partitioned(p) => p.events_group_lag(group).await,
         }
     }
 
@@ -294,6 +390,7 @@ impl Backend {
         match self {
             Backend::Memory(_) => Ok(()),
             Backend::Redis(b) => b.retire_events_consumer(group, consumer).await.map(|_| ()),
+            Backend::Partitioned(_) => Err(partitioned::per_partition("retire_events_consumer")),
         }
     }
 
@@ -306,6 +403,7 @@ impl Backend {
         match self {
             Backend::Memory(b) => Ok(b.delete_entries(stream, ids)),
             Backend::Redis(b) => b.delete_entries(stream, ids).await,
+            Backend::Partitioned(p) => p.delete_entries(stream, ids).await,
         }
     }
 }

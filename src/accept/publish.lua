@@ -1,11 +1,16 @@
 -- Move routed entries from the inbound stream to the events stream, atomically per batch.
 -- (trim.lua is prepended.)
 --
--- KEYS[1] inbound stream   KEYS[2] events stream
+-- KEYS[1] inbound stream   KEYS[2] events stream   KEYS[3] the partition's router lease
 -- ARGV[1] consumer group   ARGV[2] events max length (0 = none)
 -- ARGV[3] events min id for age retention ('0' = none)
 -- ARGV[4] persister group on the events stream   ARGV[5] its most unacknowledged entries
--- ARGV[6..] triples: inbound entry id, event id, event JSON
+-- ARGV[6] the lease holder publishing ('' = unfenced)
+-- ARGV[7..] triples: inbound entry id, event id, event JSON
+--
+-- Fencing: a router that lost the lease (it stalled past the lease time and another took
+-- over) is refused with a LEASE error before anything moves, so a conversation's events
+-- are never published out of order by two routers.
 --
 -- Each entry reaches the events stream once. Publishing an entry deletes it from the inbound
 -- stream in the same script, so an entry that still exists there has not been published by
@@ -14,8 +19,11 @@
 -- moved some after we read them) each entry is published only if it still exists.
 -- Returns the number moved, or -1 - n when the persister has n entries unacknowledged, at
 -- its bound: then nothing is done, the entries stay pending in the inbound stream.
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then
+  return redis.error_reply('LEASE another router holds this partition')
+end
 local maxlen = tonumber(ARGV[2])
-local first = 6
+local first = 7
 local n = (#ARGV - first + 1) / 3
 if n < 1 then
   return 0

@@ -26,11 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
 use redis::{RedisError, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::conn::{connect, RedisConn};
 use super::{
     AcceptReport, BackendError, Batch, GroupLag, Limits, StreamEntry, StreamName, StreamStats,
     PERSISTER_GROUP,
@@ -46,16 +46,23 @@ pub struct Keys {
     pub inbound: String,
     pub events: String,
     pub deadletter: String,
+    /// Who routes this partition (one router at a time keeps each conversation's order).
+    pub lease: String,
     dedup_prefix: String,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
-        let tag = format!("{{{prefix}}}");
+        Keys::tagged(&format!("{{{prefix}}}"))
+    }
+
+    /// Keys under a hash tag such as `{switchboard}` or `{switchboard:p3}` (partition 3).
+    pub fn tagged(tag: &str) -> Keys {
         Keys {
             inbound: format!("{tag}:inbound"),
             events: format!("{tag}:events"),
             deadletter: format!("{tag}:deadletter"),
+            lease: format!("{tag}:router-lease"),
             dedup_prefix: format!("{tag}:dedup:v1:"),
         }
     }
@@ -73,14 +80,17 @@ impl Keys {
 
 #[derive(Clone)]
 pub struct RedisBackend {
-    conn: ConnectionManager,
-    blocking: ConnectionManager,
+    conn: RedisConn,
+    blocking: RedisConn,
     keys: Keys,
     limits: std::sync::Arc<Limits>,
     accept_script: Script,
     publish_script: Script,
     append_script: Script,
+    lease_script: Script,
+    release_script: Script,
     ack_events_script: Script,
+    group_lag_script: Script,
     command_timeout: Duration,
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
@@ -96,6 +106,26 @@ fn with_trim(body: &str) -> Script {
 
 /// A publish/append reply: the count, or `-1 - n` when the persister has `n` unacknowledged
 /// entries, at its bound.
+/// Take the lease when free, renew it when ours.
+const LEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+";
+
+/// Delete the lease only when ours.
+const RELEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 fn appended(reply: i64) -> Result<usize, BackendError> {
     if reply < 0 {
         Err(BackendError::Backpressure {
@@ -106,6 +136,10 @@ fn appended(reply: i64) -> Result<usize, BackendError> {
     }
 }
 
+fn invalid(e: RedisError) -> BackendError {
+    BackendError::Unavailable(format!("invalid redis configuration: {:?}", e.kind()))
+}
+
 fn unavailable(e: RedisError) -> BackendError {
     BackendError::Unavailable(e.to_string())
 }
@@ -114,35 +148,35 @@ impl RedisBackend {
     /// Connects lazily: the gateway starts even when Redis is down (and answers 503 until it
     /// is back), so that an orchestrator's restart order does not matter.
     pub fn new(cfg: &RedisConfig, limits: Limits) -> Result<RedisBackend, BackendError> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| BackendError::Unavailable(format!("invalid redis.url: {:?}", e.kind())))?;
         let command_timeout = Duration::from_millis(cfg.command_timeout_ms);
-        let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
-        let base = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500))
-            .set_pipeline_buffer_size(1024);
-        let conn = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            base.clone().set_response_timeout(Some(command_timeout)),
-        )
-        .map_err(unavailable)?;
+        let conn = connect(cfg, command_timeout).map_err(invalid)?;
+        Self::partition(cfg, limits, &format!("{{{}}}", cfg.key_prefix), conn)
+    }
+
+    /// The backend of one stream partition (hash tag `tag`), sharing the request-path
+    /// connection `conn` with the other partitions. It has a connection of its own for
+    /// blocking reads: a blocking XREADGROUP holds the connection it runs on.
+    pub fn partition(
+        cfg: &RedisConfig,
+        limits: Limits,
+        tag: &str,
+        conn: RedisConn,
+    ) -> Result<RedisBackend, BackendError> {
+        let command_timeout = Duration::from_millis(cfg.command_timeout_ms);
         // Blocking reads wait up to router.block_ms; the timeout must outlast them.
-        let blocking = ConnectionManager::new_lazy_with_config(
-            client,
-            base.set_response_timeout(Some(command_timeout + Duration::from_secs(60))),
-        )
-        .map_err(unavailable)?;
+        let blocking = connect(cfg, command_timeout + Duration::from_secs(60)).map_err(invalid)?;
         let mut backend = RedisBackend {
             conn,
             blocking,
-            keys: Keys::new(&cfg.key_prefix),
+            keys: Keys::tagged(tag),
             limits: std::sync::Arc::new(limits),
             accept_script: Script::new(include_str!("accept.lua")),
             publish_script: with_trim(include_str!("publish.lua")),
             append_script: with_trim(include_str!("append.lua")),
+            lease_script: Script::new(LEASE_LUA),
+            release_script: Script::new(RELEASE_LUA),
             ack_events_script: with_trim(include_str!("ack_events.lua")),
+            group_lag_script: with_trim(include_str!("group_lag.lua")),
             command_timeout,
             last_claim: std::sync::Arc::new(AtomicU64::new(0)),
             combiner: None,
@@ -172,7 +206,7 @@ impl RedisBackend {
     }
 
     /// The request-path connection (shared by the routing store).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 
@@ -457,7 +491,13 @@ impl RedisBackend {
         Ok(true)
     }
 
-    pub async fn publish(&self, moves: &[StreamEntry]) -> Result<usize, BackendError> {
+    /// Moves routed entries to the events stream; with `fence`, only while that consumer
+    /// holds the partition's lease ([`BackendError::Fenced`] otherwise, nothing moved).
+    pub async fn publish(
+        &self,
+        moves: &[StreamEntry],
+        fence: Option<&str>,
+    ) -> Result<usize, BackendError> {
         if moves.is_empty() {
             return Ok(0);
         }
@@ -465,17 +505,74 @@ impl RedisBackend {
         let mut inv = self.publish_script.prepare_invoke();
         inv.key(&self.keys.inbound)
             .key(&self.keys.events)
+            .key(&self.keys.lease)
             .arg(ROUTER_GROUP)
             .arg(self.limits.events_max_len)
             .arg(min_id)
             .arg(PERSISTER_GROUP)
-            .arg(self.limits.persister_max_backlog);
+            .arg(self.limits.persister_max_backlog)
+            .arg(fence.unwrap_or(""));
         for m in moves {
             inv.arg(&m.id).arg(&m.key).arg(&m.payload);
         }
         let mut conn = self.conn.clone();
-        let moved: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
-        appended(moved)
+        match tokio::time::timeout(self.command_timeout, inv.invoke_async::<i64>(&mut conn)).await {
+            Ok(Ok(moved)) => appended(moved),
+            Ok(Err(e)) if e.code() == Some("LEASE") => Err(BackendError::Fenced),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(BackendError::Unavailable("redis call timed out".into())),
+        }
+    }
+
+    /// Takes or renews the partition's router lease for `ttl`; false: another holds it.
+    pub async fn lease(&self, owner: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let mut inv = self.lease_script.prepare_invoke();
+        inv.key(&self.keys.lease)
+            .arg(owner)
+            .arg(ttl.as_millis().max(1) as u64);
+        let mut conn = self.conn.clone();
+        let held: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
+        Ok(held == 1)
+    }
+
+    /// Gives the lease up (at shutdown), so a standby takes over at once.
+    pub async fn release_lease(&self, owner: &str) -> Result<(), BackendError> {
+        let mut inv = self.release_script.prepare_invoke();
+        inv.key(&self.keys.lease).arg(owner);
+        let mut conn = self.conn.clone();
+        let _: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Every entry read but not yet routed, by anyone, handed to `consumer` in stream
+    /// order (the new lease holder routes these before anything newer).
+    pub async fn claim_pending(
+        &self,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
+        let mut conn = self.conn.clone();
+        let claimed: Result<StreamAutoClaimReply, BackendError> = self
+            .timed(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&self.keys.inbound)
+                    .arg(ROUTER_GROUP)
+                    .arg(consumer)
+                    .arg(0)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await;
+        match claimed {
+            Ok(reply) => Ok(reply.claimed.into_iter().map(entry).collect()),
+            Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => {
+                self.ensure_group().await?;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -605,71 +702,36 @@ impl RedisBackend {
         self.timed(inv.invoke_async(&mut conn)).await
     }
 
+    /// A group's pending and undelivered counts (None without the stream or the group).
+    /// Through a script sharing `trim.lua`'s lag correction, so that what /readyz and the
+    /// lag metric show is what the backlog bound counts, also right after a Redis restart.
     pub async fn events_group_lag(&self, group: &str) -> Result<Option<GroupLag>, BackendError> {
+        let mut inv = self.group_lag_script.prepare_invoke();
+        inv.key(&self.keys.events).arg(group);
         let mut conn = self.conn.clone();
-        let groups: Result<Value, BackendError> = self
-            .timed(
-                redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(&self.keys.events)
-                    .query_async(&mut conn),
-            )
-            .await;
-        let groups = match groups {
-            Ok(Value::Array(g)) => g,
-            Ok(_) => return Ok(None),
-            // No stream yet.
-            Err(BackendError::Unavailable(e)) if e.contains("no such key") => return Ok(None),
-            Err(e) => return Err(e),
+        let counts: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
+        let [pending, lag] = counts[..] else {
+            return Ok(None);
         };
-        for g in groups {
-            let fields = match g {
-                Value::Array(f) => f,
-                Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-                _ => continue,
-            };
-            let mut name = None;
-            let mut pending = 0u64;
-            let mut lag = None;
-            for pair in fields.chunks(2) {
-                let [k, v] = pair else { continue };
-                let k = match k {
-                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                    Value::SimpleString(s) => s.clone(),
-                    _ => continue,
-                };
-                match (k.as_str(), v) {
-                    ("name", Value::BulkString(b)) => {
-                        name = Some(String::from_utf8_lossy(b).into_owned())
-                    }
-                    ("pending", Value::Int(n)) => pending = (*n).max(0) as u64,
-                    ("lag", Value::Int(n)) => lag = Some((*n).max(0) as u64),
-                    _ => {}
-                }
-            }
-            if name.as_deref() == Some(group) {
-                let undelivered = match lag {
-                    Some(l) => l,
-                    // Redis cannot count it (deleted entries in the way): the stream's
-                    // length bounds it.
-                    None => {
-                        let len: u64 = self
-                            .timed(
-                                redis::cmd("XLEN")
-                                    .arg(&self.keys.events)
-                                    .query_async(&mut conn),
-                            )
-                            .await?;
-                        len.saturating_sub(pending)
-                    }
-                };
-                return Ok(Some(GroupLag {
-                    pending,
-                    undelivered,
-                }));
-            }
-        }
-        Ok(None)
+        let pending = pending.max(0) as u64;
+        let undelivered = if lag >= 0 {
+            lag as u64
+        } else {
+            // Redis cannot count it (deleted entries in the way): the stream's length
+            // bounds it.
+            let len: u64 = self
+                .timed(
+                    redis::cmd("XLEN")
+                        .arg(&self.keys.events)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            len.saturating_sub(pending)
+        };
+        Ok(Some(GroupLag {
+            pending,
+            undelivered,
+        }))
     }
 
     /// Like [`Self::retire_consumer`], for a group of the events stream.

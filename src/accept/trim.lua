@@ -20,6 +20,32 @@ local function id_lt(a, b)
   return am < bm or (am == bm and as < bs)
 end
 
+-- A group's lag (XINFO GROUPS: entries not yet delivered to it), corrected for Redis 7.0
+-- forgetting part of its entries-read counter: after a restart from an AOF that was
+-- rewritten since the group last read, the counter comes back from the rewrite's base while
+-- the group's position comes back from the incremental file, so the lag counts entries the
+-- group read long ago, and keeps counting them (the counter is only incremented from then on).
+-- A group whose position is at or past the stream's last entry has nothing undelivered: its
+-- counter is set right (XGROUP SETID ... ENTRIESREAD), which also puts the right value in the
+-- AOF. A group still behind keeps the overstated lag until it catches up.
+-- `f` is the group's XINFO GROUPS fields; returns the lag, nil when Redis cannot count it.
+local function group_lag(key, group, f)
+  local lag = f['lag']
+  if type(lag) ~= 'number' or lag <= 0 then
+    return lag
+  end
+  local delivered = f['last-delivered-id']
+  local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+  if newest ~= nil and id_lt(delivered, newest[1]) then
+    return lag
+  end
+  local read = tonumber(f['entries-read'])
+  if read ~= nil then
+    redis.call('XGROUP', 'SETID', key, group, delivered, 'ENTRIESREAD', read + lag)
+  end
+  return 0
+end
+
 -- floor, unacknowledged count; nil when the group (or the stream) does not exist.
 local function persister_state(key, group)
   if group == '' then
@@ -42,7 +68,7 @@ local function persister_state(key, group)
       end
       -- lag is nil when Redis cannot count it (deleted entries in the way): the stream's
       -- length is then an upper bound.
-      local lag = f['lag']
+      local lag = group_lag(key, group, f)
       if type(lag) ~= 'number' then
         lag = redis.call('XLEN', key)
       end

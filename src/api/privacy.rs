@@ -56,8 +56,8 @@ fn failed(op: &'static str, e: PersistError) -> ApiError {
     ApiError::Unavailable
 }
 
-fn tenant_known(pg: &Postgres, tenant: &str) -> Result<(), ApiError> {
-    if pg.settings().tenants.contains(tenant) {
+fn tenant_known(state: &State, tenant: &str) -> Result<(), ApiError> {
+    if state.admin.tenant_exists(tenant) {
         Ok(())
     } else {
         Err(ApiError::UnknownTenant(tenant.to_string()))
@@ -69,11 +69,11 @@ async fn erase(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    let who = authorize(&state, &req)?;
     let pg = postgres(&state)?;
     let (tenant, contact) = path.into_inner();
-    tenant_known(pg, &tenant)?;
-    let erased = privacy::erase_contact(pg, &state.backend, "api", &tenant, &contact)
+    tenant_known(&state, &tenant)?;
+    let erased = privacy::erase_contact(pg, &state.backend, &who.actor(), &tenant, &contact)
         .await
         .map_err(|e| failed("erase", e))?;
     Ok(HttpResponse::Ok().json(json!({ "erased": erased })))
@@ -84,24 +84,23 @@ async fn export(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    let who = authorize(&state, &req)?;
     let pg = postgres(&state)?;
     let (tenant, contact) = path.into_inner();
-    tenant_known(pg, &tenant)?;
-    let doc = privacy::export_contact(pg, "api", &tenant, &contact)
+    tenant_known(&state, &tenant)?;
+    let doc = privacy::export_contact(pg, &who.actor(), &tenant, &contact)
         .await
         .map_err(|e| failed("export", e))?;
     Ok(HttpResponse::Ok().json(doc))
 }
 
 /// The Meta source named in the path, with its app secrets and the tenants it serves.
-fn meta_source<'a>(
-    state: &'a State,
+fn meta_source(
+    state: &State,
     source: &str,
-) -> Result<(&'a [crate::verify::Secret], Vec<String>), ApiError> {
+) -> Result<(Vec<crate::verify::Secret>, Vec<String>), ApiError> {
     let src = state
-        .sources
-        .get(source)
+        .source(source)
         .ok_or_else(|| ApiError::UnknownSource(source.to_string()))?;
     let SourceKind::Meta { keys, .. } = &src.kind else {
         // Only Meta sends data deletion callbacks.
@@ -110,7 +109,7 @@ fn meta_source<'a>(
     let mut tenants: Vec<String> = src.channels.values().cloned().collect();
     tenants.sort();
     tenants.dedup();
-    Ok((&keys.app_secrets, tenants))
+    Ok((keys.app_secrets.clone(), tenants))
 }
 
 async fn data_deletion(
@@ -145,7 +144,7 @@ async fn data_deletion(
         .find(|(k, _)| k == "signed_request")
         .map(|(_, v)| v)
         .unwrap_or_default();
-    let verified = signed_request::verify(&signed, secrets, time::OffsetDateTime::now_utc())
+    let verified = signed_request::verify(&signed, &secrets, time::OffsetDateTime::now_utc())
         .map_err(|e| {
             SignatureFailed {
                 provider: "meta",

@@ -54,7 +54,7 @@ fn engine<'a>(state: &'a State, tenant: &str) -> Result<&'a Engine, ApiError> {
         .engine
         .as_deref()
         .ok_or_else(|| ApiError::RoutingNotConfigured(tenant.to_string()))?;
-    if !engine.tenants().iter().any(|t| t == tenant) {
+    if !engine.has_tenant(tenant) {
         return Err(ApiError::UnknownTenant(tenant.to_string()));
     }
     Ok(engine)
@@ -90,7 +90,7 @@ fn op_error(e: OpError) -> ApiError {
     }
 }
 
-fn ruleset_error(e: RulesetError) -> ApiError {
+pub(crate) fn ruleset_error(e: RulesetError) -> ApiError {
     match e {
         RulesetError::Invalid(errs) => ApiError::InvalidRules(errs),
         RulesetError::Conflict(c) => ApiError::VersionConflict { current: c.0 },
@@ -140,23 +140,35 @@ async fn put_rules(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    let who = authorize(&state, &req)?;
     let tenant = path.into_inner();
     let engine = engine(&state, &tenant)?;
     let q = web::Query::<VersionQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let cfg: RoutingConfig = json_body(&req, &body)?;
+    let previous = engine.ruleset(&tenant).map(|r| r.version);
     let version = engine
-        .put_ruleset(&tenant, cfg, q.if_version)
+        .put_ruleset(&tenant, cfg.clone(), q.if_version)
         .await
         .map_err(ruleset_error)?;
+    super::admin::record_ruleset(
+        &state,
+        &who,
+        &tenant,
+        "routing.put",
+        &format!("routing:{tenant}"),
+        previous,
+        version,
+        &cfg,
+    )
+    .await;
     Ok(HttpResponse::Ok().json(json!({ "tenant": tenant, "version": version })))
 }
 
 /// Re-reads the configuration file's `[tenants.*.routing]` sections. Everything is
 /// validated first; on any error nothing changes.
 async fn reload(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    let who = authorize(&state, &req)?;
     let engine = state.engine.as_deref().ok_or_else(|| {
         ApiError::Conflict("routing is disabled (routing.enabled = false)".into())
     })?;
@@ -169,12 +181,30 @@ async fn reload(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError
         crate::config::ConfigError::Invalid(errs) => ApiError::InvalidRules(errs),
         other => ApiError::InvalidRules(vec![other.to_string()]),
     })?;
-    let file = config
+    let file: std::collections::HashMap<String, RoutingConfig> = config
         .tenants
         .iter()
         .filter_map(|(id, t)| t.routing.clone().map(|r| (id.clone(), r)))
         .collect();
-    let changed = engine.reload_file(file).await.map_err(ruleset_error)?;
+    let changed = engine
+        .reload_file(file.clone())
+        .await
+        .map_err(ruleset_error)?;
+    for (t, v) in &changed {
+        if let Some(cfg) = file.get(t) {
+            super::admin::record_ruleset(
+                &state,
+                &who,
+                t,
+                "routing.reload",
+                &format!("routing:{t}"),
+                None,
+                *v,
+                cfg,
+            )
+            .await;
+        }
+    }
     let changed: Vec<Value> = changed
         .into_iter()
         .map(|(t, v)| json!({ "tenant": t, "version": v }))

@@ -164,6 +164,9 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamsConfig {
+    /// Stream partitions (1: `{prefix}:inbound`...; N: `{prefix:p0}:inbound` ... `p<N-1>`),
+    /// for spreading the streams over a Redis Cluster's nodes.
+    pub partitions: usize,
     pub dedup_ttl_secs: u64,
     pub inbound_max_backlog: usize,
     pub events_max_len: usize,
@@ -178,6 +181,8 @@ pub struct StreamsConfig {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`); empty: the one server at `url`.
+    pub cluster_nodes: Vec<String>,
     pub key_prefix: String,
     pub command_timeout_ms: u64,
     pub connect_timeout_ms: u64,
@@ -189,8 +194,12 @@ pub struct RouterConfig {
     pub batch_size: usize,
     pub block_ms: u64,
     pub claim_idle_ms: u64,
-    /// Router tasks per process: while one waits for Redis another prepares its batch.
+    /// Router tasks per stream partition in this process. One router (of all replicas)
+    /// holds a partition's lease and routes it; the others stand by to take over.
     pub workers: usize,
+    /// How long a partition's router lease lasts without renewal: the takeover time after
+    /// a router dies without releasing it.
+    pub lease_ms: u64,
 }
 
 /// `[routing]`: the routing engine as a whole (each tenant's rules are in
@@ -205,11 +214,38 @@ pub struct RoutingSection {
     pub sweep_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Bearer token for `/v1/*`. Without one, the API answers 403 `api_disabled`.
+    /// Bootstrap bearer token for `/v1/*`: an owner key of global scope. Without one (and
+    /// without `[postgres]` for API keys), the API answers 403 `api_disabled`.
     pub token: Option<Secret>,
+    /// File holding the master key(s) that encrypt source secrets at rest
+    /// (`SWITCHBOARD_MASTER_KEY` wins when set; see `crate::admin::crypto`).
+    #[serde(default)]
+    pub master_key_file: Option<std::path::PathBuf>,
+    /// Per API key (and for `token`), per replica, unless the key sets its own.
+    #[serde(default = "default_key_requests_per_sec")]
+    pub key_requests_per_sec: u32,
+    #[serde(default = "default_key_burst")]
+    pub key_burst: u32,
+    /// Limit of the `token` itself (burst = twice this); absent: not limited, as before
+    /// API keys existed.
+    #[serde(default)]
+    pub token_requests_per_sec: Option<u32>,
+    /// How often each replica checks PostgreSQL for admin changes made elsewhere.
+    #[serde(default = "default_reload_interval_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_key_requests_per_sec() -> u32 {
+    20
+}
+fn default_key_burst() -> u32 {
+    40
+}
+fn default_reload_interval_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -372,6 +408,7 @@ fn defaults() -> Defaults {
             max_tracked_keys: 100_000,
         },
         streams: StreamsConfig {
+            partitions: 1,
             dedup_ttl_secs: 8 * 24 * 3600,
             inbound_max_backlog: 100_000,
             events_max_len: 1_000_000,
@@ -382,6 +419,7 @@ fn defaults() -> Defaults {
         },
         redis: RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
             key_prefix: "switchboard".into(),
             command_timeout_ms: 2000,
             connect_timeout_ms: 2000,
@@ -390,7 +428,8 @@ fn defaults() -> Defaults {
             batch_size: 256,
             block_ms: 1000,
             claim_idle_ms: 30_000,
-            workers: 2,
+            workers: 1,
+            lease_ms: 5000,
         },
         routing: RoutingSection {
             enabled: true,
@@ -489,6 +528,20 @@ impl Config {
                 self.streams.dedup_ttl_secs
             ));
         }
+        if self.streams.partitions == 0 || self.streams.partitions > 256 {
+            errs.push(format!(
+                "streams.partitions = {}: use 1..=256 (partitions spread the streams over Redis Cluster nodes)",
+                self.streams.partitions
+            ));
+        }
+        for node in &self.redis.cluster_nodes {
+            if !matches!(url::Url::parse(node), Ok(u) if matches!(u.scheme(), "redis" | "rediss")) {
+                errs.push(format!(
+                    "redis.cluster_nodes: {:?} is not a redis:// or rediss:// URL",
+                    redact_url(node)
+                ));
+            }
+        }
         if self.streams.inbound_max_backlog == 0 {
             errs.push("streams.inbound_max_backlog must be at least 1".into());
         }
@@ -532,6 +585,13 @@ impl Config {
         }
         if self.router.workers == 0 || self.router.workers > 64 {
             errs.push("router.workers must be 1..=64".into());
+        }
+        if self.router.lease_ms < 3 * self.router.block_ms.max(100) {
+            errs.push(format!(
+                "router.lease_ms = {} must be at least 3 x router.block_ms ({}): the lease is renewed between reads",
+                self.router.lease_ms,
+                3 * self.router.block_ms.max(100)
+            ));
         }
         if self.router.claim_idle_ms < 1000 {
             errs.push("router.claim_idle_ms must be at least 1000".into());
@@ -577,45 +637,31 @@ impl Config {
             errs.push("no [sources.<id>] defined: add at least one webhook source".into());
         }
         for (id, source) in &self.sources {
-            if !valid_id(id) {
-                errs.push(format!(
-                    "sources.{id}: ids use a-z, 0-9, '_' and '-' (1-64 chars); prefer '_' so the source can be set from the environment"
-                ));
-            }
-            if let Some(common) = source.common() {
-                validate_common(id, &common, &self.tenants, &mut errs);
-            }
-            source.validate_provider(id, &mut errs);
-            if let SourceConfig::Meta(m) = source {
-                if m.app_secrets.is_empty() || m.app_secrets.iter().any(|s| s.expose().is_empty()) {
-                    errs.push(format!(
-                        "sources.{id}.app_secrets: give at least one non-empty App Secret (Meta App Dashboard → App settings → Basic)"
-                    ));
-                }
-                if m.verify_token.expose().is_empty() {
-                    errs.push(format!(
-                        "sources.{id}.verify_token: must not be empty (it is the Verify Token typed in the App Dashboard)"
-                    ));
-                }
-                if m.channels.is_empty() {
-                    errs.push(format!(
-                        "sources.{id}.channels: map at least one business id (phone_number_id, WABA id, Page id or Instagram account id) to a tenant"
-                    ));
-                }
-                if self.server.max_body_bytes < 3 * 1024 * 1024 {
-                    errs.push(format!(
-                        "sources.{id}: server.max_body_bytes = {} is below Meta's 3 MB payloads; raise it to at least 3145728",
-                        self.server.max_body_bytes
-                    ));
-                }
-                for (business, tenant) in &m.channels {
-                    if !self.tenants.contains_key(tenant) {
-                        errs.push(format!(
-                            "sources.{id}.channels.{business} = {tenant:?}: no [tenants.{tenant}] is defined"
-                        ));
-                    }
-                }
-            }
+            validate_source(
+                id,
+                source,
+                &self.tenants,
+                self.server.max_body_bytes,
+                &mut errs,
+            );
+        }
+        if self.api.key_requests_per_sec == 0
+            || self.api.key_burst == 0
+            || self.api.token_requests_per_sec == Some(0)
+        {
+            errs.push(
+                "api.key_requests_per_sec, api.key_burst and api.token_requests_per_sec must be at least 1"
+                    .into(),
+            );
+        }
+        if self.api.reload_interval_ms < 50 || self.api.reload_interval_ms > 60_000 {
+            errs.push("api.reload_interval_ms must be 50..=60000".into());
+        }
+        if let Err(e) = crate::admin::MasterKeys::load(self.api.master_key_file.as_deref()) {
+            errs.push(format!(
+                "{e} (from {} or api.master_key_file)",
+                crate::admin::crypto::ENV_VAR
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -625,7 +671,57 @@ impl Config {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+/// Checks of one source (its id, shared keys, provider keys), each message naming the key
+/// as `sources.<id>.<key>`: for the file and for sources created through the API.
+pub fn validate_source(
+    id: &str,
+    source: &SourceConfig,
+    tenants: &BTreeMap<String, TenantConfig>,
+    max_body_bytes: usize,
+    errs: &mut Vec<String>,
+) {
+    if !valid_id(id) {
+        errs.push(format!(
+            "sources.{id}: ids use a-z, 0-9, '_' and '-' (1-64 chars); prefer '_' so the source can be set from the environment"
+        ));
+    }
+    if let Some(common) = source.common() {
+        validate_common(id, &common, tenants, errs);
+    }
+    source.validate_provider(id, errs);
+    if let SourceConfig::Meta(m) = source {
+        if m.app_secrets.is_empty() || m.app_secrets.iter().any(|s| s.expose().is_empty()) {
+            errs.push(format!(
+                "sources.{id}.app_secrets: give at least one non-empty App Secret (Meta App Dashboard → App settings → Basic)"
+            ));
+        }
+        if m.verify_token.expose().is_empty() {
+            errs.push(format!(
+                "sources.{id}.verify_token: must not be empty (it is the Verify Token typed in the App Dashboard)"
+            ));
+        }
+        if m.channels.is_empty() {
+            errs.push(format!(
+                "sources.{id}.channels: map at least one business id (phone_number_id, WABA id, Page id or Instagram account id) to a tenant"
+            ));
+        }
+        if max_body_bytes < 3 * 1024 * 1024 {
+            errs.push(format!(
+                "sources.{id}: server.max_body_bytes = {max_body_bytes} is below Meta's 3 MB payloads; raise it to at least 3145728"
+            ));
+        }
+        for (business, tenant) in &m.channels {
+            if !tenants.contains_key(tenant) {
+                errs.push(format!(
+                    "sources.{id}.channels.{business} = {tenant:?}: no [tenants.{tenant}] is defined"
+                ));
+            }
+        }
+    }
+}
+
+/// Whether `id` is a valid tenant or source id: a-z, 0-9, '_' and '-' (1-64 chars).
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id

@@ -56,12 +56,9 @@ async fn deliver(
     payload: web::Payload,
     method: Method,
 ) -> HttpResponse {
-    let provider = state
-        .sources
-        .get(&source_id)
-        .map(|s| s.provider)
-        .unwrap_or(Provider::Meta);
-    let provider_label = if state.sources.contains_key(&source_id) {
+    let known = state.source(&source_id);
+    let provider = known.as_ref().map(|s| s.provider).unwrap_or(Provider::Meta);
+    let provider_label = if known.is_some() {
         provider.as_str()
     } else {
         "unknown"
@@ -142,7 +139,12 @@ async fn read_stream(
         return Err(ApiError::BadRequest("limit must be 1..=1000".into()));
     }
     if let Some(after) = &q.after {
-        let valid = after.split_once('-').map_or(after.as_str(), |(ms, seq)| {
+        // With partitioned streams an id names its partition: `p<n>/<stream id>`.
+        let after = match crate::accept::partitioned::split_id(after) {
+            Some((_, id)) => id,
+            None => after.as_str(),
+        };
+        let valid = after.split_once('-').map_or(after, |(ms, seq)| {
             if seq.chars().all(|c| c.is_ascii_digit()) && !seq.is_empty() {
                 ms
             } else {
@@ -151,7 +153,7 @@ async fn read_stream(
         });
         if valid.is_empty() || !valid.chars().all(|c| c.is_ascii_digit()) {
             return Err(ApiError::BadRequest(
-                "after must be a stream id such as 1700000000000-0".into(),
+                "after must be a stream id such as 1700000000000-0 (p<n>/1700000000000-0 with partitioned streams)".into(),
             ));
         }
     }

@@ -103,10 +103,9 @@ pub fn public_url(state: &AppState, src: &Source, req: &HttpRequest) -> String {
     format!("{scheme}://{host}{path_and_query}")
 }
 
-fn source<'s>(state: &'s AppState, id: &str) -> Result<&'s std::sync::Arc<Source>, ApiError> {
+fn source(state: &AppState, id: &str) -> Result<std::sync::Arc<Source>, ApiError> {
     state
-        .sources
-        .get(id)
+        .source(id)
         .ok_or_else(|| ApiError::UnknownSource(truncate(id, 64)))
 }
 
@@ -147,7 +146,7 @@ pub async fn receive(
     // 2. Verify the raw bytes.
     let unverified = Unverified::new(verifier_headers(req.headers()), body)
         .with_method(method)
-        .with_url(public_url(state, src, req));
+        .with_url(public_url(state, &src, req));
     let verified = src.verify(unverified).map_err(|e| {
         SignatureFailed {
             provider,
@@ -186,8 +185,8 @@ pub async fn receive(
     }
 
     // 5. Accept: dedup + enqueue atomically.
-    let kept_headers = signature_headers(src, req.headers());
-    let batch = to_batch(src, &normalized, &verified, &kept_headers, received_at);
+    let kept_headers = signature_headers(&src, req.headers());
+    let batch = to_batch(&src, &normalized, &verified, &kept_headers, received_at);
     let started = Instant::now();
     let report = match state.backend.accept(batch).await {
         Ok(r) => r,
@@ -463,6 +462,7 @@ pub fn to_batch(
         .map(|e| Item {
             key: e.event_id.clone(),
             payload: e.to_json(),
+            shard: e.conversation_id.clone(),
         })
         .collect();
     let received = rfc3339(received_at);
@@ -519,5 +519,6 @@ fn dead_letter_item(
     Item {
         payload: serde_json::to_string(&entry).unwrap_or_default(),
         key: id,
+        shard: None,
     }
 }

@@ -1,6 +1,7 @@
 //! `switchboard inspect`: where the streams stand, for ops.
 //!
-//! For each stream (inbound, events, deadletter): its length, its oldest entry and that
+//! For each stream (inbound, events, deadletter; of every partition with
+//! `streams.partitions` > 1): its length, its oldest entry and that
 //! entry's age, and per consumer group (the `router` on inbound; the `persister` and the
 //! CRM backends' groups on events) its consumers, pending entries (delivered, not
 //! acknowledged), lag (entries not yet delivered to the group) and its oldest unacknowledged
@@ -10,7 +11,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::accept::conn::RedisConn;
 use redis::Value;
 use serde::Serialize;
 
@@ -62,14 +63,19 @@ pub struct PendingEntry {
 
 /// Inspects the streams of the backend (see the module docs).
 pub async fn inspect(backend: &Backend) -> Result<InspectReport, BackendError> {
-    let parts: Vec<&RedisBackend> = match backend {
-        Backend::Redis(r) => vec![r],
-        Backend::Memory(_) => {
-            return Err(BackendError::Protocol(
-                "inspect needs the Redis backend".into(),
-            ))
+    // One set of streams per partition (`streams.partitions`), each under its own tag.
+    let partitions = backend.partitions();
+    let mut parts: Vec<&RedisBackend> = Vec::new();
+    for p in &partitions {
+        match p {
+            Backend::Redis(r) => parts.push(r),
+            _ => {
+                return Err(BackendError::Protocol(
+                    "inspect needs the Redis backend".into(),
+                ))
+            }
         }
-    };
+    }
     let mut conn = parts[0].connection();
     let timeout = parts[0].command_timeout();
     let (secs, micros): (u64, u64) = timed(timeout, redis::cmd("TIME").query_async(&mut conn))
@@ -142,7 +148,7 @@ fn pairs(v: Value) -> Vec<(String, Value)> {
 }
 
 async fn stream_report(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     timeout: Duration,
     stream: &'static str,
     key: &str,

@@ -10,8 +10,7 @@
 pub mod inspect;
 pub mod replay;
 
-use crate::accept::redis::RedisBackend;
-use crate::accept::{Backend, Limits};
+use crate::accept::Backend;
 use crate::config::{BackendKind, Config};
 
 /// Why an operator command cannot run against this configuration.
@@ -32,9 +31,7 @@ pub enum OpsError {
 pub fn redis_backend(config: &Config, command: &'static str) -> Result<Backend, OpsError> {
     match config.backend {
         BackendKind::Memory => Err(OpsError::MemoryBackend { command }),
-        BackendKind::Redis => Ok(Backend::Redis(Box::new(RedisBackend::new(
-            &config.redis,
-            Limits::from_config(config),
-        )?))),
+        // The gateway's own construction: one stream partition, or `streams.partitions`.
+        BackendKind::Redis => Ok(crate::state::build_backend(config)?),
     }
 }

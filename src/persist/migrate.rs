@@ -31,6 +31,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_privacy.sql",
         sql: include_str!("../../migrations/0002_privacy.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_admin.sql",
+        sql: include_str!("../../migrations/0003_admin.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_tenant_retention.sql",
+        sql: include_str!("../../migrations/0004_tenant_retention.sql"),
+    },
 ];
 
 /// First key of the advisory lock (the second is the schema's hash): "sb" in ASCII.

@@ -201,6 +201,10 @@ pub struct Persister {
     backend: Backend,
     pg: Postgres,
     consumer: String,
+    /// Whose lag this worker reports (every partition's, on one worker per process).
+    lag_of: Option<Backend>,
+    /// Whether this worker applies migrations at start (one per process).
+    migrates: bool,
 }
 
 impl Persister {
@@ -216,7 +220,18 @@ impl Persister {
                 std::process::id(),
                 uuid::Uuid::new_v4().simple()
             ),
+            lag_of: None,
+            migrates: true,
         }
+    }
+
+    /// One worker per stream partition: only the first migrates and reports the lag (of
+    /// all of them, read from `all`).
+    pub fn for_partition(backend: Backend, all: &Backend, pg: Postgres, first: bool) -> Persister {
+        let mut p = Persister::new(backend, pg);
+        p.migrates = first;
+        p.lag_of = first.then(|| all.clone());
+        p
     }
 
     /// Runs until `stop` turns true. A batch being written is finished or abandoned
@@ -224,7 +239,7 @@ impl Persister {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let settings = self.pg.settings().clone();
         let mut backoff = Backoff::default();
-        if settings.migrate_on_start {
+        if settings.migrate_on_start && self.migrates {
             loop {
                 match self.pg.migrate().await {
                     Ok(applied) => {
@@ -375,7 +390,10 @@ impl Persister {
     }
 
     async fn sample_lag(&self) {
-        if let Ok(Some(lag)) = self.backend.events_group_lag(PERSISTER_GROUP).await {
+        let Some(all) = self.lag_of.as_ref() else {
+            return;
+        };
+        if let Ok(Some(lag)) = all.events_group_lag(PERSISTER_GROUP).await {
             PersisterLagSampled { lag: lag.total() }.emit();
         }
     }

@@ -273,9 +273,28 @@ pub async fn run_retention(
     let s = pg.settings();
     let mut report = RetentionReport::default();
     let mut client = pg.client().await?;
-    let mut tenants: Vec<(&String, &u32)> = s.tenant_retention_days.iter().collect();
+    // config.toml tenants' retention, then that of tenants created through the admin API
+    // (read each run, so a change applies without restart; ids never overlap: the API
+    // refuses config tenants).
+    let mut tenants: Vec<(String, u32)> = s
+        .tenant_retention_days
+        .iter()
+        .map(|(t, d)| (t.clone(), *d))
+        .collect();
+    for row in client
+        .query(
+            "SELECT id, retention_days FROM tenants WHERE retention_days IS NOT NULL",
+            &[],
+        )
+        .await?
+    {
+        let id: String = row.get(0);
+        if !s.tenant_retention_days.contains_key(&id) {
+            tenants.push((id, row.get::<_, i32>(1) as u32));
+        }
+    }
     tenants.sort();
-    for (tenant, days) in tenants {
+    for (tenant, days) in &tenants {
         let cutoff = now - time::Duration::days(i64::from(*days));
         let tx = client.transaction().await?;
         let mut total = 0;
@@ -308,11 +327,25 @@ pub async fn run_retention(
 
     // Sources: configured ones are connected; ones seen in the history but no longer
     // configured are disconnected from the first run that notices.
-    let configured: Vec<String> = s.sources.keys().cloned().collect();
-    let providers: Vec<String> = configured
+    let mut configured: Vec<String> = s.sources.keys().cloned().collect();
+    let mut providers: Vec<String> = configured
         .iter()
         .map(|id| s.sources[id].to_string())
         .collect();
+    // Sources created through the admin API are connected too, unless disabled.
+    for row in client
+        .query(
+            "SELECT id, provider FROM admin_sources WHERE NOT disabled",
+            &[],
+        )
+        .await?
+    {
+        let id: String = row.get(0);
+        if !configured.contains(&id) {
+            configured.push(id);
+            providers.push(row.get(1));
+        }
+    }
     let tx = client.transaction().await?;
     tx.execute(
         "INSERT INTO sources (source, provider, first_seen_at, last_seen_at)

@@ -118,7 +118,9 @@ pub struct Engine {
     store: RoutingStore,
     backend: Backend,
     strategies: Strategies,
-    tenants: Vec<String>,
+    /// The configuration's tenants, and those created through the API since
+    /// ([`Engine::add_tenant`]).
+    tenants: RwLock<Vec<String>>,
     /// The configuration file's routing per tenant (what `reload` re-reads is passed in).
     file: RwLock<HashMap<String, RoutingConfig>>,
     rulesets: RwLock<HashMap<String, Arc<Ruleset>>>,
@@ -313,7 +315,7 @@ impl Engine {
             store,
             backend,
             strategies,
-            tenants,
+            tenants: RwLock::new(tenants),
             file: RwLock::new(HashMap::new()),
             rulesets: RwLock::new(HashMap::new()),
             live: std::sync::Mutex::new(HashMap::new()),
@@ -392,15 +394,36 @@ impl Engine {
             .cloned()
     }
 
-    pub fn tenants(&self) -> &[String] {
-        &self.tenants
+    pub fn tenants(&self) -> Vec<String> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether `tenant` is one of the engine's tenants.
+    pub fn has_tenant(&self, tenant: &str) -> bool {
+        self.tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|t| t == tenant)
+    }
+
+    /// Adds a tenant created through the admin API (its rule set then comes from the
+    /// store, as for any tenant: `PUT /v1/tenants/{t}/routing`). Idempotent.
+    pub fn add_tenant(&self, tenant: &str) {
+        let mut g = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        if !g.iter().any(|t| t == tenant) {
+            g.push(tenant.to_string());
+        }
     }
 
     /// Writes the file's rule sets where the store has none, or has an older one: the
     /// latest change wins, whether it was made in the file or through the API.
     async fn sync_file(&self, now: u64) -> Result<(), BackendError> {
         let file = self.file_configs();
-        for tenant in &self.tenants {
+        for tenant in &self.tenants() {
             let stored = self.store.ruleset(tenant).await?;
             let from_file = file.get(tenant);
             let file_digest = from_file.map(digest).unwrap_or_default();
@@ -507,7 +530,7 @@ impl Engine {
         cfg: RoutingConfig,
         expected_version: Option<u64>,
     ) -> Result<u64, RulesetError> {
-        if !self.tenants.iter().any(|t| t == tenant) {
+        if !self.has_tenant(tenant) {
             return Err(RulesetError::UnknownTenant(tenant.to_string()));
         }
         self.compile(tenant, 0, cfg.clone())
@@ -540,7 +563,7 @@ impl Engine {
     ) -> Result<Vec<(String, u64)>, RulesetError> {
         let mut errs = Vec::new();
         for (t, cfg) in &file {
-            if !self.tenants.contains(t) {
+            if !self.has_tenant(t) {
                 errs.push(format!("tenants.{t}: not a tenant of the running configuration (tenants are not reloaded)"));
                 continue;
             }
@@ -578,8 +601,9 @@ impl Engine {
 
     /// Picks up rule sets changed by other replicas.
     pub async fn refresh(&self) -> Result<(), BackendError> {
-        let versions = self.store.ruleset_versions(&self.tenants).await?;
-        for (tenant, v) in self.tenants.iter().zip(versions) {
+        let tenants = self.tenants();
+        let versions = self.store.ruleset_versions(&tenants).await?;
+        for (tenant, v) in tenants.iter().zip(versions) {
             let local = self.ruleset(tenant).map_or(0, |r| r.version);
             if v > local {
                 if let Some(rec) = self.store.ruleset(tenant).await? {
@@ -892,7 +916,7 @@ impl Engine {
         if let Err(e) = self.refresh().await {
             tracing::debug!(error = %e, "rule set refresh failed");
         }
-        for tenant in self.tenants.clone() {
+        for tenant in self.tenants() {
             let Some(rs) = self.ruleset(&tenant) else {
                 continue;
             };
@@ -927,6 +951,7 @@ impl Engine {
                 .map(|e| Item {
                     key: e.event_id.clone(),
                     payload: assignment_event(tenant, e),
+                    shard: Some(e.conv.clone()),
                 })
                 .collect();
             self.backend.append_events(&items).await?;
@@ -1280,7 +1305,7 @@ impl Engine {
     pub async fn load_summary(&self) -> Result<LoadSummary, BackendError> {
         let mut s = LoadSummary::default();
         let mut ratios = Vec::new();
-        for tenant in &self.tenants {
+        for tenant in &self.tenants() {
             let Some(rs) = self.ruleset(tenant) else {
                 continue;
             };

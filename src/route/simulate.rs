@@ -372,7 +372,7 @@ pub async fn run(
             let waiting: u64 = {
                 let mut total = 0;
                 for t in engine.tenants() {
-                    if let Ok(q) = engine.queues(t).await {
+                    if let Ok(q) = engine.queues(&t).await {
                         total += q.iter().map(|q| q.depth).sum::<u64>();
                     }
                 }

@@ -27,6 +27,7 @@ async fn backends(max_backlog: u64) -> Vec<Backend> {
     require_redis(&url).await;
     let cfg = RedisConfig {
         url,
+        cluster_nodes: Vec::new(),
         key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
@@ -40,10 +41,7 @@ async fn backends(max_backlog: u64) -> Vec<Backend> {
 }
 
 fn item(key: &str) -> Item {
-    Item {
-        key: key.to_string(),
-        payload: format!("{{\"event_id\":\"{key}\"}}"),
-    }
+    Item::new(key, format!("{{\"event_id\":\"{key}\"}}"))
 }
 
 fn batch(events: &[&str], dead: &[&str]) -> Batch {
@@ -230,6 +228,7 @@ async fn a_crashed_consumers_entries_are_claimed_again() {
     require_redis(&url).await;
     let cfg = RedisConfig {
         url,
+        cluster_nodes: Vec::new(),
         key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
@@ -273,6 +272,7 @@ async fn redis_dedup_keys_expire_with_the_configured_ttl() {
     let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
     let cfg = RedisConfig {
         url,
+        cluster_nodes: Vec::new(),
         key_prefix: prefix.clone(),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
@@ -285,4 +285,56 @@ async fn redis_dedup_keys_expire_with_the_configured_ttl() {
         .await
         .unwrap();
     assert!(ttl > 50 && ttl <= 60, "ttl {ttl}");
+}
+
+/// One router at a time per partition: the lease is exclusive until it expires, a publish by
+/// a router that lost it moves nothing, and the next holder gets what was left pending, in
+/// stream order, before anything newer.
+#[tokio::test]
+async fn the_router_lease_is_exclusive_fences_publishes_and_hands_over_pending_entries() {
+    for b in backends(100).await {
+        let name = b.name();
+        let ttl = Duration::from_millis(300);
+        assert!(b.lease("r1", ttl).await.unwrap(), "{name}");
+        assert!(!b.lease("r2", ttl).await.unwrap(), "{name}: held by r1");
+        assert!(b.lease("r1", ttl).await.unwrap(), "{name}: renewed");
+        b.accept(batch(&["evt_1", "evt_2", "evt_3"], &[]))
+            .await
+            .unwrap();
+        let got = b
+            .read_inbound("r1", 2, Duration::from_millis(10), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        // r1 stalls past its lease; r2 takes over.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(b.lease("r2", ttl).await.unwrap(), "{name}: expired, taken");
+        assert!(matches!(
+            b.publish_fenced("r1", &got).await,
+            Err(BackendError::Fenced)
+        ));
+        assert_eq!(b.stats().await.unwrap().events, 0, "{name}: nothing moved");
+        // r2 first routes what r1 left, oldest first, then the rest.
+        let pending = b.claim_pending("r2", 10).await.unwrap();
+        let keys: Vec<&str> = pending.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["evt_1", "evt_2"], "{name}");
+        assert_eq!(b.publish_fenced("r2", &pending).await.unwrap(), 2);
+        assert!(
+            b.claim_pending("r2", 10).await.unwrap().is_empty(),
+            "{name}"
+        );
+        let rest = b
+            .read_inbound("r2", 10, Duration::from_millis(10), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].key, "evt_3");
+        assert_eq!(b.publish_fenced("r2", &rest).await.unwrap(), 1);
+        let events = b.read(StreamName::Events, 10, None).await.unwrap();
+        let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["evt_1", "evt_2", "evt_3"], "{name}");
+        // Released at shutdown: a standby takes it at once.
+        b.release_lease("r2").await.unwrap();
+        assert!(b.lease("r3", ttl).await.unwrap(), "{name}");
+    }
 }

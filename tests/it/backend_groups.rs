@@ -28,6 +28,7 @@ async fn backends() -> Vec<Backend> {
     require_redis(&url).await;
     let cfg = RedisConfig {
         url,
+        cluster_nodes: Vec::new(),
         key_prefix: format!("grp-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
@@ -40,9 +41,11 @@ async fn backends() -> Vec<Backend> {
 
 fn items(from: usize, n: usize) -> Vec<Item> {
     (from..from + n)
-        .map(|i| Item {
-            key: format!("evt_{i:04}"),
-            payload: format!("{{\"event_id\":\"evt_{i:04}\"}}"),
+        .map(|i| {
+            Item::new(
+                format!("evt_{i:04}"),
+                format!("{{\"event_id\":\"evt_{i:04}\"}}"),
+            )
         })
         .collect()
 }
@@ -189,4 +192,125 @@ async fn abandoned_entries_are_taken_over_and_deleted_entries_go_away() {
             .await
             .unwrap();
     }
+}
+
+/// Redis 7.0 restarted from an AOF rewritten since the persister last read brings back the
+/// group's position but not all of its entries-read counter, and XINFO GROUPS then reports
+/// a lag of every entry read between the rewrite and the restart — for good. Found by
+/// scripts/failure-proof (a persister lag of 2,881 with nothing left to store after three
+/// Redis restarts). Counted as unstored, that phantom lag made the backlog bound refuse
+/// events with Postgres fully caught up (and the lag metric and /readyz overstated it).
+#[tokio::test]
+async fn a_redis_restart_after_an_aof_rewrite_does_not_inflate_the_persister_backlog() {
+    let mut redis = PrivateRedis::start();
+    let cfg = RedisConfig {
+        url: redis.url(),
+        cluster_nodes: Vec::new(),
+        key_prefix: format!("lag-{}", uuid::Uuid::new_v4().simple()),
+        command_timeout_ms: 2000,
+        connect_timeout_ms: 1000,
+    };
+    let mut lim = limits();
+    lim.events_max_len = 0;
+    let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, lim).unwrap()));
+    let drain = |b: &Backend| {
+        let b = b.clone();
+        async move {
+            let mut n = 0;
+            // After the restart, each connection finds out on its first call that it must
+            // reconnect: retried, as the persister does.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let batch = match b
+                    .read_events_group(PERSISTER_GROUP, "c1", 7, BLOCK, IDLE)
+                    .await
+                {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        assert!(std::time::Instant::now() < deadline, "{e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if batch.is_empty() {
+                    return n;
+                }
+                n += batch.len();
+                let ids: Vec<String> = batch.iter().map(|e| e.id.clone()).collect();
+                b.ack_events(PERSISTER_GROUP, &ids).await.unwrap();
+            }
+        }
+    };
+    b.read_events_group(PERSISTER_GROUP, "c1", 1, BLOCK, IDLE)
+        .await
+        .unwrap();
+    b.append_events(&items(0, 10)).await.unwrap();
+    assert_eq!(drain(&b).await, 10);
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("BGREWRITEAOF")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "AOF rewrite did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.append_events(&items(10, 30)).await.unwrap();
+    assert_eq!(drain(&b).await, 30);
+    assert_eq!(
+        b.events_group_lag(PERSISTER_GROUP)
+            .await
+            .unwrap()
+            .unwrap()
+            .total(),
+        0
+    );
+
+    redis.kill();
+    redis.restart();
+    // Nothing is unstored: the lag says so (Redis alone would say 30), before any write.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lag = loop {
+        match b.events_group_lag(PERSISTER_GROUP).await {
+            Ok(lag) => break lag.unwrap(),
+            // Reconnecting, or Redis still loading its AOF.
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("Redis did not come back: {e}"),
+        }
+    };
+    assert_eq!((lag.pending, lag.undelivered), (0, 0));
+    // The bound of 40 counts the real backlog only: 40 more events fit, the 41st does not.
+    assert_eq!(b.append_events(&items(40, 25)).await.unwrap(), 25);
+    let lag = b.events_group_lag(PERSISTER_GROUP).await.unwrap().unwrap();
+    assert_eq!((lag.pending, lag.undelivered), (0, 25));
+    assert_eq!(b.append_events(&items(65, 15)).await.unwrap(), 15);
+    match b.append_events(&items(80, 1)).await {
+        Err(BackendError::Backpressure { backlog }) => assert_eq!(backlog, 40),
+        other => panic!("expected backpressure at the real bound, got {other:?}"),
+    }
+    assert_eq!(drain(&b).await, 40);
+    assert_eq!(
+        b.events_group_lag(PERSISTER_GROUP)
+            .await
+            .unwrap()
+            .unwrap()
+            .total(),
+        0
+    );
 }

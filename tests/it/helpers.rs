@@ -123,6 +123,17 @@ pub async fn spawn_unchecked(config: Config) -> TestApp {
 }
 
 impl TestApp {
+    /// A gateway already running elsewhere (e.g. the binary), at `base`.
+    pub fn at(base: &str) -> TestApp {
+        TestApp {
+            base: base.to_string(),
+            client: reqwest::Client::new(),
+            prefix: String::new(),
+            redis_url: redis_url(),
+            stop: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -354,6 +365,130 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A local Redis Cluster of three masters (no replicas) on loopback, each redis-server in
+/// cluster mode in its own directory, slots assigned by `redis-cli --cluster create`.
+pub struct LocalCluster {
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+/// A port whose cluster bus port (+10000) is free too.
+fn cluster_port(taken: &[u16]) -> u16 {
+    for _ in 0..1000 {
+        let p = free_port();
+        if p > 55_000 || taken.contains(&p) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+impl LocalCluster {
+    pub fn start(masters: usize) -> LocalCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-cluster-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ports = Vec::new();
+        for _ in 0..masters {
+            ports.push(cluster_port(&ports));
+        }
+        let children = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed (apt-get install redis-server)")
+            })
+            .collect();
+        let c = LocalCluster {
+            ports,
+            dir,
+            children,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in &c.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(c.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed (it comes with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Every node must agree the cluster is up before clients use it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &c.ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster not ok on {port}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        c
+    }
+
+    pub fn nodes(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The keys one node holds (each master owns a third of the slots).
+    pub fn keys_on(&self, port: u16) -> Vec<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "--scan"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

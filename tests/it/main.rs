@@ -1,8 +1,10 @@
 //! The integration-test binary: real HTTP on port 0, real Redis, real PostgreSQL.
 
+mod admin;
 mod backend;
 mod backend_groups;
 mod cli;
+mod cluster;
 mod deploy;
 mod helpers;
 mod metrics;

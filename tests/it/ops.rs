@@ -357,3 +357,54 @@ fn replay_and_inspect_refuse_the_memory_backend_with_a_reason() {
         assert!(err.contains("needs backend = \"redis\""), "{cmd}: {err}");
     }
 }
+
+/// With `streams.partitions` > 1 each partition has its own streams: replay reads and
+/// removes across them, and inspect lists every partition's streams.
+#[tokio::test]
+async fn replay_and_inspect_work_across_stream_partitions() {
+    let mut config = test_config(BackendKind::Redis);
+    config.streams.partitions = 3;
+    let app = spawn_with(config).await;
+    for _ in 0..4 {
+        let res = app.post(&wa_text_batch(UNMAPPED, &[unique_wamid()])).await;
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(app.deadletters().await.len(), 4);
+    let run_p = |config: &PathBuf, args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("SWITCHBOARD__BACKEND", "redis")
+            .env("SWITCHBOARD__STREAMS__PARTITIONS", "3")
+            .env("SWITCHBOARD__REDIS__URL", &app.redis_url)
+            .env("SWITCHBOARD__REDIS__KEY_PREFIX", &app.prefix)
+            .env_remove("SWITCHBOARD_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let fixed = config_file(&fixed_config());
+    let report = json_of(&run_p(&fixed, &["replay", "--limit", "3", "--json"]));
+    assert_eq!(report["replayed"], 3, "{report}");
+    let report = json_of(&run_p(&fixed, &["replay", "--json"]));
+    assert_eq!(report["replayed"], 1, "{report}");
+    assert_eq!(app.deadletters().await.len(), 0);
+    assert_eq!(app.wait_for_events(4).await.len(), 4);
+
+    let report = json_of(&run_p(&fixed, &["inspect", "--json"]));
+    let streams = report["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 9, "{report}");
+    let events: u64 = streams
+        .iter()
+        .filter(|s| s["stream"] == "events")
+        .map(|s| s["length"].as_u64().unwrap())
+        .sum();
+    assert_eq!(events, 4, "{report}");
+    assert!(
+        streams
+            .iter()
+            .any(|s| s["key"] == format!("{{{}:p2}}:deadletter", app.prefix)),
+        "{report}"
+    );
+    app.stop().await;
+}

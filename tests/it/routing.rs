@@ -791,7 +791,7 @@ async fn reprocessing_after_a_router_crash_yields_the_same_assignments() {
     let client = redis::Client::open(config.redis.url.as_str()).unwrap();
     let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
     let store = RoutingStore::Redis(Box::new(RedisStore::new(
-        conn,
+        switchboard::accept::conn::RedisConn::Single(conn),
         &config.redis.key_prefix,
         Duration::from_secs(2),
     )));

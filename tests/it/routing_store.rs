@@ -37,7 +37,7 @@ async fn stores() -> Vec<RoutingStore> {
     vec![
         RoutingStore::Memory(MemoryStore::new()),
         RoutingStore::Redis(Box::new(RedisStore::new(
-            conn,
+            switchboard::accept::conn::RedisConn::Single(conn),
             &format!("rt-{}", uuid::Uuid::new_v4().simple()),
             Duration::from_secs(5),
         ))),

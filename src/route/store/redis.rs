@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
+use crate::accept::conn::RedisConn;
 use ::redis::{RedisError, Script, Value};
 
 use super::outcome;
@@ -20,7 +20,7 @@ use crate::route::model::Presence;
 
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     script: Script,
     timeout: Duration,
@@ -144,7 +144,7 @@ fn history_entry(raw: &str) -> Option<String> {
 }
 
 impl RedisStore {
-    pub fn new(conn: ConnectionManager, prefix: &str, timeout: Duration) -> RedisStore {
+    pub fn new(conn: RedisConn, prefix: &str, timeout: Duration) -> RedisStore {
         RedisStore {
             conn,
             prefix: prefix.to_string(),
