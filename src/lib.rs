@@ -14,6 +14,7 @@ pub mod event;
 pub mod ingest;
 pub mod internal_events;
 pub mod normalize;
+pub mod ops;
 pub mod persist;
 pub mod route;
 pub mod startup;

@@ -1,4 +1,5 @@
-//! The `switchboard` command: run the gateway, check a configuration, sign a sample webhook.
+//! The `switchboard` command: run the gateway, check a configuration, sign a sample webhook,
+//! replay dead letters, inspect the streams.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -77,6 +78,40 @@ enum Command {
     /// key (SWITCHBOARD_MASTER_KEY or [api] master_key_file), with its audit row. The
     /// same as POST /v1/admin/rotate-master-key; idempotent.
     RotateMasterKey,
+    /// Re-publish dead-lettered requests after a fix (a channel mapped, a normalizer fixed):
+    /// each is re-verified with the source's current secrets, normalized with the current
+    /// code and accepted through the same dedup + enqueue as a webhook (an event accepted
+    /// before is a duplicate, never a second event); an entry is removed only once its
+    /// accept succeeded. Needs backend = "redis".
+    Replay {
+        /// Only entries of this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only entries dead-lettered for this reason (unknown_channel, invalid_body,
+        /// unexpected_shape, unsupported).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this entry: a stream id or a dead-letter id (dl_...). Repeatable.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Verify and normalize only: report what would happen, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many matching entries.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where the streams stand: length and oldest entry of the inbound, events and
+    /// dead-letter streams, and per consumer group its consumers, pending entries, lag and
+    /// oldest unacknowledged entry. Read-only. Needs backend = "redis".
+    Inspect {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Routing tools.
     Routing {
         #[command(subcommand)]
@@ -162,6 +197,25 @@ fn main() -> anyhow::Result<()> {
         } => simulate(config, traffic, start, handle_secs, tick_ms, json),
         Command::Migrate { status } => migrate(config, status),
         Command::RotateMasterKey => rotate_master_key(config),
+        Command::Replay {
+            source,
+            reason,
+            ids,
+            dry_run,
+            limit,
+            json,
+        } => replay(
+            config,
+            switchboard::ops::replay::ReplayOptions {
+                source,
+                reason,
+                ids,
+                dry_run,
+                limit,
+            },
+            json,
+        ),
+        Command::Inspect { json } => inspect(config, json),
         Command::CheckConfig => {
             for (id, t) in &config.tenants {
                 if let Some(r) = &t.routing {
@@ -179,7 +233,10 @@ fn main() -> anyhow::Result<()> {
                     if config.redis.cluster_nodes.is_empty() {
                         "one server".to_string()
                     } else {
-                        format!("cluster ({} seed node(s))", config.redis.cluster_nodes.len())
+                        format!(
+                            "cluster ({} seed node(s))",
+                            config.redis.cluster_nodes.len()
+                        )
                     },
                     config.streams.partitions,
                     config.redis.key_prefix
@@ -306,6 +363,58 @@ fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {
             );
         } else {
             println!("{target}: applied {applied:?}");
+        }
+        Ok(())
+    })
+}
+
+fn replay(
+    config: Config,
+    opts: switchboard::ops::replay::ReplayOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let backend = switchboard::ops::redis_backend(&config, "replay")?;
+        backend.ping().await.with_context(|| {
+            format!(
+                "Redis at {} does not answer",
+                switchboard::config::redact_url(&config.redis.url)
+            )
+        })?;
+        let report = switchboard::ops::replay::replay(&config, &backend, &opts).await;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.to_text());
+        }
+        if let Some(why) = report.aborted {
+            bail!("replay stopped early: {why}");
+        }
+        Ok(())
+    })
+}
+
+fn inspect(config: Config, json: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let backend = switchboard::ops::redis_backend(&config, "inspect")?;
+        let report = switchboard::ops::inspect::inspect(&backend)
+            .await
+            .with_context(|| {
+                format!(
+                    "inspecting Redis at {}",
+                    switchboard::config::redact_url(&config.redis.url)
+                )
+            })?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.to_text());
         }
         Ok(())
     })

@@ -30,7 +30,7 @@ use crate::internal_events::{
 };
 use crate::normalize::{Context, DeadLetter, Normalized};
 use crate::state::{AppState, Source, SourceKind};
-use crate::verify::{Headers, Method, Unverified};
+use crate::verify::{Headers, Method, Unverified, Verified};
 
 /// What a webhook request produced, once durably accepted.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -185,13 +185,8 @@ pub async fn receive(
     }
 
     // 5. Accept: dedup + enqueue atomically.
-    let batch = to_batch(
-        &src,
-        &normalized,
-        verified.body(),
-        req.headers(),
-        received_at,
-    );
+    let kept_headers = signature_headers(&src, req.headers());
+    let batch = to_batch(&src, &normalized, &verified, &kept_headers, received_at);
     let started = Instant::now();
     let report = match state.backend.accept(batch).await {
         Ok(r) => r,
@@ -374,7 +369,9 @@ fn verifier_headers(headers: &HeaderMap) -> Headers {
 }
 
 /// The dead-letter entry: enough to understand the failure and to replay the request
-/// through verification later (the body and the signature headers, never a secret).
+/// through verification later (`switchboard replay`): the body, the signature headers, the
+/// method and the public URL that was verified (URL-signing schemes sign it; GET deliveries
+/// carry their parameters in it), never a secret. Read back as [`DeadLetterRecord`].
 #[derive(Serialize)]
 struct DeadLetterEntry<'a> {
     schema: &'static str,
@@ -392,13 +389,71 @@ struct DeadLetterEntry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     body_base64: Option<String>,
     headers: Vec<(&'a str, &'a str)>,
+    /// `GET` or `POST`.
+    method: &'static str,
+    /// The public URL as verified (see [`public_url`]).
+    url: &'a str,
 }
 
-fn to_batch(
+/// A dead-letter entry as read back from the stream (see [`DeadLetterEntry`]). `method` and
+/// `url` are absent from entries written before they were added.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DeadLetterRecord {
+    #[serde(default)]
+    pub deadletter_id: String,
+    pub reason: String,
+    #[serde(default)]
+    pub detail: String,
+    pub source: String,
+    #[serde(default)]
+    pub provider: String,
+    pub received_at: String,
+    #[serde(default)]
+    pub part: Option<serde_json::Value>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub body_base64: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl DeadLetterRecord {
+    /// The raw request body.
+    pub fn body_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        match (&self.body, &self.body_base64) {
+            (Some(b), _) => Ok(b.clone().into_bytes()),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The signature headers of `src` present on a request, kept with its dead letters.
+pub fn signature_headers<'h>(src: &Source, headers: &'h HeaderMap) -> Vec<(&'static str, &'h str)> {
+    src.signature_headers()
+        .iter()
+        .filter_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (*name, v))
+        })
+        .collect()
+}
+
+/// What a verified, normalized request stores: its events for the inbound stream and its
+/// dead letters (with the raw request, for replay). Used by [`receive`] and by
+/// `switchboard replay`, so that both accept exactly the same items.
+pub fn to_batch(
     src: &Source,
     normalized: &Normalized,
-    body: &[u8],
-    headers: &HeaderMap,
+    verified: &Verified,
+    kept_headers: &[(&str, &str)],
     received_at: OffsetDateTime,
 ) -> Batch {
     let events = normalized
@@ -411,20 +466,10 @@ fn to_batch(
         })
         .collect();
     let received = rfc3339(received_at);
-    let kept_headers: Vec<(&str, &str)> = src
-        .signature_headers()
-        .iter()
-        .filter_map(|name| {
-            headers
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (*name, v))
-        })
-        .collect();
     let dead_letters = normalized
         .dead_letters
         .iter()
-        .map(|dl| dead_letter_item(src, dl, body, &kept_headers, &received))
+        .map(|dl| dead_letter_item(src, dl, verified, kept_headers, &received))
         .collect();
     Batch {
         events,
@@ -435,10 +480,11 @@ fn to_batch(
 fn dead_letter_item(
     src: &Source,
     dl: &DeadLetter,
-    body: &[u8],
+    verified: &Verified,
     headers: &[(&str, &str)],
     received_at: &str,
 ) -> Item {
+    let body = verified.body();
     // Stable across redeliveries of the same body: the same failure is stored once.
     let mut basis = Vec::with_capacity(body.len() + 64);
     basis.extend_from_slice(src.id.as_bytes());
@@ -464,6 +510,11 @@ fn dead_letter_item(
             .is_err()
             .then(|| base64::engine::general_purpose::STANDARD.encode(body)),
         headers: headers.to_vec(),
+        method: match verified.method() {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        },
+        url: verified.url(),
     };
     Item {
         payload: serde_json::to_string(&entry).unwrap_or_default(),

@@ -8,6 +8,7 @@ mod cluster;
 mod deploy;
 mod helpers;
 mod metrics;
+mod ops;
 mod outage;
 mod persist;
 mod persist_outage;

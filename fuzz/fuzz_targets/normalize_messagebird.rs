@@ -1,0 +1,4 @@
+#![no_main]
+//! The messagebird normalizer; input format: see `switchboard_fuzz::normalize`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| switchboard_fuzz::normalize("messagebird", data));

@@ -1,0 +1,6 @@
+#![no_main]
+//! The sinch verifier (then, when it passes, the normalizer); input format: see `switchboard_fuzz::verify`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    switchboard_fuzz::verify("sinch", data);
+});
