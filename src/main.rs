@@ -384,7 +384,14 @@ fn replay(
                 switchboard::config::redact_url(&config.redis.url)
             )
         })?;
-        let report = switchboard::ops::replay::replay(&config, &backend, &opts).await;
+        let api_sources = match switchboard::ops::replay::api_sources(&config).await {
+            Ok(s) => s,
+            Err(why) => {
+                eprintln!("warning: sources of the admin API not loaded ({why}); replaying with config.toml's sources only");
+                Default::default()
+            }
+        };
+        let report = switchboard::ops::replay::replay(&config, &api_sources, &backend, &opts).await;
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {

@@ -185,7 +185,8 @@ pub async fn receive(
     }
 
     // 5. Accept: dedup + enqueue atomically.
-    let kept_headers = signature_headers(&src, req.headers());
+    let kept = signature_headers(&src, req.headers());
+    let kept_headers: Vec<(&str, &str)> = kept.iter().map(|(n, v)| (*n, v.as_ref())).collect();
     let batch = to_batch(&src, &normalized, &verified, &kept_headers, received_at);
     let started = Instant::now();
     let report = match state.backend.accept(batch).await {
@@ -433,15 +434,25 @@ impl DeadLetterRecord {
     }
 }
 
-/// The signature headers of `src` present on a request, kept with its dead letters.
-pub fn signature_headers<'h>(src: &Source, headers: &'h HeaderMap) -> Vec<(&'static str, &'h str)> {
+/// The signature headers of `src` present on a request, kept with its dead letters. A
+/// header that carries a secret itself (Telegram's token) is kept as its digest only.
+pub fn signature_headers<'h>(
+    src: &Source,
+    headers: &'h HeaderMap,
+) -> Vec<(&'static str, std::borrow::Cow<'h, str>)> {
     src.signature_headers()
         .iter()
         .filter_map(|name| {
-            headers
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (*name, v))
+            headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| {
+                if *name == crate::verify::telegram::HEADER {
+                    (
+                        *name,
+                        std::borrow::Cow::Owned(crate::verify::telegram::kept_value(v)),
+                    )
+                } else {
+                    (*name, std::borrow::Cow::Borrowed(v))
+                }
+            })
         })
         .collect()
 }

@@ -170,17 +170,25 @@ impl ReplayReport {
 const PAGE: usize = 100;
 
 /// Replays the matching dead-letter entries (see the module docs).
-pub async fn replay(config: &Config, backend: &Backend, opts: &ReplayOptions) -> ReplayReport {
-    let sources: HashMap<&str, Source> = config
-        .sources
+///
+/// `api_sources`: the sources created through the admin API (see [`api_sources`]); a
+/// config.toml source of the same id wins, as in the gateway.
+pub async fn replay(
+    config: &Config,
+    api_sources: &HashMap<String, std::sync::Arc<Source>>,
+    backend: &Backend,
+    opts: &ReplayOptions,
+) -> ReplayReport {
+    let mut sources: HashMap<&str, std::sync::Arc<Source>> = api_sources
         .iter()
-        .map(|(id, c)| {
-            (
-                id.as_str(),
-                Source::from_config(id, c, config.streams.include_raw),
-            )
-        })
+        .map(|(id, s)| (id.as_str(), s.clone()))
         .collect();
+    for (id, c) in &config.sources {
+        sources.insert(
+            id.as_str(),
+            std::sync::Arc::new(Source::from_config(id, c, config.streams.include_raw)),
+        );
+    }
     let mut report = ReplayReport {
         dry_run: opts.dry_run,
         ..ReplayReport::default()
@@ -245,7 +253,7 @@ fn same_part(dl: &DeadLetter, record: &DeadLetterRecord) -> bool {
 
 async fn replay_one(
     backend: &Backend,
-    sources: &HashMap<&str, Source>,
+    sources: &HashMap<&str, std::sync::Arc<Source>>,
     entry: &StreamEntry,
     record: Option<&DeadLetterRecord>,
     dry_run: bool,
@@ -313,7 +321,8 @@ async fn replay_one(
     let unverified = Unverified::new(headers, Bytes::from(body))
         .with_method(method)
         .with_url(url)
-        .with_now(received_at);
+        .with_now(received_at)
+        .from_dead_letter();
     let verified = match src.verify(unverified) {
         Ok(v) => v,
         Err(e) => {
@@ -373,4 +382,19 @@ async fn replay_one(
         Outcome::Duplicate { events }
     };
     Ok(report)
+}
+
+/// The sources created through the admin API, decrypted with the configured master key
+/// (none without `[postgres] enabled`). A failure says why; replay then knows only the
+/// configuration's sources.
+pub async fn api_sources(
+    config: &Config,
+) -> Result<HashMap<String, std::sync::Arc<Source>>, String> {
+    if !config.postgres.enabled {
+        return Ok(HashMap::new());
+    }
+    let pg = crate::persist::Postgres::new(config).map_err(|e| e.to_string())?;
+    let admin = crate::admin::Admin::from_config(config);
+    admin.reload(&pg, true).await.map_err(|e| e.to_string())?;
+    Ok(admin.live().sources.clone())
 }

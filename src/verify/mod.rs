@@ -135,6 +135,10 @@ pub struct Unverified {
     body: Bytes,
     url: String,
     now: OffsetDateTime,
+    /// Rebuilt from a dead letter by `switchboard replay` (never set for a network request):
+    /// a header kept only as a digest (see [`telegram::kept_value`]) may then be checked by
+    /// its digest.
+    from_dead_letter: bool,
 }
 
 /// The HTTP method of a webhook delivery: most providers POST; some (Vonage SMS API,
@@ -162,7 +166,16 @@ impl Unverified {
             body,
             url: String::new(),
             now: OffsetDateTime::now_utc(),
+            from_dead_letter: false,
         }
+    }
+    /// Marks a request rebuilt from a dead letter (replay only).
+    pub fn from_dead_letter(mut self) -> Unverified {
+        self.from_dead_letter = true;
+        self
+    }
+    pub fn is_from_dead_letter(&self) -> bool {
+        self.from_dead_letter
     }
     pub fn with_method(mut self, method: Method) -> Unverified {
         self.method = method;

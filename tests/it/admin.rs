@@ -1563,3 +1563,57 @@ async fn api_tenants_have_their_own_retention() {
     app.stop().await;
     drop_schema(&c, &schema).await;
 }
+
+/// `switchboard replay` knows the sources created through the admin API: a dead letter of
+/// such a source is re-verified with its (decrypted) secret once its channel map is fixed.
+#[tokio::test]
+async fn replay_reverifies_dead_letters_of_api_sources() {
+    let config = admin_config(&master_key("k1"));
+    let (_pg, c) = migrated(&config).await;
+    let schema = config.postgres.schema.clone();
+    let app = spawn_with(config.clone()).await;
+    let api = Api { app: &app };
+    let secret = format!("replay-secret-{}", uuid::Uuid::new_v4().simple());
+    api.ok(
+        Method::POST,
+        "/v1/tenants/acme/sources",
+        API_TOKEN,
+        Some(&meta_source("dyn_replay", "acme", "5550100", &secret, "vt")),
+    )
+    .await;
+    // A phone number the source does not map yet: dead-lettered.
+    let body = wa_text_to("5550199", &unique_wamid());
+    assert_eq!(
+        post_signed_to(&app, "dyn_replay", &body, &secret).await,
+        200
+    );
+    assert_eq!(app.deadletters().await.len(), 1);
+    api.ok(
+        Method::PATCH,
+        "/v1/tenants/acme/sources/dyn_replay",
+        API_TOKEN,
+        Some(&json!({"settings": {"channels": {"5550100": "acme", "5550199": "acme"}}})),
+    )
+    .await;
+
+    let backend = switchboard::state::build_backend(&config).unwrap();
+    let sources = switchboard::ops::replay::api_sources(&config)
+        .await
+        .unwrap();
+    assert!(sources.contains_key("dyn_replay"));
+    let report = switchboard::ops::replay::replay(
+        &config,
+        &sources,
+        &backend,
+        &switchboard::ops::replay::ReplayOptions::default(),
+    )
+    .await;
+    let report = serde_json::to_value(&report).unwrap();
+    assert_eq!(report["replayed"], 1, "{report}");
+    let events = app.wait_for_events(1).await;
+    assert_eq!(events[0]["event"]["source"], "dyn_replay");
+    // Replayed entries leave the dead-letter stream.
+    assert!(app.deadletters().await.is_empty());
+    app.stop().await;
+    drop_schema(&c, &schema).await;
+}

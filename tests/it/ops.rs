@@ -408,3 +408,81 @@ async fn replay_and_inspect_work_across_stream_partitions() {
     );
     app.stop().await;
 }
+
+/// Telegram's header is the secret token itself: a dead letter keeps only its digest (not
+/// in Redis, not through the read API), the digest never verifies a network request, and
+/// `switchboard replay` still re-verifies the entry against the configured tokens.
+#[tokio::test]
+async fn telegram_dead_letters_keep_no_token_and_still_replay() {
+    const TOKEN: &str = "tg-Secret_token-123456";
+    // No tenant and no channel for this bot: its updates are dead-lettered.
+    let unmapped = format!(
+        "{BASE_CONFIG}\n[sources.tg]\nprovider = \"telegram\"\nsecret_tokens = [\"{TOKEN}\"]\nchannels = {{ \"elsewhere\" = \"acme\" }}\n"
+    );
+    let mut config = Config::from_toml(&unmapped).expect("valid");
+    config.backend = BackendKind::Redis;
+    config.redis.url = redis_url();
+    config.redis.key_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let app = spawn_with(config).await;
+    let body = fixture("telegram/private_text.json");
+    let post = |token: String| {
+        app.client
+            .post(app.url("/webhooks/tg"))
+            .header("content-type", "application/json")
+            .header("x-telegram-bot-api-secret-token", token)
+            .body(body.clone())
+            .send()
+    };
+    let res = post(TOKEN.to_string()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let stored = deadletter_fields(&app).await;
+    assert_eq!(stored.len(), 1);
+    assert!(
+        !stored[0].1.contains(TOKEN),
+        "the token is in Redis: {}",
+        stored[0].1
+    );
+    let record: Value = serde_json::from_str(&stored[0].1).unwrap();
+    let kept = record["headers"].to_string();
+    assert!(kept.contains("sha256:"), "{record}");
+    let listed = app
+        .client
+        .get(app.url("/v1/deadletters?limit=10"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listed.contains(TOKEN), "the token is in the read API");
+
+    // The kept digest is no credential on the network.
+    let digest = switchboard::verify::telegram::kept_value(TOKEN);
+    assert_eq!(post(digest).await.unwrap().status(), 401);
+
+    // Fixed (the source gets a tenant): replay verifies by digest and publishes the event.
+    let fixed = config_file(&unmapped.replace(
+        "channels = { \"elsewhere\" = \"acme\" }",
+        "tenant = \"acme\"",
+    ));
+    let report = json_of(&run(&fixed, &app, &["replay", "--json"]));
+    assert_eq!(report["replayed"], 1, "{report}");
+    let events = app.wait_for_events(1).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event"]["provider"], "telegram");
+    // With another token configured, the entry no longer verifies.
+    xadd_deadletter(&app, &stored[0].0, &stored[0].1).await;
+    let rotated = config_file(
+        &unmapped
+            .replace(
+                "channels = { \"elsewhere\" = \"acme\" }",
+                "tenant = \"acme\"",
+            )
+            .replace(TOKEN, "a-different-token"),
+    );
+    let report = json_of(&run(&rotated, &app, &["replay", "--json"]));
+    assert_eq!(report["still_failing"], 1, "{report}");
+    assert_eq!(report["entries"][0]["reason"], "verification_failed");
+    app.stop().await;
+}
