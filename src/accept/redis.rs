@@ -400,21 +400,7 @@ impl RedisBackend {
         // Entries another consumer took and never routed (it crashed) come first. Looking for
         // them costs a scan of the pending list, so it is done at most every claim_idle / 4.
         if self.claim_due(claim_idle) {
-            let mut conn = self.conn.clone();
-            let claimed: Result<StreamAutoClaimReply, BackendError> = self
-                .timed(
-                    redis::cmd("XAUTOCLAIM")
-                        .arg(&self.keys.inbound)
-                        .arg(ROUTER_GROUP)
-                        .arg(consumer)
-                        .arg(claim_idle.as_millis() as u64)
-                        .arg("0-0")
-                        .arg("COUNT")
-                        .arg(count)
-                        .query_async(&mut conn),
-                )
-                .await;
-            match claimed {
+            match self.autoclaim_inbound(consumer, claim_idle, count).await {
                 Ok(reply) if !reply.claimed.is_empty() => {
                     // More may be waiting: look again on the next call.
                     self.last_claim.store(0, Ordering::Relaxed);
@@ -544,6 +530,28 @@ impl RedisBackend {
         Ok(())
     }
 
+    /// Router entries pending for at least `min_idle`, from the oldest, given to `consumer`.
+    async fn autoclaim_inbound(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<StreamAutoClaimReply, BackendError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            redis::cmd("XAUTOCLAIM")
+                .arg(&self.keys.inbound)
+                .arg(ROUTER_GROUP)
+                .arg(consumer)
+                .arg(min_idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     /// Every entry read but not yet routed, by anyone, handed to `consumer` in stream
     /// order (the new lease holder routes these before anything newer).
     pub async fn claim_pending(
@@ -551,21 +559,10 @@ impl RedisBackend {
         consumer: &str,
         count: usize,
     ) -> Result<Vec<StreamEntry>, BackendError> {
-        let mut conn = self.conn.clone();
-        let claimed: Result<StreamAutoClaimReply, BackendError> = self
-            .timed(
-                redis::cmd("XAUTOCLAIM")
-                    .arg(&self.keys.inbound)
-                    .arg(ROUTER_GROUP)
-                    .arg(consumer)
-                    .arg(0)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn),
-            )
-            .await;
-        match claimed {
+        match self
+            .autoclaim_inbound(consumer, Duration::ZERO, count)
+            .await
+        {
             Ok(reply) => Ok(reply.claimed.into_iter().map(entry).collect()),
             Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => {
                 self.ensure_group().await?;
