@@ -448,12 +448,23 @@ impl RedisBackend {
     /// Removes a stopped router consumer from the group, but only when it holds no pending
     /// entries (deleting a consumer drops its pending list, which would lose those entries).
     pub async fn retire_consumer(&self, consumer: &str) -> Result<bool, BackendError> {
+        self.retire(&self.keys.inbound, ROUTER_GROUP, consumer)
+            .await
+    }
+
+    /// Deletes `consumer` from `group` on `stream` unless it still holds pending entries.
+    async fn retire(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<bool, BackendError> {
         let mut conn = self.conn.clone();
         let pending: Value = self
             .timed(
                 redis::cmd("XPENDING")
-                    .arg(&self.keys.inbound)
-                    .arg(ROUTER_GROUP)
+                    .arg(stream)
+                    .arg(group)
                     .arg("-")
                     .arg("+")
                     .arg(1)
@@ -468,8 +479,8 @@ impl RedisBackend {
             .timed(
                 redis::cmd("XGROUP")
                     .arg("DELCONSUMER")
-                    .arg(&self.keys.inbound)
-                    .arg(ROUTER_GROUP)
+                    .arg(stream)
+                    .arg(group)
                     .arg(consumer)
                     .query_async(&mut conn),
             )
@@ -737,33 +748,7 @@ impl RedisBackend {
         group: &str,
         consumer: &str,
     ) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
-        let pending: Value = self
-            .timed(
-                redis::cmd("XPENDING")
-                    .arg(&self.keys.events)
-                    .arg(group)
-                    .arg("-")
-                    .arg("+")
-                    .arg(1)
-                    .arg(consumer)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        if matches!(&pending, Value::Array(items) if !items.is_empty()) {
-            return Ok(false);
-        }
-        let _: i64 = self
-            .timed(
-                redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(&self.keys.events)
-                    .arg(group)
-                    .arg(consumer)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(true)
+        self.retire(&self.keys.events, group, consumer).await
     }
 
     pub async fn delete_entries(
