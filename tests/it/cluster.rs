@@ -11,7 +11,7 @@ use serde_json::Value;
 use switchboard::config::{BackendKind, Config};
 
 use crate::helpers::*;
-use crate::routing::wa_messages;
+use crate::routing::{one_team_config, wa_messages};
 
 const AGENTS: usize = 6;
 const CAPACITY: usize = 20;
@@ -22,18 +22,7 @@ const PARTITIONS: usize = 6;
 const PREFIX: &str = "sbc";
 
 fn cluster_config(cluster: &LocalCluster) -> Config {
-    let mut toml = format!(
-        "{BASE_CONFIG}\n[routing]\nsweep_interval_ms = 100\n\
-         [tenants.acme.routing]\ndefault_strategy = \"least_loaded\"\noffline_grace_secs = 0\n\
-         [tenants.acme.routing.teams.t]\n"
-    );
-    for i in 0..AGENTS {
-        toml.push_str(&format!(
-            "[tenants.acme.routing.agents.a{i}]\nteams = [\"t\"]\ncapacity = {CAPACITY}\npresence = \"online\"\n"
-        ));
-    }
-    let mut config = Config::from_toml(&toml).expect("valid");
-    config.backend = BackendKind::Redis;
+    let mut config = one_team_config(AGENTS, CAPACITY);
     config.redis.cluster_nodes = cluster.nodes();
     config.redis.key_prefix = PREFIX.into();
     config.streams.partitions = PARTITIONS;
@@ -252,30 +241,12 @@ async fn partitioned_memory_backend_keeps_the_contract() {
         assert_eq!(texts, ["m0", "m1", "m2", "m3"], "{conv}");
     }
     // Small pages walk the partitions without gaps or repeats.
-    let mut seen = Vec::new();
-    let mut after = "0-0".to_string();
-    loop {
-        let v: Value = app
-            .client
-            .get(app.url(&format!("/v1/events?limit=5&after={after}")))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = v["items"].as_array().unwrap().clone();
-        if items.is_empty() {
-            break;
-        }
-        seen.extend(
-            items
-                .iter()
-                .map(|i| i["stream_id"].as_str().unwrap().to_string()),
-        );
-        after = v["next_after"].as_str().unwrap().to_string();
-    }
+    let seen: Vec<String> = app
+        .read_pages("/v1/events", 5)
+        .await
+        .iter()
+        .map(|i| i["stream_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(seen.len(), 48);
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 48);
     app.stop().await;

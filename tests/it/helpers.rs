@@ -170,10 +170,16 @@ impl TestApp {
     }
 
     async fn read_api(&self, path: &str) -> Vec<Value> {
+        self.read_pages(path, 1000).await
+    }
+
+    /// Every item of a read API (`/v1/events`, `/v1/deadletters`), `limit` per page,
+    /// following `next_after` from the start.
+    pub async fn read_pages(&self, path: &str, limit: usize) -> Vec<Value> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut url = format!("{}?limit=1000", self.url(path));
+            let mut url = format!("{}?limit={limit}", self.url(path));
             if let Some(a) = &after {
                 url.push_str(&format!("&after={a}"));
             } else {

@@ -65,6 +65,24 @@ pub fn routing_config(backend: BackendKind) -> Config {
     c
 }
 
+/// acme on the Redis backend with one team `t` of `agents` online agents `a0`... of
+/// `capacity` each, least loaded; the key prefix and Redis location are the caller's.
+pub fn one_team_config(agents: usize, capacity: usize) -> Config {
+    let mut toml = format!(
+        "{BASE_CONFIG}\n[routing]\nsweep_interval_ms = 100\n\
+         [tenants.acme.routing]\ndefault_strategy = \"least_loaded\"\noffline_grace_secs = 0\n\
+         [tenants.acme.routing.teams.t]\n"
+    );
+    for i in 0..agents {
+        toml.push_str(&format!(
+            "[tenants.acme.routing.agents.a{i}]\nteams = [\"t\"]\ncapacity = {capacity}\npresence = \"online\"\n"
+        ));
+    }
+    let mut config = Config::from_toml(&toml).expect("valid");
+    config.backend = BackendKind::Redis;
+    config
+}
+
 /// A WhatsApp webhook with one text message per (contact, text).
 pub fn wa_messages(msgs: &[(&str, &str)]) -> Vec<u8> {
     let messages: Vec<Value> = msgs
@@ -579,18 +597,7 @@ async fn capacity_is_never_exceeded_with_two_routers_and_thousands_of_conversati
     const AGENTS: usize = 8;
     const CAPACITY: usize = 40;
     const CONVERSATIONS: usize = 2400;
-    let mut toml = format!(
-        "{BASE_CONFIG}\n[routing]\nsweep_interval_ms = 100\n\
-         [tenants.acme.routing]\ndefault_strategy = \"least_loaded\"\noffline_grace_secs = 0\n\
-         [tenants.acme.routing.teams.t]\n"
-    );
-    for i in 0..AGENTS {
-        toml.push_str(&format!(
-            "[tenants.acme.routing.agents.a{i}]\nteams = [\"t\"]\ncapacity = {CAPACITY}\npresence = \"online\"\n"
-        ));
-    }
-    let mut config = Config::from_toml(&toml).expect("valid");
-    config.backend = BackendKind::Redis;
+    let mut config = one_team_config(AGENTS, CAPACITY);
     config.redis.url = redis_url();
     config.redis.key_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
     let a = spawn_with(config.clone()).await;
