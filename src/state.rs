@@ -158,6 +158,17 @@ impl Source {
         }
     }
 
+    /// What a dead letter keeps of signature header `name`: the value, except where the
+    /// header is the secret itself (Telegram's token), which is kept as its digest.
+    pub fn kept_header_value<'v>(&self, name: &str, value: &'v str) -> std::borrow::Cow<'v, str> {
+        match self.kind {
+            SourceKind::Telegram(_) if name == verify::telegram::HEADER => {
+                std::borrow::Cow::Owned(verify::telegram::kept_value(value))
+            }
+            _ => std::borrow::Cow::Borrowed(value),
+        }
+    }
+
     /// Whether webhooks may arrive as GET with the parameters in the query string
     /// (for Meta, GET is the subscription handshake instead).
     pub fn accepts_get_delivery(&self) -> bool {

@@ -443,16 +443,10 @@ pub fn signature_headers<'h>(
     src.signature_headers()
         .iter()
         .filter_map(|name| {
-            headers.get(*name).and_then(|v| v.to_str().ok()).map(|v| {
-                if *name == crate::verify::telegram::HEADER {
-                    (
-                        *name,
-                        std::borrow::Cow::Owned(crate::verify::telegram::kept_value(v)),
-                    )
-                } else {
-                    (*name, std::borrow::Cow::Borrowed(v))
-                }
-            })
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (*name, src.kept_header_value(name, v)))
         })
         .collect()
 }
