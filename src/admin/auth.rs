@@ -1,6 +1,6 @@
 //! Who is calling: API keys (`Authorization: Bearer <token>`), their role and tenant scope,
 //! and the per-key rate limit. The rules of each endpoint (which roles, which scope) are in
-//! `crate::api::endpoints::ENDPOINTS`, the same table the OpenAPI document is made from.
+//! `crate::http::endpoints::ENDPOINTS`, the same table the OpenAPI document is made from.
 
 use std::num::NonZeroU32;
 
@@ -99,7 +99,7 @@ pub const TOKEN_PREFIX: &str = "sbk_";
 /// A new token and the prefix shown for it (`sbk_` and 8 characters).
 pub fn new_token() -> (String, String) {
     use base64::Engine as _;
-    let raw = super::crypto::random_bytes::<32>();
+    let raw = crate::crypto::sealed::random_bytes::<32>();
     let token = format!(
         "{TOKEN_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)

@@ -1,24 +1,17 @@
-//! HTTP handlers and the per-request middleware (request id, span, access metrics).
+//! HTTP handlers of the webhook edge, the read API of the streams and the health endpoints
+//! (the shared request middleware is in `crate::http`).
 //! Handlers are thin: extract, call the stage function, map the outcome to a response.
 
-use std::time::Instant;
-
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use tracing::Instrument;
 
 use crate::accept::StreamName;
 use crate::error::ApiError;
 use crate::event::Provider;
-use crate::internal_events::{HttpRequestDone, WebhookAnswered};
+use crate::http::{method_not_allowed, State};
+use crate::internal_events::WebhookAnswered;
 use crate::state::AppState;
 use crate::verify::Method;
-
-pub type State = web::Data<AppState>;
 
 /// Routes of the gateway.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -30,7 +23,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/events", web::get().to(list_events))
     .route("/v1/deadletters", web::get().to(list_deadletters))
-    .configure(crate::api::configure)
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(metrics));
@@ -131,7 +123,7 @@ async fn read_stream(
     stream: StreamName,
     field: &'static str,
 ) -> Result<HttpResponse, ApiError> {
-    crate::api::authorize(state, req)?;
+    crate::http::authorize(state, req)?;
     let q = web::Query::<ReadQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let limit = q.limit.unwrap_or(10);
@@ -222,86 +214,4 @@ async fn metrics(state: State) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
-}
-
-/// Request id (from a sane incoming `x-request-id`, else new), a tracing span carrying it,
-/// the access metric and the access log line. The span records the route pattern, never
-/// the query string (Meta's handshake carries the verify token there).
-pub async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let route = route_label(req.path());
-    let method = req.method().to_string();
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
-    // Handler errors arrive here already rendered as responses (the catalogue's JSON);
-    // an Err is a framework failure that actix renders itself.
-    let mut res = next.call(req).instrument(span.clone()).await?;
-    let status = res.status().as_u16();
-    let elapsed = started.elapsed();
-    HttpRequestDone {
-        route,
-        method: &method,
-        status,
-        elapsed,
-    }
-    .emit();
-    if status >= 500 {
-        tracing::warn!(parent: &span, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request done");
-    } else if status >= 400 {
-        tracing::info!(parent: &span, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request done");
-    } else {
-        tracing::debug!(parent: &span, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request done");
-    }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut()
-            .insert(header::HeaderName::from_static("x-request-id"), v);
-    }
-    Ok(res)
-}
-
-/// The route pattern of a path, as a bounded metric label. Written out rather than asked of
-/// the router (`match_pattern` matches the path against every route a second time).
-fn route_label(path: &str) -> &'static str {
-    match path {
-        "/v1/events" => "/v1/events",
-        "/v1/deadletters" => "/v1/deadletters",
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        p if p.starts_with("/v1/") => crate::api::route_label(p),
-        p if p.ends_with("/data-deletion") => "/webhooks/{source}/data-deletion",
-        p if p.contains("/data-deletion/") => "/webhooks/{source}/data-deletion/{code}",
-        p if p
-            .strip_prefix("/webhooks/")
-            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')) =>
-        {
-            "/webhooks/{source}"
-        }
-        _ => "unmatched",
-    }
-}
-
-/// JSON body for requests no route matched.
-pub async fn not_found() -> HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::NotFound)
-}
-
-/// JSON body for a known path with an unsupported method.
-pub async fn method_not_allowed() -> HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed)
 }

@@ -8,10 +8,8 @@
 //! pass bytes to a normalizer before their signature was checked.
 
 pub mod http;
-pub mod ratelimit;
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::Instant;
 
 use actix_web::http::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
@@ -29,7 +27,8 @@ use crate::internal_events::{
     BackendFailed, BackpressureApplied, DeadLettered, EventsAccepted, RateLimited, SignatureFailed,
 };
 use crate::normalize::{Context, DeadLetter, Normalized};
-use crate::state::{AppState, Source, SourceKind};
+use crate::source::{Source, SourceKind};
+use crate::state::AppState;
 use crate::verify::{Headers, Method, Unverified, Verified};
 
 /// What a webhook request produced, once durably accepted.
@@ -41,29 +40,6 @@ pub struct Receipt {
     pub duplicates: usize,
     /// Parts stored in the dead-letter stream.
     pub dead_lettered: usize,
-}
-
-/// The client address for rate limiting: the TCP peer, or, when the peer is a trusted proxy,
-/// the right-most `X-Forwarded-For` address that is not itself a trusted proxy.
-pub fn client_ip(state: &AppState, req: &HttpRequest) -> Option<IpAddr> {
-    let peer = req.peer_addr().map(|a| a.ip())?;
-    if !state.trusted_proxies.contains(&peer) {
-        return Some(peer);
-    }
-    let forwarded = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-        .collect::<Vec<_>>();
-    Some(
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !state.trusted_proxies.contains(ip))
-            .unwrap_or(peer),
-    )
 }
 
 /// The URL the provider called, as it saw it: schemes that sign the URL (Twilio, Plivo,
@@ -129,7 +105,7 @@ pub async fn receive(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    if let Some(ip) = client_ip(state, req) {
+    if let Some(ip) = crate::http::client_ip(state, req) {
         if let Err(retry_after_secs) = state.limiters.check_ip(ip) {
             RateLimited { scope: "ip" }.emit();
             return Err(ApiError::RateLimited {

@@ -356,7 +356,7 @@ impl Persister {
                 // One bad row fails the whole transaction: write them one by one, so that
                 // only an event Postgres refuses is left out (and logged).
                 tracing::warn!(error = %e, "batch refused by postgres; writing events one by one");
-                let mut total = write::Written::default();
+                let mut total = crate::internal_events::Written::default();
                 for ev in &events {
                     match write::write_batch(&mut client, std::slice::from_ref(ev)).await {
                         Ok(w) => total.add(&w),

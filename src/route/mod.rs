@@ -17,7 +17,6 @@
 //! [`simulate`] (offline replay of traffic through the rules).
 
 pub mod engine;
-pub mod model;
 pub mod rules;
 pub mod simulate;
 pub mod store;

@@ -10,7 +10,8 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::Sha256;
 
-use super::{Secret, Unverified, Verified, VerifyError};
+use super::{Unverified, Verified, VerifyError};
+use crate::crypto::Secret;
 
 pub const HEADER_SHA256: &str = "x-hub-signature-256";
 pub const HEADER_SHA1: &str = "x-hub-signature";

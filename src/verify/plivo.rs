@@ -40,9 +40,10 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::{
-    ct_eq, form_pairs, query_pairs, Method, Secret, SignRequest, Unverified, Verified, VerifyError,
+    ct_eq, form_pairs, query_pairs, Method, SignRequest, Unverified, Verified, VerifyError,
 };
 use crate::config::plivo::PlivoSourceConfig;
+use crate::crypto::Secret;
 
 /// Content types (essence, lower case) this provider posts.
 pub const MEDIA_TYPES: &[&str] = &["application/x-www-form-urlencoded", "application/json"];

@@ -28,9 +28,10 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ct_eq, form_pairs, query_pairs, Method, Secret, SignRequest, Unverified, Verified, VerifyError,
+    ct_eq, form_pairs, query_pairs, Method, SignRequest, Unverified, Verified, VerifyError,
 };
 use crate::config::twilio::TwilioSourceConfig;
+use crate::crypto::Secret;
 
 /// Content types (essence, lower case) this provider posts.
 pub const MEDIA_TYPES: &[&str] = &["application/x-www-form-urlencoded", "application/json"];

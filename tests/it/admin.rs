@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{json, Value};
-use switchboard::api::endpoints::{Scope, ENDPOINTS};
 use switchboard::config::{BackendKind, Config};
+use switchboard::http::endpoints::{Scope, ENDPOINTS};
 use switchboard::verify::meta::sign_sha256;
 
 use crate::helpers::*;
