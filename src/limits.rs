@@ -1,12 +1,15 @@
-//! Rate limits (governor): per client IP before any work, per tenant after verification.
+//! Rate limits (governor): per client IP before any work, per tenant after verification,
+//! and failed API-token attempts per client IP ([`AuthFailures`]).
 //!
-//! Memory is bounded: the per-IP table forgets idle IPs on every sweep (once a minute, and
-//! at once when it holds more than `max_tracked_keys`); tenants are a fixed set from the
+//! Memory is bounded: the per-IP tables forget idle IPs on every sweep (once a minute, and
+//! at once when they hold more than `max_tracked_keys`); tenants are a fixed set from the
 //! configuration.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -15,6 +18,8 @@ use crate::config::Config;
 
 pub struct Limiters {
     ip: DefaultKeyedRateLimiter<IpAddr>,
+    /// Failed bearer-token attempts per client address.
+    pub auth: AuthFailures,
     tenants: HashMap<String, DefaultDirectRateLimiter>,
     max_tracked_keys: usize,
     clock: DefaultClock,
@@ -46,6 +51,7 @@ impl Limiters {
             .collect();
         Limiters {
             ip: RateLimiter::keyed(quota(l.ip_requests_per_sec, l.ip_burst)),
+            auth: AuthFailures::new(c.api.failed_auth_per_min, l.max_tracked_keys),
             tenants,
             max_tracked_keys: l.max_tracked_keys,
             clock: DefaultClock::default(),
@@ -77,10 +83,80 @@ impl Limiters {
     pub fn sweep(&self) {
         self.ip.retain_recent();
         self.ip.shrink_to_fit();
+        self.auth.sweep();
     }
 
     pub fn tracked_ips(&self) -> usize {
         self.ip.len()
+    }
+}
+
+/// Failed bearer-token attempts per client address: `per_min` of them (as a burst, refilled
+/// at `per_min` a minute); the one that finds the allowance empty locks the address out
+/// until a new attempt is allowed, and while it is locked out no token is even looked at
+/// (so a right guess during the lock-out gains nothing).
+pub struct AuthFailures {
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    locked: Mutex<HashMap<IpAddr, Instant>>,
+    max_tracked_keys: usize,
+    clock: DefaultClock,
+}
+
+impl AuthFailures {
+    pub fn new(per_min: u32, max_tracked_keys: usize) -> AuthFailures {
+        let per_min = NonZeroU32::new(per_min.max(1)).unwrap_or(NonZeroU32::MIN);
+        AuthFailures {
+            failures: RateLimiter::keyed(Quota::per_minute(per_min).allow_burst(per_min)),
+            locked: Mutex::new(HashMap::new()),
+            max_tracked_keys,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// `Err(retry_after_secs)` while `ip` is locked out.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let locked = self.locked.lock().unwrap_or_else(|p| p.into_inner());
+        match locked.get(&ip) {
+            Some(until) => match until.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Err(ceil_secs(left)),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed attempt; `Err(retry_after_secs)` when it used up the allowance (the
+    /// address is locked out from now on).
+    pub fn failed(&self, ip: IpAddr) -> Result<(), u64> {
+        if self.failures.len() >= self.max_tracked_keys {
+            self.sweep();
+        }
+        match self.failures.check_key(&ip) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                let mut locked = self.locked.lock().unwrap_or_else(|p| p.into_inner());
+                if locked.len() >= self.max_tracked_keys {
+                    let now = Instant::now();
+                    locked.retain(|_, until| *until > now);
+                }
+                if locked.len() < self.max_tracked_keys {
+                    locked.insert(ip, Instant::now() + wait.max(Duration::from_millis(1)));
+                }
+                Err(ceil_secs(wait))
+            }
+        }
+    }
+
+    /// Forgets addresses whose allowance is whole again and lock-outs that ended.
+    pub fn sweep(&self) {
+        self.failures.retain_recent();
+        self.failures.shrink_to_fit();
+        let now = Instant::now();
+        self.locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now);
     }
 }
 
@@ -115,5 +191,21 @@ mod tests {
         assert!(l.check_ip("192.0.2.2".parse().unwrap()).is_ok());
         assert!(l.check_tenant("t").is_ok());
         assert!(l.check_tenant("t").is_err());
+    }
+
+    #[test]
+    fn failed_tokens_lock_an_address_out() {
+        let a = AuthFailures::new(3, 100);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..3 {
+            assert!(a.check(ip).is_ok());
+            assert!(a.failed(ip).is_ok());
+        }
+        // The fourth failure finds the allowance empty: locked out for about 20 s.
+        let wait = a.failed(ip).unwrap_err();
+        assert!((1..=20).contains(&wait), "{wait}");
+        assert!(a.check(ip).is_err());
+        // Another address is not affected.
+        assert!(a.check("192.0.2.8".parse().unwrap()).is_ok());
     }
 }

@@ -122,8 +122,11 @@ impl Admin {
         if presented.is_empty() {
             return Err(ApiError::Unauthorized);
         }
+        let presented_hash = token_hash(presented);
+        // Digests are compared, not the tokens: equal lengths whatever was presented, so
+        // the time taken says nothing of the configured token's length either.
         let (principal, per_sec, burst) = match &self.bootstrap {
-            Some(t) if t.matches(presented.as_bytes()) => (
+            Some(t) if crate::crypto::ct_eq(&token_hash(t.expose()), &presented_hash) => (
                 Principal {
                     key_id: None,
                     prefix: "config".into(),
@@ -140,7 +143,7 @@ impl Admin {
                 // depend on how much of a valid token was guessed.
                 let k: &KeyRecord = live
                     .keys
-                    .get(&token_hash(presented))
+                    .get(&presented_hash)
                     .ok_or(ApiError::Unauthorized)?;
                 (
                     Principal {

@@ -160,10 +160,7 @@ async fn data_deletion(
         .map_err(|e| failed("data_deletion", e))?;
     let base = match &pg.settings().public_base_url {
         Some(b) => b.trim_end_matches('/').to_string(),
-        None => {
-            let info = req.connection_info();
-            format!("{}://{}", info.scheme(), info.host())
-        }
+        None => crate::http::request_origin(&state, &req),
     };
     Ok(HttpResponse::Ok().json(json!({
         "url": format!("{base}/webhooks/{source}/data-deletion/{code}"),

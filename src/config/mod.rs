@@ -237,6 +237,11 @@ pub struct ApiConfig {
     /// How often each replica checks PostgreSQL for admin changes made elsewhere.
     #[serde(default = "default_reload_interval_ms")]
     pub reload_interval_ms: u64,
+    /// Failed bearer-token attempts allowed per client address and minute (per replica).
+    /// Past them every `/v1/` call from that address answers 429 with Retry-After, valid
+    /// token or not, until the allowance refills: guessing a token costs minutes per try.
+    #[serde(default = "default_failed_auth_per_min")]
+    pub failed_auth_per_min: u32,
 }
 
 fn default_key_requests_per_sec() -> u32 {
@@ -247,6 +252,9 @@ fn default_key_burst() -> u32 {
 }
 fn default_reload_interval_ms() -> u64 {
     1000
+}
+fn default_failed_auth_per_min() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

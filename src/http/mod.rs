@@ -49,20 +49,62 @@ pub fn client_ip(state: &AppState, req: &HttpRequest) -> Option<IpAddr> {
     )
 }
 
+/// `scheme://host` of the URL the client called: `X-Forwarded-Proto`/`X-Forwarded-Host`
+/// count only when the TCP peer is one of `server.trusted_proxies` (anyone else could name
+/// any host); else `http://` + `Host`. A configured public base URL, where there is one,
+/// wins over this (callers check it first).
+pub fn request_origin(state: &AppState, req: &HttpRequest) -> String {
+    let headers = req.headers();
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let host = first("host").unwrap_or_else(|| "localhost".into());
+    let via_trusted_proxy = req
+        .peer_addr()
+        .is_some_and(|a| state.trusted_proxies.contains(&a.ip()));
+    let (scheme, host) = if via_trusted_proxy {
+        (
+            first("x-forwarded-proto").unwrap_or_else(|| "http".into()),
+            first("x-forwarded-host").unwrap_or(host),
+        )
+    } else {
+        ("http".into(), host)
+    };
+    format!("{scheme}://{host}")
+}
+
 /// Authenticates the caller of a `/v1/` endpoint and checks its role and tenant scope
 /// against the endpoint's row of [`endpoints::ENDPOINTS`] (found by method and route
 /// pattern; a route not in the table is refused). Order: 403 `api_disabled` when no key can
-/// exist; 401 `unauthorized` without a valid key; 429 `rate_limited` over the key's limit;
-/// 403 `forbidden` for a role or scope that does not allow the operation.
+/// exist; 429 `rate_limited` while the client address is locked out after too many failed
+/// tokens ([`crate::limits::AuthFailures`]); 401 `unauthorized` without a valid key; 429
+/// `rate_limited` over the key's limit; 400 `bad_request` for a path parameter no id can
+/// be (control characters, over 256 bytes); 403 `forbidden` for a role or scope that does
+/// not allow the operation.
 pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<Principal, ApiError> {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let who = state
-        .admin
-        .authenticate(presented, state.persist.is_some())?;
+    let ip = client_ip(state, req);
+    if let Some(ip) = ip {
+        if let Err(retry_after_secs) = state.limiters.auth.check(ip) {
+            return Err(failed_auth_limited(retry_after_secs));
+        }
+    }
+    let presented = bearer_token(req);
+    let who = match state.admin.authenticate(presented, state.persist.is_some()) {
+        // Only a presented token is a guess; a missing header costs nothing.
+        Err(ApiError::Unauthorized) if presented.is_some() => {
+            return Err(match ip.map(|ip| state.limiters.auth.failed(ip)) {
+                Some(Err(retry_after_secs)) => failed_auth_limited(retry_after_secs),
+                _ => ApiError::Unauthorized,
+            })
+        }
+        other => other?,
+    };
+    check_path_params(req)?;
     let pattern = req.match_pattern().unwrap_or_default();
     let Some(ep) = endpoints::find(req.method().as_str(), &pattern) else {
         tracing::error!(method = %req.method(), %pattern, "route without an access rule; refused");
@@ -74,6 +116,40 @@ pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<Principal, ApiEr
         req.match_info().get(name).map(str::to_string)
     })?;
     Ok(who)
+}
+
+fn failed_auth_limited(retry_after_secs: u64) -> ApiError {
+    crate::internal_events::RateLimited {
+        scope: "failed_auth",
+    }
+    .emit();
+    ApiError::RateLimited {
+        scope: "client address (too many invalid API tokens)",
+        retry_after_secs,
+    }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header. The scheme is matched
+/// without regard to case (RFC 9110 §11.1), white space around the token is ignored.
+pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Path parameters (tenant, source, key, contact ids...) reach stores and logs: refuse
+/// what no id can be before any of them sees it (a NUL byte is an error in PostgreSQL).
+fn check_path_params(req: &HttpRequest) -> Result<(), ApiError> {
+    for (name, value) in req.match_info().iter() {
+        if value.len() > 256 || value.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(format!(
+                "path parameter {name} is not a valid id (control characters, or longer than 256 bytes)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The decision of [`authorize`] once the caller is known.
@@ -175,17 +251,21 @@ pub async fn observe(
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let route = route_label(req.path());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let span =
         tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
     // Handler errors arrive here already rendered as responses (the catalogue's JSON);
-    // an Err is a framework failure that actix renders itself.
-    let mut res = next.call(req).instrument(span.clone()).await?;
+    // the framework's own refusals (extractors, payload limits) are rendered as JSON here.
+    let res = next.call(req).instrument(span.clone()).await?;
+    let mut res = res.map_into_boxed_body();
+    if let Some(json) = framework_error_as_json(&res) {
+        res = res.into_response(json);
+    }
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
     HttpRequestDone {
         route,
-        method: &method,
+        method,
         status,
         elapsed,
     }
@@ -202,6 +282,59 @@ pub async fn observe(
             .insert(header::HeaderName::from_static("x-request-id"), v);
     }
     Ok(res)
+}
+
+/// A request method as a bounded label: the standard ones, every other token `_OTHER`
+/// (the method is whatever the client sent).
+pub fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+/// An error response the framework rendered itself (an extractor's or the payload limit's,
+/// `text/plain`) as the catalogue's `{code, message}`; `None` for anything else.
+fn framework_error_as_json(
+    res: &ServiceResponse<actix_web::body::BoxBody>,
+) -> Option<HttpResponse> {
+    let err = res.response().error()?;
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return None;
+    }
+    let status = res.status();
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    };
+    let message = if status.is_server_error() {
+        tracing::error!(error = %err, "request failed in the framework");
+        "internal error".to_string()
+    } else {
+        // The framework's explanation (e.g. "payload reached size limit"), bounded.
+        err.to_string().chars().take(300).collect()
+    };
+    Some(HttpResponse::build(status).json(serde_json::json!({ "code": code, "message": message })))
 }
 
 /// The route pattern of a path, as a bounded metric label. Written out rather than asked of

@@ -52,31 +52,13 @@ pub fn public_url(state: &AppState, src: &Source, req: &HttpRequest) -> String {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    if let Some(base) = &src.public_base_url {
-        return format!("{}{path_and_query}", base.trim_end_matches('/'));
+    match &src.public_base_url {
+        Some(base) => format!("{}{path_and_query}", base.trim_end_matches('/')),
+        None => format!(
+            "{}{path_and_query}",
+            crate::http::request_origin(state, req)
+        ),
     }
-    let headers = req.headers();
-    let first = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    let host = first("host").unwrap_or_else(|| "localhost".into());
-    let via_trusted_proxy = req
-        .peer_addr()
-        .is_some_and(|a| state.trusted_proxies.contains(&a.ip()));
-    let (scheme, host) = if via_trusted_proxy {
-        (
-            first("x-forwarded-proto").unwrap_or_else(|| "http".into()),
-            first("x-forwarded-host").unwrap_or(host),
-        )
-    } else {
-        ("http".into(), host)
-    };
-    format!("{scheme}://{host}{path_and_query}")
 }
 
 fn source(state: &AppState, id: &str) -> Result<std::sync::Arc<Source>, ApiError> {
