@@ -13,6 +13,8 @@ pub mod meta;
 pub mod plivo;
 pub mod sinch;
 pub mod standard;
+#[cfg(test)]
+mod status_vocabulary;
 pub mod telegram;
 pub mod telnyx;
 #[cfg(test)]
