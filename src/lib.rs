@@ -1,6 +1,6 @@
 //! switchboard: webhook ingestion and conversation routing for omnichannel CRMs.
 //!
-//! The pipeline, one module per stage (docs/architecture.md, "the path of one webhook"):
+//! The pipeline, one module per stage (see docs/architecture.md, "The path of one webhook"):
 //! [`ingest`] (HTTP) → [`verify`] → [`normalize`] → [`accept`] (dedup + enqueue) →
 //! [`route`] (inbound → events) → [`persist`] (events → PostgreSQL).
 //!

@@ -163,7 +163,7 @@ pub fn document() -> OpenApi {
             "code",
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .description(Some("stable snake_case code (README, Errors)")),
+                .description(Some("stable snake_case code (docs/http-api.md, Errors)")),
         )
         .required("code")
         .property("message", ObjectBuilder::new().schema_type(Type::String))

@@ -1,4 +1,4 @@
-//! Ingest: the HTTP edge and the order of the stages of one webhook (DESIGN.md steps 1-6).
+//! Ingest: the HTTP edge and the order of the stages of one webhook (docs/architecture.md steps 1-6).
 //!
 //! [`receive`] is the one place where the order is written down:
 //! source → size → per-IP limit → media type → body → verify → normalize → per-tenant

@@ -1,4 +1,4 @@
-//! Persist (DESIGN.md step 10): PostgreSQL as the system of record for history.
+//! Persist (docs/architecture.md step 10): PostgreSQL as the system of record for history.
 //!
 //! The [`Persister`] is a worker in the same binary with its own consumer group
 //! ([`crate::accept::PERSISTER_GROUP`]) on the events stream. It reads a batch, writes it in

@@ -1,4 +1,4 @@
-//! The routing engine: turns events into assignments (DESIGN.md steps 7-9).
+//! The routing engine: turns events into assignments (docs/architecture.md steps 7-9).
 //!
 //! For a batch of events it (1) evaluates each tenant's rules into a plan (pure,
 //! [`super::rules`]), (2) reads one snapshot of the agents and conversations involved,

@@ -70,7 +70,7 @@ pub async fn require_redis(url: &str) -> redis::aio::MultiplexedConnection {
         Ok(Ok(c)) => c,
         other => panic!(
             "Redis is required for this test and does not answer at {url} ({other:?}). \
-             Start it (see README: redis-server --daemonize yes) or set SWITCHBOARD_TEST_REDIS_URL."
+             Start it (redis-server --daemonize yes; docs/testing.md) or set SWITCHBOARD_TEST_REDIS_URL."
         ),
     }
 }

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod deploy;
 mod hardening;
+mod docs;
 mod helpers;
 mod layers;
 mod metrics;
