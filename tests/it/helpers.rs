@@ -112,8 +112,12 @@ pub async fn spawn_unchecked(config: Config) -> TestApp {
     tokio::spawn(app.run_until_stopped());
     TestApp {
         base: format!("http://127.0.0.1:{port}"),
+        // Idle connections are dropped well before the server's keep-alive (5 s) closes them:
+        // a request sent on a connection the server is closing fails with IncompleteMessage
+        // (seen under load in the two-router capacity test).
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .unwrap(),
         prefix,
