@@ -49,7 +49,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn engine<'a>(state: &'a State, tenant: &str) -> Result<&'a Engine, ApiError> {
+/// The routing engine serving `tenant` (also used by the admin API's rule-set edits).
+pub(super) fn engine<'a>(state: &'a State, tenant: &str) -> Result<&'a Engine, ApiError> {
     let engine = state
         .engine
         .as_deref()

@@ -1672,3 +1672,127 @@ async fn viewers_read_the_streams_without_contact_data() {
     app.stop().await;
     drop_schema(&c, &schema).await;
 }
+
+/// A change that changes nothing, or that is refused, leaves no trace: no audit row, no
+/// bump of the change counter the other replicas poll, nothing half-written. Revoking a
+/// revoked key answers the key as it is.
+#[tokio::test]
+async fn refused_and_empty_changes_leave_no_audit_row() {
+    let config = admin_config(&master_key("k1"));
+    let (_pg, c) = migrated(&config).await;
+    let schema = config.postgres.schema.clone();
+    let app = spawn_with(config).await;
+    let api = Api { app: &app };
+    let (kid, _) = api.key(API_TOKEN, json!({"role": "viewer"})).await;
+    let revoked = api
+        .ok(
+            Method::DELETE,
+            &format!("/v1/api-keys/{kid}"),
+            API_TOKEN,
+            None,
+        )
+        .await;
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+    api.ok(
+        Method::POST,
+        "/v1/tenants",
+        API_TOKEN,
+        Some(&json!({"id": "initech"})),
+    )
+    .await;
+    api.ok(
+        Method::POST,
+        "/v1/tenants/initech/sources",
+        API_TOKEN,
+        Some(&meta_source(
+            "kept",
+            "initech",
+            "5553001",
+            "kept-secret",
+            "vt-kept",
+        )),
+    )
+    .await;
+    let audit_rows = || count(&c, "SELECT count(*) FROM audit_log");
+    let changes = || count(&c, "SELECT version FROM admin_changes WHERE id = 1");
+    let (rows_before, version_before) = (audit_rows().await, changes().await);
+
+    // Already revoked: 200 with the same key, nothing written.
+    let again = api
+        .ok(
+            Method::DELETE,
+            &format!("/v1/api-keys/{kid}"),
+            API_TOKEN,
+            None,
+        )
+        .await;
+    assert_eq!(again, revoked);
+    // Refused inside the transaction: each with its code, nothing written.
+    for (method, path, body, status, code) in [
+        (
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"id": "initech"})),
+            409,
+            "already_exists",
+        ),
+        (Method::DELETE, "/v1/tenants/initech", None, 409, "conflict"),
+        (
+            Method::POST,
+            "/v1/tenants/initech/sources",
+            Some(meta_source(
+                "kept", "initech", "5553001", "other", "vt-kept",
+            )),
+            409,
+            "already_exists",
+        ),
+        (
+            Method::PATCH,
+            "/v1/tenants/initech/sources/absent",
+            Some(json!({"disabled": true})),
+            404,
+            "unknown_source",
+        ),
+        (
+            Method::DELETE,
+            "/v1/tenants/acme/routing/agents/nobody",
+            None,
+            404,
+            "unknown_agent",
+        ),
+        (
+            Method::DELETE,
+            "/v1/tenants/acme/routing/teams/none",
+            None,
+            404,
+            "unknown_team",
+        ),
+        (
+            Method::PATCH,
+            "/v1/tenants/initech",
+            Some(json!({"retention_days": 0})),
+            400,
+            "bad_request",
+        ),
+        (
+            Method::DELETE,
+            "/v1/api-keys/00000000000000000000000000000000",
+            None,
+            404,
+            "unknown_key",
+        ),
+    ] {
+        let (s, v, _) = api
+            .call(method.clone(), path, Some(API_TOKEN), body.as_ref())
+            .await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {v}"
+        );
+    }
+    assert_eq!(audit_rows().await, rows_before);
+    assert_eq!(changes().await, version_before);
+    app.stop().await;
+    drop_schema(&c, &schema).await;
+}
