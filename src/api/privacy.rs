@@ -51,6 +51,9 @@ fn failed(op: &'static str, e: PersistError) -> ApiError {
         outcome: "error",
     }
     .emit();
+    if e.is_bad_value() {
+        return ApiError::BadRequest(super::admin::BAD_VALUE.into());
+    }
     // The cause goes to the log; the caller retries (every operation is idempotent).
     tracing::error!(op, error = %e, "privacy operation failed");
     ApiError::Unavailable

@@ -69,6 +69,19 @@ impl PersistError {
     }
 }
 
+impl PersistError {
+    /// Whether PostgreSQL refused a value the caller supplied (a data exception such as a
+    /// NUL character in text, or a value over a limit): the caller's mistake, not an outage.
+    pub fn is_bad_value(&self) -> bool {
+        match self {
+            PersistError::Db(e) => e
+                .code()
+                .is_some_and(|c| matches!(&c.code()[..2], "22" | "54")),
+            _ => false,
+        }
+    }
+}
+
 /// Runtime settings built from a validated `[postgres]` (and the tenants' retention).
 #[derive(Debug, Clone)]
 pub struct Settings {

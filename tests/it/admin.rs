@@ -1796,3 +1796,28 @@ async fn refused_and_empty_changes_leave_no_audit_row() {
     app.stop().await;
     drop_schema(&c, &schema).await;
 }
+
+#[tokio::test]
+async fn values_postgres_cannot_store_are_400_not_503() {
+    let config = admin_config(&master_key("k1"));
+    let schema = config.postgres.schema.clone();
+    let (_pg, c) = migrated(&config).await;
+    let app = spawn_with(config).await;
+    let api = Api { app: &app };
+    // A NUL character inside a JSON string parses, but no PostgreSQL text can hold it.
+    let (s, v, _) = api
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(API_TOKEN),
+            Some(&json!({"id": "nulname", "name": "a\u{0}b"})),
+        )
+        .await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("bad_request")), "{v}");
+    let (s, v, _) = api
+        .call(Method::GET, "/v1/audit?tenant=x%00", Some(API_TOKEN), None)
+        .await;
+    assert!(s == 400, "{s} {v}");
+    app.stop().await;
+    drop_schema(&c, &schema).await;
+}

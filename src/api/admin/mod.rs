@@ -106,12 +106,20 @@ fn postgres(state: &State) -> Result<&Postgres, ApiError> {
 }
 
 /// A database failure: the cause to the log, 503 to the caller (who may retry: a change
-/// that failed was rolled back whole).
+/// that failed was rolled back whole) — unless PostgreSQL refused a value the caller sent,
+/// which no retry fixes: 400.
 fn db(e: impl Into<PersistError>) -> ApiError {
     let e: PersistError = e.into();
+    if e.is_bad_value() {
+        tracing::info!(error = %e, "admin request refused by PostgreSQL as invalid data");
+        return ApiError::BadRequest(BAD_VALUE.into());
+    }
     tracing::error!(error = %e, "admin operation failed in PostgreSQL");
     ApiError::Unavailable
 }
+
+pub(crate) const BAD_VALUE: &str =
+    "a value in the request cannot be stored (a NUL or control character, or too large)";
 
 /// After a commit: this replica sees the change at once.
 async fn reload(state: &State, pg: &Postgres) {
