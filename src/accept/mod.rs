@@ -56,6 +56,11 @@ pub struct Item {
     /// What picks the stream partition: the conversation id, so that a conversation's
     /// events stay in order in one partition. None: the key.
     pub shard: Option<String>,
+    /// The identity earlier versions gave the same item, when it differs from `key` (event
+    /// ids before they were scoped to the source). A backend that may hold dedup keys an
+    /// earlier version wrote (Redis) treats an item as a duplicate when either was seen, so
+    /// a redelivery across an upgrade is still caught; nothing is stored under it.
+    pub legacy_key: Option<String>,
 }
 
 impl Item {
@@ -64,7 +69,13 @@ impl Item {
             key: key.into(),
             payload: payload.into(),
             shard: None,
+            legacy_key: None,
         }
+    }
+
+    /// The identity an earlier version would have stored this item under.
+    pub fn legacy(&self) -> &str {
+        self.legacy_key.as_deref().unwrap_or(&self.key)
     }
 
     pub fn shard_key(&self) -> &str {

@@ -14,8 +14,12 @@
 //!   `deadletter_id` and `deadletter` (JSON: reason, detail, source, provider, received_at,
 //!   part, body).
 //!   Trimmed approximately to `deadletter_max_len`.
-//! - `{prefix}:dedup:v1:<event id | dead-letter id>` — string holding the stream id the item
-//!   was stored under; expires after `dedup_ttl_secs`. `v1` changes if the id derivation does.
+//! - `{prefix}:dedup:v2:<event id | dead-letter id>` — string holding the stream id the item
+//!   was stored under; expires after `dedup_ttl_secs`. The version changes with the id
+//!   derivation: `v1` keys were written by versions whose event ids were not scoped to the
+//!   source. They are still checked (an item is a duplicate when its `v2` key or the `v1` key
+//!   of its [legacy identity](super::Item::legacy) exists), never written; they expire within
+//!   `dedup_ttl_secs` of the upgrade, after which the check costs one EXISTS of an absent key.
 //!
 //! Two connections: one multiplexed connection for request-path commands, and one for the
 //! router's blocking reads (a blocking XREADGROUP would otherwise stall every request
@@ -49,6 +53,7 @@ pub struct Keys {
     /// Who routes this partition (one router at a time keeps each conversation's order).
     pub lease: String,
     dedup_prefix: String,
+    legacy_dedup_prefix: String,
 }
 
 impl Keys {
@@ -63,11 +68,16 @@ impl Keys {
             events: format!("{tag}:events"),
             deadletter: format!("{tag}:deadletter"),
             lease: format!("{tag}:router-lease"),
-            dedup_prefix: format!("{tag}:dedup:v1:"),
+            dedup_prefix: format!("{tag}:dedup:v2:"),
+            legacy_dedup_prefix: format!("{tag}:dedup:v1:"),
         }
     }
     pub fn dedup(&self, key: &str) -> String {
         format!("{}{key}", self.dedup_prefix)
+    }
+    /// Where an earlier version kept the dedup key of an item (see the module docs).
+    pub fn legacy_dedup(&self, item: &super::Item) -> String {
+        format!("{}{}", self.legacy_dedup_prefix, item.legacy())
     }
     fn stream(&self, s: StreamName) -> &str {
         match s {
@@ -261,6 +271,11 @@ impl RedisBackend {
         for b in batches {
             for item in b.events.iter().chain(&b.dead_letters) {
                 inv.key(self.keys.dedup(&item.key));
+            }
+        }
+        for b in batches {
+            for item in b.events.iter().chain(&b.dead_letters) {
+                inv.key(self.keys.legacy_dedup(item));
             }
         }
         inv.arg(self.limits.dedup_ttl.as_secs().max(1))
@@ -594,6 +609,9 @@ impl RedisBackend {
         inv.key(&self.keys.events);
         for it in items {
             inv.key(self.keys.dedup(&it.key));
+        }
+        for it in items {
+            inv.key(self.keys.legacy_dedup(it));
         }
         inv.arg(self.limits.dedup_ttl.as_secs().max(1))
             .arg(self.limits.events_max_len)

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 
 use crate::accept::{BackendError, Batch, Item};
 use crate::error::ApiError;
-use crate::event::{rfc3339, short_hash};
+use crate::event::{legacy_event_id, rfc3339, short_hash};
 use crate::internal_events::{
     BackendFailed, BackpressureApplied, DeadLettered, EventsAccepted, RateLimited, SignatureFailed,
 };
@@ -468,6 +468,7 @@ pub fn to_batch(
             key: e.event_id.clone(),
             payload: e.to_json(),
             shard: e.conversation_id.clone(),
+            legacy_key: Some(legacy_event_id(&e.dedup_key)),
         })
         .collect();
     let received = rfc3339(received_at);
@@ -525,5 +526,6 @@ fn dead_letter_item(
         payload: serde_json::to_string(&entry).unwrap_or_default(),
         key: id,
         shard: None,
+        legacy_key: None,
     }
 }

@@ -952,6 +952,7 @@ impl Engine {
                     key: e.event_id.clone(),
                     payload: assignment_event(tenant, e),
                     shard: Some(e.conv.clone()),
+                    legacy_key: None,
                 })
                 .collect();
             self.backend.append_events(&items).await?;

@@ -280,7 +280,7 @@ async fn redis_dedup_keys_expire_with_the_configured_ttl() {
     let b = RedisBackend::new(&cfg, limits(100)).unwrap();
     b.accept(batch(&["evt_ttl"], &[])).await.unwrap();
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{{{prefix}}}:dedup:v1:evt_ttl"))
+        .arg(format!("{{{prefix}}}:dedup:v2:evt_ttl"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -337,4 +337,78 @@ async fn the_router_lease_is_exclusive_fences_publishes_and_hands_over_pending_e
         b.release_lease("r2").await.unwrap();
         assert!(b.lease("r3", ttl).await.unwrap(), "{name}");
     }
+}
+
+/// Upgrade path of the dedup keys (src/accept/redis.rs): keys an earlier version wrote
+/// (`dedup:v1:<its id>`) still make an item a duplicate — an event by its legacy id, a dead
+/// letter and an appended event by their unchanged id — and nothing new is written under v1.
+#[tokio::test]
+async fn redis_dedup_keys_of_the_previous_version_still_catch_redeliveries() {
+    let url = redis_url();
+    let mut conn = require_redis(&url).await;
+    let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    let cfg = RedisConfig {
+        url,
+        cluster_nodes: Vec::new(),
+        key_prefix: prefix.clone(),
+        command_timeout_ms: 2000,
+        connect_timeout_ms: 1000,
+    };
+    let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100)).unwrap()));
+    for old in ["evt_old", "dl_old", "evt_relayed"] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{{{prefix}}}:dedup:v1:{old}"))
+            .arg("1-0")
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut scoped = item("evt_new");
+    scoped.legacy_key = Some("evt_old".into());
+    let mut unrelated = item("evt_other");
+    unrelated.legacy_key = Some("evt_never_seen".into());
+    let r = b
+        .accept(Batch {
+            events: vec![scoped, unrelated],
+            dead_letters: vec![item("dl_old"), item("dl_new")],
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.events, [false, true]);
+    assert_eq!(r.dead_letters, [false, true]);
+    assert_eq!(
+        b.append_events(&[item("evt_relayed"), item("evt_fresh")])
+            .await
+            .unwrap(),
+        1
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:dedup:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut keys: Vec<&str> = keys
+        .iter()
+        .map(|k| k.split_once("}:dedup:").unwrap().1)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "v1:dl_old",
+            "v1:evt_old",
+            "v1:evt_relayed",
+            "v2:dl_new",
+            "v2:evt_fresh",
+            "v2:evt_other"
+        ]
+    );
+    let dead = b.read(StreamName::DeadLetter, 10, None).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].key, "dl_new",
+        "the dead-letter id, without the key prefix"
+    );
 }

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod deploy;
 mod helpers;
+mod isolation;
 mod metrics;
 mod ops;
 mod outage;
