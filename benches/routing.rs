@@ -171,6 +171,7 @@ fn events(n: usize, tenants: usize) -> Vec<Item> {
             key: e.event_id.clone(),
             payload: e.to_json(),
             shard: e.conversation_id.clone(),
+            legacy_key: None,
         });
     }
     out
