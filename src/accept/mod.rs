@@ -161,6 +161,8 @@ pub struct Limits {
     pub events_max_len: u64,
     pub events_max_age: Duration,
     pub deadletter_max_len: u64,
+    /// Dead letters older than this are trimmed ([`Backend::trim_deadletters`]).
+    pub deadletter_max_age: Duration,
     pub memory_max_dedup_keys: usize,
     /// Most events stream entries the persister group may leave unacknowledged before
     /// publishing is refused (`postgres.max_backlog`).
@@ -175,6 +177,7 @@ impl Limits {
             events_max_len: c.streams.events_max_len as u64,
             events_max_age: Duration::from_secs(c.streams.events_max_age_secs),
             deadletter_max_len: c.streams.deadletter_max_len as u64,
+            deadletter_max_age: Duration::from_secs(c.streams.deadletter_max_age_secs),
             memory_max_dedup_keys: c.streams.memory_max_dedup_keys,
             persister_max_backlog: c.postgres.max_backlog,
         }
@@ -402,6 +405,23 @@ impl Backend {
             Backend::Memory(_) => Ok(()),
             Backend::Redis(b) => b.retire_events_consumer(group, consumer).await.map(|_| ()),
             Backend::Partitioned(_) => Err(partitioned::per_partition("retire_events_consumer")),
+        }
+    }
+
+    /// Removes dead letters older than `streams.deadletter_max_age_secs`; returns how many.
+    /// Storing a dead letter applies the limit too; the router calls this between reads so
+    /// that the limit holds when no new dead letter arrives.
+    pub async fn trim_deadletters(&self) -> Result<u64, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.trim_deadletters()),
+            Backend::Redis(b) => b.trim_deadletters().await,
+            Backend::Partitioned(p) => {
+                let mut n = 0;
+                for part in p.parts() {
+                    n += Box::pin(part.trim_deadletters()).await?;
+                }
+                Ok(n)
+            }
         }
     }
 

@@ -13,7 +13,8 @@
 //! - `{prefix}:deadletter` — verified payload parts that could not become events; fields
 //!   `deadletter_id` and `deadletter` (JSON: reason, detail, source, provider, received_at,
 //!   part, body).
-//!   Trimmed approximately to `deadletter_max_len`.
+//!   Trimmed approximately to `deadletter_max_len`, and exactly to `deadletter_max_age_secs`
+//!   (on every dead letter stored, and by [`RedisBackend::trim_deadletters`]).
 //! - `{prefix}:dedup:v2:<event id | dead-letter id>` — string holding the stream id the item
 //!   was stored under; expires after `dedup_ttl_secs`. The version changes with the id
 //!   derivation: `v1` keys were written by versions whose event ids were not scoped to the
@@ -281,7 +282,8 @@ impl RedisBackend {
         inv.arg(self.limits.dedup_ttl.as_secs().max(1))
             .arg(self.limits.inbound_max_backlog)
             .arg(self.limits.deadletter_max_len)
-            .arg(batches.len());
+            .arg(batches.len())
+            .arg(self.deadletters_min_id());
         for b in batches {
             inv.arg(b.events.len()).arg(b.dead_letters.len());
         }
@@ -788,6 +790,28 @@ impl RedisBackend {
             deleted += n;
         }
         Ok(deleted)
+    }
+
+    /// The oldest dead-letter id `deadletter_max_age` keeps.
+    fn deadletters_min_id(&self) -> String {
+        format!(
+            "{}-0",
+            now_ms().saturating_sub(self.limits.deadletter_max_age.as_millis() as u64)
+        )
+    }
+
+    /// Removes dead letters older than `deadletter_max_age` (exact: the stream is small and
+    /// an approximate trim would keep whole old nodes).
+    pub async fn trim_deadletters(&self) -> Result<u64, BackendError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            redis::cmd("XTRIM")
+                .arg(&self.keys.deadletter)
+                .arg("MINID")
+                .arg(self.deadletters_min_id())
+                .query_async(&mut conn),
+        )
+        .await
     }
 
     fn events_min_id(&self) -> String {

@@ -1043,6 +1043,22 @@ impl Engine {
         Ok(d)
     }
 
+    /// Privacy erasure of conversations (see [`RoutingStore::erase`]); the slots it frees
+    /// go to waiting conversations at once.
+    pub async fn erase(
+        &self,
+        tenant: &str,
+        convs: &[String],
+    ) -> Result<super::store::RoutingErased, BackendError> {
+        let now = self.now();
+        let erased = self.store.erase(tenant, now, convs).await?;
+        if erased.released > 0 {
+            self.drain(tenant, now).await?;
+            self.relay(tenant).await?;
+        }
+        Ok(erased)
+    }
+
     /// Reopens a closed conversation: routed like a new message (sticky to its last agent
     /// within the window), through the rule that last served it.
     pub async fn reopen(&self, tenant: &str, conv: &str) -> Result<Decided, OpError> {

@@ -17,12 +17,17 @@ fn limits(max_backlog: u64) -> Limits {
         events_max_len: 5,
         events_max_age: Duration::ZERO,
         deadletter_max_len: 100,
+        deadletter_max_age: Duration::from_secs(3600),
         persister_max_backlog: 1_000_000,
         memory_max_dedup_keys: 10_000,
     }
 }
 
 async fn backends(max_backlog: u64) -> Vec<Backend> {
+    backends_with(|| limits(max_backlog)).await
+}
+
+async fn backends_with(limits: impl Fn() -> Limits) -> Vec<Backend> {
     let url = redis_url();
     require_redis(&url).await;
     let cfg = RedisConfig {
@@ -33,10 +38,8 @@ async fn backends(max_backlog: u64) -> Vec<Backend> {
         connect_timeout_ms: 1000,
     };
     vec![
-        Backend::Memory(MemoryBackend::new(limits(max_backlog))),
-        Backend::Redis(Box::new(
-            RedisBackend::new(&cfg, limits(max_backlog)).unwrap(),
-        )),
+        Backend::Memory(MemoryBackend::new(limits())),
+        Backend::Redis(Box::new(RedisBackend::new(&cfg, limits()).unwrap())),
     ]
 }
 
@@ -411,4 +414,30 @@ async fn redis_dedup_keys_of_the_previous_version_still_catch_redeliveries() {
         dead[0].key, "dl_new",
         "the dead-letter id, without the key prefix"
     );
+}
+
+/// Dead letters keep raw bodies (contacts' data): they age out after
+/// `deadletter_max_age`, when a new one is stored and when the router trims between reads.
+#[tokio::test]
+async fn dead_letters_age_out() {
+    let short = || Limits {
+        deadletter_max_age: Duration::from_millis(1000),
+        ..limits(100)
+    };
+    for b in backends_with(short).await {
+        let name = b.name();
+        b.accept(batch(&[], &["dl_old"])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        b.accept(batch(&[], &["dl_new"])).await.unwrap();
+        let keys = |entries: Vec<switchboard::accept::StreamEntry>| {
+            entries.into_iter().map(|e| e.key).collect::<Vec<_>>()
+        };
+        let dead = b.read(StreamName::DeadLetter, 10, None).await.unwrap();
+        assert_eq!(keys(dead), ["dl_new"], "{name}: trimmed when one is stored");
+        assert_eq!(b.trim_deadletters().await.unwrap(), 0, "{name}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(b.trim_deadletters().await.unwrap(), 1, "{name}");
+        let dead = b.read(StreamName::DeadLetter, 10, None).await.unwrap();
+        assert!(dead.is_empty(), "{name}: trimmed with none arriving");
+    }
 }

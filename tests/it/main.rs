@@ -6,6 +6,7 @@ mod backend_groups;
 mod cli;
 mod cluster;
 mod deploy;
+mod erasure;
 mod helpers;
 mod isolation;
 mod metrics;
