@@ -660,7 +660,7 @@ mod tests {
         assert!(mentions("From=+16505551234&Body=hi", "16505551234"));
         assert!(!mentions(r#"{"wa_id":"116505551234"}"#, "16505551234"));
         assert!(!mentions(r#"{"ts":"165055512345"}"#, "16505551234"));
-        assert!(mentions("é16505551234 ", "16505551234") == false);
+        assert!(!mentions("é16505551234 ", "16505551234"));
         assert!(mentions("x 16505551234", "16505551234"));
         assert!(!mentions("", "1"));
     }

@@ -5,6 +5,7 @@ mod backend;
 mod backend_groups;
 mod cli;
 mod cluster;
+mod db_roles;
 mod deploy;
 mod erasure;
 mod helpers;
