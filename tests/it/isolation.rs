@@ -38,8 +38,8 @@ async fn a_wamid_posted_to_another_tenants_source_does_not_swallow_the_genuine_d
     for backend in [BackendKind::Memory, BackendKind::Redis] {
         let app = spawn_with(two_tenants(backend)).await;
         let wamid = unique_wamid();
-        let planted = wa_text_batch("222", &[wamid.clone()]);
-        let genuine = wa_text_batch(PHONE_ID, &[wamid.clone()]);
+        let planted = wa_text_batch("222", std::slice::from_ref(&wamid));
+        let genuine = wa_text_batch(PHONE_ID, std::slice::from_ref(&wamid));
         let post_globex = || app.post_signed("meta_globex", &planted, Some("globex-secret"));
         assert_eq!(receipt(post_globex().await).await, (1, 0), "{backend:?}");
         assert_eq!(

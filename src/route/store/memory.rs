@@ -1023,14 +1023,12 @@ impl MemoryStore {
         self.with(tenant, |t| {
             let mut out = RoutingErased::default();
             for conv in convs {
-                let Some(c) = t.convs.get(conv) else {
+                let Some(state) = t.convs.get(conv).map(|c| c.state) else {
                     continue;
                 };
-                match c.state {
-                    Some(ConvState::Open) => {
-                        if t.release(conv).is_some() {
-                            out.released += 1;
-                        }
+                match state {
+                    Some(ConvState::Open) if t.release(conv).is_some() => {
+                        out.released += 1;
                     }
                     Some(ConvState::Queued) => {
                         t.unqueue(conv);
