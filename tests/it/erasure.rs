@@ -200,8 +200,9 @@ async fn assert_gone(
     }
 }
 
-async fn erase_every_copy(backend: BackendKind) {
-    let config = config(backend);
+async fn erase_every_copy(backend: BackendKind, partitions: usize) {
+    let mut config = config(backend);
+    config.streams.partitions = partitions;
     let schema = config.postgres.schema.clone();
     let (_pg, c) = migrated(&config).await;
     let app = spawn_with(config).await;
@@ -304,10 +305,16 @@ async fn erase_every_copy(backend: BackendKind) {
 
 #[tokio::test]
 async fn erasure_reaches_every_copy_on_redis() {
-    erase_every_copy(BackendKind::Redis).await;
+    erase_every_copy(BackendKind::Redis, 1).await;
+}
+
+/// With stream partitions: every partition's inbound, events and dead-letter streams.
+#[tokio::test]
+async fn erasure_reaches_every_copy_on_redis_with_partitions() {
+    erase_every_copy(BackendKind::Redis, 3).await;
 }
 
 #[tokio::test]
 async fn erasure_reaches_every_copy_in_memory() {
-    erase_every_copy(BackendKind::Memory).await;
+    erase_every_copy(BackendKind::Memory, 1).await;
 }
