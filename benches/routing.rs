@@ -171,6 +171,7 @@ fn events(n: usize, tenants: usize) -> Vec<Item> {
             key: e.event_id.clone(),
             payload: e.to_json(),
             shard: e.conversation_id.clone(),
+            legacy_key: None,
         });
     }
     out
@@ -197,6 +198,7 @@ async fn backend(url: &str, prefix: &str, partitions: usize) -> Backend {
         events_max_len: 10_000_000,
         events_max_age: Duration::ZERO,
         deadletter_max_len: 1000,
+        deadletter_max_age: Duration::from_secs(3600),
         persister_max_backlog: 1_000_000,
         memory_max_dedup_keys: 1,
     };

@@ -7,7 +7,7 @@
 //! The modules form layers, each using only those below it (checked by
 //! `tests/it/layers.rs`), bottom to top: [`error`], [`event`], [`crypto`]; [`config`]
 //! (data and validation, routing rule sets included); [`telemetry`], [`internal_events`],
-//! [`limits`], [`accept`]; [`verify`]; [`normalize`]; [`route`], [`persist`]; [`source`];
+//! [`limits`], [`accept`]; [`verify`]; [`normalize`]; [`route`]; [`persist`], [`source`];
 //! [`admin`]; [`state`]; [`http`]; [`ingest`], [`api`]; [`ops`]; [`startup`].
 
 pub mod accept;

@@ -74,6 +74,18 @@ enum Command {
         #[arg(long)]
         status: bool,
     },
+    /// Print the SQL that creates least-privilege PostgreSQL roles for [postgres] url's
+    /// database and schema: an owner that runs the migrations (postgres.migrate_url) and a
+    /// runtime role the gateway connects as (postgres.url, postgres.runtime_role), which can
+    /// only insert into the audit log. Run it once as a superuser (docs/security.md).
+    DbRoles {
+        /// The owner role: owns the schema and its tables, runs `switchboard migrate`.
+        #[arg(long, default_value = "switchboard_owner")]
+        owner: String,
+        /// The runtime role the gateway connects as.
+        #[arg(long, default_value = "switchboard")]
+        runtime: String,
+    },
     /// Re-encrypt every source secret stored through the admin API under the first master
     /// key (SWITCHBOARD_MASTER_KEY or [api] master_key_file), with its audit row. The
     /// same as POST /v1/admin/rotate-master-key; idempotent.
@@ -196,6 +208,27 @@ fn main() -> anyhow::Result<()> {
                 },
         } => simulate(config, traffic, start, handle_secs, tick_ms, json),
         Command::Migrate { status } => migrate(config, status),
+        Command::DbRoles { owner, runtime } => {
+            let url: tokio_postgres::Config = config
+                .postgres
+                .url
+                .parse()
+                .context("postgres.url is not a connection string")?;
+            let database = url
+                .get_dbname()
+                .or(url.get_user())
+                .unwrap_or("postgres")
+                .to_string();
+            let sql = switchboard::persist::roles::setup_sql(
+                &database,
+                &config.postgres.schema,
+                &owner,
+                &runtime,
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
+            print!("{sql}");
+            Ok(())
+        }
         Command::RotateMasterKey => rotate_master_key(config),
         Command::Replay {
             source,

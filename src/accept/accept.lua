@@ -3,10 +3,13 @@
 -- on its own: one request refused for backpressure does not affect the others.
 --
 -- KEYS[1]  inbound stream          KEYS[2]  dead-letter stream
--- KEYS[3..]  dedup keys, per request in order: its events, then its dead letters
+-- KEYS[3..2+n]  dedup keys (n items), per request in order: its events, then its dead letters
+-- KEYS[3+n..2+2n]  the same items' legacy dedup keys (`dedup:v1:`, written by earlier
+--   versions), in the same order: an item is a duplicate when either exists. Nothing is
+--   written under them; they expire by themselves within the dedup TTL of the upgrade.
 -- ARGV[1] dedup TTL (s)  ARGV[2] inbound max backlog  ARGV[3] dead-letter max length
--- ARGV[4] number of requests r
--- ARGV[5..4+2r] per request: number of events, number of dead letters
+-- ARGV[4] number of requests r   ARGV[5] oldest dead-letter id kept (age retention)
+-- ARGV[6..5+2r] per request: number of events, number of dead letters
 -- then one payload (JSON) per dedup key, in the same order
 -- then one event id per event, in the same order
 --
@@ -17,26 +20,32 @@ local ttl = tonumber(ARGV[1])
 local max_backlog = tonumber(ARGV[2])
 local dl_max = tonumber(ARGV[3])
 local n_req = tonumber(ARGV[4])
-local total = #KEYS - 2
-local payload_base = 4 + 2 * n_req
+local dl_min_id = ARGV[5]
+local dead_stored = false
+local total = (#KEYS - 2) / 2
+local payload_base = 5 + 2 * n_req
 local id_base = payload_base + total
--- Dead-letter ids are the dedup keys without their prefix ({prefix}:dedup:v1:).
-local dedup_prefix_len = string.len(KEYS[1]) - string.len('inbound') + string.len('dedup:v1:')
+-- Dead-letter ids are the dedup keys without their prefix ({prefix}:dedup:v2:).
+local dedup_prefix_len = string.len(KEYS[1]) - string.len('inbound') + string.len('dedup:v2:')
+
+local function seen(i)
+  return redis.call('EXISTS', KEYS[2 + i]) == 1 or redis.call('EXISTS', KEYS[2 + total + i]) == 1
+end
 
 local backlog = redis.call('XLEN', KEYS[1])
 local out = {}
 local item = 0
 local event = 0
 for r = 1, n_req do
-  local n_events = tonumber(ARGV[3 + 2 * r])
-  local n_dead = tonumber(ARGV[4 + 2 * r])
+  local n_events = tonumber(ARGV[4 + 2 * r])
+  local n_dead = tonumber(ARGV[5 + 2 * r])
   -- Backpressure: the common case (room for every event) costs nothing more; only near the
   -- bound are this request's fresh events counted exactly (duplicates need no room).
   local refused = false
   if n_events > 0 and backlog + n_events > max_backlog then
     local fresh = 0
     for i = 1, n_events do
-      if redis.call('EXISTS', KEYS[2 + item + i]) == 0 then
+      if not seen(item + i) then
         fresh = fresh + 1
       end
     end
@@ -57,13 +66,14 @@ for r = 1, n_req do
         event = event + 1
       end
       -- Checked per item: the same key may appear twice in a request, or in two requests.
-      if redis.call('EXISTS', key) == 0 then
+      if not seen(item) then
         local id
         if is_event then
           id = redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[id_base + event], 'event', ARGV[payload_base + item])
           backlog = backlog + 1
         else
           id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', dl_max, '*', 'deadletter_id', string.sub(key, dedup_prefix_len + 1), 'deadletter', ARGV[payload_base + item])
+          dead_stored = true
         end
         redis.call('SET', key, id, 'EX', ttl)
         out[#out + 1] = 1
@@ -72,5 +82,8 @@ for r = 1, n_req do
       end
     end
   end
+end
+if dead_stored then
+  redis.call('XTRIM', KEYS[2], 'MINID', dl_min_id)
 end
 return out

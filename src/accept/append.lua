@@ -3,7 +3,9 @@
 -- interrupted relay repeats); the dedup key makes the stream see each change once.
 -- (trim.lua is prepended.)
 --
--- KEYS[1] events stream   KEYS[2..] dedup keys, one per event
+-- KEYS[1] events stream   KEYS[2..1+n] dedup keys, one per event (n events)
+-- KEYS[2+n..1+2n] their legacy dedup keys (`dedup:v1:`, written by earlier versions), in the
+--   same order: an event is skipped when either exists
 -- ARGV[1] dedup TTL (s)   ARGV[2] events max length (0 = none)
 -- ARGV[3] events min id for age retention ('0' = none)
 -- ARGV[4] persister group on the events stream   ARGV[5] its most unacknowledged entries
@@ -17,9 +19,10 @@ if full then
 end
 local plain = state == nil
 local appended = 0
-for i = 2, #KEYS do
+local n = (#KEYS - 1) / 2
+for i = 2, 1 + n do
   local j = 6 + (i - 2) * 2
-  if redis.call('EXISTS', KEYS[i]) == 0 then
+  if redis.call('EXISTS', KEYS[i]) == 0 and redis.call('EXISTS', KEYS[i + n]) == 0 then
     local id
     if maxlen > 0 and plain then
       id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event_id', ARGV[j], 'event', ARGV[j + 1])

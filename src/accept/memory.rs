@@ -6,7 +6,7 @@
 //!
 //! Every structure is bounded: dedup keys by `memory_max_dedup_keys` (oldest forgotten
 //! first) and their TTL, the inbound stream by `inbound_max_backlog`, the events stream by
-//! its retention, dead letters by `deadletter_max_len`.
+//! its retention, dead letters by `deadletter_max_len` and `deadletter_max_age`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -173,6 +173,7 @@ impl MemoryBackend {
                 while g.deadletter.len() as u64 > self.limits.deadletter_max_len {
                     g.deadletter.pop_front();
                 }
+                self.trim_deadletters_locked(&mut g);
             }
             report.dead_letters.push(fresh);
         }
@@ -182,6 +183,22 @@ impl MemoryBackend {
             self.inbound_ready.notify_one();
         }
         Ok(report)
+    }
+
+    /// Dead letters older than `deadletter_max_age` go; returns how many.
+    pub fn trim_deadletters(&self) -> u64 {
+        let mut g = self.lock();
+        self.trim_deadletters_locked(&mut g)
+    }
+
+    fn trim_deadletters_locked(&self, g: &mut Inner) -> u64 {
+        let min_ms = now_ms().saturating_sub(self.limits.deadletter_max_age.as_millis() as u64);
+        let mut n = 0;
+        while g.deadletter.front().is_some_and(|(id, _, _)| id.0 < min_ms) {
+            g.deadletter.pop_front();
+            n += 1;
+        }
+        n
     }
 
     pub fn stats(&self) -> StreamStats {

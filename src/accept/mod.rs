@@ -20,6 +20,7 @@
 //! edge answers 503 — the providers keep the rest until Postgres is back.
 
 pub mod conn;
+pub mod deadletter;
 pub mod memory;
 pub mod partitioned;
 pub mod redis;
@@ -56,6 +57,11 @@ pub struct Item {
     /// What picks the stream partition: the conversation id, so that a conversation's
     /// events stay in order in one partition. None: the key.
     pub shard: Option<String>,
+    /// The identity earlier versions gave the same item, when it differs from `key` (event
+    /// ids before they were scoped to the source). A backend that may hold dedup keys an
+    /// earlier version wrote (Redis) treats an item as a duplicate when either was seen, so
+    /// a redelivery across an upgrade is still caught; nothing is stored under it.
+    pub legacy_key: Option<String>,
 }
 
 impl Item {
@@ -64,7 +70,13 @@ impl Item {
             key: key.into(),
             payload: payload.into(),
             shard: None,
+            legacy_key: None,
         }
+    }
+
+    /// The identity an earlier version would have stored this item under.
+    pub fn legacy(&self) -> &str {
+        self.legacy_key.as_deref().unwrap_or(&self.key)
     }
 
     pub fn shard_key(&self) -> &str {
@@ -150,6 +162,8 @@ pub struct Limits {
     pub events_max_len: u64,
     pub events_max_age: Duration,
     pub deadletter_max_len: u64,
+    /// Dead letters older than this are trimmed ([`Backend::trim_deadletters`]).
+    pub deadletter_max_age: Duration,
     pub memory_max_dedup_keys: usize,
     /// Most events stream entries the persister group may leave unacknowledged before
     /// publishing is refused (`postgres.max_backlog`).
@@ -164,6 +178,7 @@ impl Limits {
             events_max_len: c.streams.events_max_len as u64,
             events_max_age: Duration::from_secs(c.streams.events_max_age_secs),
             deadletter_max_len: c.streams.deadletter_max_len as u64,
+            deadletter_max_age: Duration::from_secs(c.streams.deadletter_max_age_secs),
             memory_max_dedup_keys: c.streams.memory_max_dedup_keys,
             persister_max_backlog: c.postgres.max_backlog,
         }
@@ -391,6 +406,23 @@ impl Backend {
             Backend::Memory(_) => Ok(()),
             Backend::Redis(b) => b.retire_events_consumer(group, consumer).await.map(|_| ()),
             Backend::Partitioned(_) => Err(partitioned::per_partition("retire_events_consumer")),
+        }
+    }
+
+    /// Removes dead letters older than `streams.deadletter_max_age_secs`; returns how many.
+    /// Storing a dead letter applies the limit too; the router calls this between reads so
+    /// that the limit holds when no new dead letter arrives.
+    pub async fn trim_deadletters(&self) -> Result<u64, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.trim_deadletters()),
+            Backend::Redis(b) => b.trim_deadletters().await,
+            Backend::Partitioned(p) => {
+                let mut n = 0;
+                for part in p.parts() {
+                    n += Box::pin(part.trim_deadletters()).await?;
+                }
+                Ok(n)
+            }
         }
     }
 

@@ -13,9 +13,14 @@
 //! - `{prefix}:deadletter` — verified payload parts that could not become events; fields
 //!   `deadletter_id` and `deadletter` (JSON: reason, detail, source, provider, received_at,
 //!   part, body).
-//!   Trimmed approximately to `deadletter_max_len`.
-//! - `{prefix}:dedup:v1:<event id | dead-letter id>` — string holding the stream id the item
-//!   was stored under; expires after `dedup_ttl_secs`. `v1` changes if the id derivation does.
+//!   Trimmed approximately to `deadletter_max_len`, and exactly to `deadletter_max_age_secs`
+//!   (on every dead letter stored, and by [`RedisBackend::trim_deadletters`]).
+//! - `{prefix}:dedup:v2:<event id | dead-letter id>` — string holding the stream id the item
+//!   was stored under; expires after `dedup_ttl_secs`. The version changes with the id
+//!   derivation: `v1` keys were written by versions whose event ids were not scoped to the
+//!   source. They are still checked (an item is a duplicate when its `v2` key or the `v1` key
+//!   of its [legacy identity](super::Item::legacy) exists), never written; they expire within
+//!   `dedup_ttl_secs` of the upgrade, after which the check costs one EXISTS of an absent key.
 //!
 //! Two connections: one multiplexed connection for request-path commands, and one for the
 //! router's blocking reads (a blocking XREADGROUP would otherwise stall every request
@@ -49,6 +54,7 @@ pub struct Keys {
     /// Who routes this partition (one router at a time keeps each conversation's order).
     pub lease: String,
     dedup_prefix: String,
+    legacy_dedup_prefix: String,
 }
 
 impl Keys {
@@ -63,11 +69,16 @@ impl Keys {
             events: format!("{tag}:events"),
             deadletter: format!("{tag}:deadletter"),
             lease: format!("{tag}:router-lease"),
-            dedup_prefix: format!("{tag}:dedup:v1:"),
+            dedup_prefix: format!("{tag}:dedup:v2:"),
+            legacy_dedup_prefix: format!("{tag}:dedup:v1:"),
         }
     }
     pub fn dedup(&self, key: &str) -> String {
         format!("{}{key}", self.dedup_prefix)
+    }
+    /// Where an earlier version kept the dedup key of an item (see the module docs).
+    pub fn legacy_dedup(&self, item: &super::Item) -> String {
+        format!("{}{}", self.legacy_dedup_prefix, item.legacy())
     }
     fn stream(&self, s: StreamName) -> &str {
         match s {
@@ -263,10 +274,16 @@ impl RedisBackend {
                 inv.key(self.keys.dedup(&item.key));
             }
         }
+        for b in batches {
+            for item in b.events.iter().chain(&b.dead_letters) {
+                inv.key(self.keys.legacy_dedup(item));
+            }
+        }
         inv.arg(self.limits.dedup_ttl.as_secs().max(1))
             .arg(self.limits.inbound_max_backlog)
             .arg(self.limits.deadletter_max_len)
-            .arg(batches.len());
+            .arg(batches.len())
+            .arg(self.deadletters_min_id());
         for b in batches {
             inv.arg(b.events.len()).arg(b.dead_letters.len());
         }
@@ -595,6 +612,9 @@ impl RedisBackend {
         for it in items {
             inv.key(self.keys.dedup(&it.key));
         }
+        for it in items {
+            inv.key(self.keys.legacy_dedup(it));
+        }
         inv.arg(self.limits.dedup_ttl.as_secs().max(1))
             .arg(self.limits.events_max_len)
             .arg(self.events_min_id())
@@ -770,6 +790,28 @@ impl RedisBackend {
             deleted += n;
         }
         Ok(deleted)
+    }
+
+    /// The oldest dead-letter id `deadletter_max_age` keeps.
+    fn deadletters_min_id(&self) -> String {
+        format!(
+            "{}-0",
+            now_ms().saturating_sub(self.limits.deadletter_max_age.as_millis() as u64)
+        )
+    }
+
+    /// Removes dead letters older than `deadletter_max_age` (exact: the stream is small and
+    /// an approximate trim would keep whole old nodes).
+    pub async fn trim_deadletters(&self) -> Result<u64, BackendError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            redis::cmd("XTRIM")
+                .arg(&self.keys.deadletter)
+                .arg("MINID")
+                .arg(self.deadletters_min_id())
+                .query_async(&mut conn),
+        )
+        .await
     }
 
     fn events_min_id(&self) -> String {

@@ -76,9 +76,16 @@ async fn erase(
     let pg = postgres(&state)?;
     let (tenant, contact) = path.into_inner();
     tenant_known(&state, &tenant)?;
-    let erased = privacy::erase_contact(pg, &state.backend, &who.actor(), &tenant, &contact)
-        .await
-        .map_err(|e| failed("erase", e))?;
+    let erased = privacy::erase_contact(
+        pg,
+        &state.backend,
+        state.engine.as_deref(),
+        &who.actor(),
+        &tenant,
+        &contact,
+    )
+    .await
+    .map_err(|e| failed("erase", e))?;
     Ok(HttpResponse::Ok().json(json!({ "erased": erased })))
 }
 
@@ -91,7 +98,7 @@ async fn export(
     let pg = postgres(&state)?;
     let (tenant, contact) = path.into_inner();
     tenant_known(&state, &tenant)?;
-    let doc = privacy::export_contact(pg, &who.actor(), &tenant, &contact)
+    let doc = privacy::export_contact(pg, &state.backend, &who.actor(), &tenant, &contact)
         .await
         .map_err(|e| failed("export", e))?;
     Ok(HttpResponse::Ok().json(doc))
@@ -158,9 +165,16 @@ async fn data_deletion(
             ApiError::InvalidSignature
         })?;
     let pg = postgres(&state)?;
-    let code = privacy::deletion_request(pg, &state.backend, &source, &tenants, &verified.user_id)
-        .await
-        .map_err(|e| failed("data_deletion", e))?;
+    let code = privacy::deletion_request(
+        pg,
+        &state.backend,
+        state.engine.as_deref(),
+        &source,
+        &tenants,
+        &verified.user_id,
+    )
+    .await
+    .map_err(|e| failed("data_deletion", e))?;
     let base = match &pg.settings().public_base_url {
         Some(b) => b.trim_end_matches('/').to_string(),
         None => crate::http::request_origin(&state, &req),

@@ -173,6 +173,8 @@ pub struct StreamsConfig {
     pub events_max_len: usize,
     pub events_max_age_secs: u64,
     pub deadletter_max_len: usize,
+    /// Dead letters older than this are trimmed (they hold raw bodies: contacts' data).
+    pub deadletter_max_age_secs: u64,
     pub include_raw: bool,
     /// Memory backend only: most dedup keys remembered (oldest forgotten first).
     pub memory_max_dedup_keys: usize,
@@ -423,6 +425,7 @@ fn defaults() -> Defaults {
             events_max_len: 1_000_000,
             events_max_age_secs: 0,
             deadletter_max_len: 100_000,
+            deadletter_max_age_secs: 30 * 24 * 3600,
             include_raw: true,
             memory_max_dedup_keys: 1_000_000,
         },
@@ -556,6 +559,9 @@ impl Config {
         }
         if self.streams.deadletter_max_len == 0 {
             errs.push("streams.deadletter_max_len must be at least 1".into());
+        }
+        if self.streams.deadletter_max_age_secs == 0 {
+            errs.push("streams.deadletter_max_age_secs must be at least 1: dead letters keep raw bodies, so they need an age limit".into());
         }
         if self.streams.events_max_len == 0 && self.streams.events_max_age_secs == 0 {
             errs.push("streams: set events_max_len or events_max_age_secs (or both): the events stream needs a retention bound".into());

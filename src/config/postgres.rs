@@ -8,8 +8,18 @@ use serde::{Deserialize, Serialize};
 pub struct PostgresConfig {
     /// Run the persister, the retention job and the privacy endpoints.
     pub enabled: bool,
-    /// libpq-style URL, e.g. `postgres://switchboard:pw@db:5432/switchboard`.
+    /// libpq-style URL, e.g. `postgres://switchboard:pw@db:5432/switchboard`: the gateway's
+    /// everyday connection. In production, a role that is not the tables' owner and not a
+    /// superuser (docs/security.md, "Database roles").
     pub url: String,
+    /// The connection `switchboard migrate` and `migrate_on_start` use: the role that owns
+    /// the schema and its tables. Absent: `url` (one role for everything: development).
+    pub migrate_url: Option<String>,
+    /// The role `url` logs in as, when it is not the owner: every migration run ends by
+    /// granting it exactly what the gateway needs (no UPDATE, DELETE or TRUNCATE on the
+    /// audit log, nothing that alters a table), so a migration that adds a table keeps the
+    /// grants right.
+    pub runtime_role: Option<String>,
     /// Schema of every table (created by `switchboard migrate` when absent).
     pub schema: String,
     pub pool_size: usize,
@@ -42,6 +52,8 @@ pub fn defaults() -> PostgresConfig {
     PostgresConfig {
         enabled: false,
         url: "postgres://postgres@127.0.0.1:5432/switchboard".into(),
+        migrate_url: None,
+        runtime_role: None,
         schema: "public".into(),
         pool_size: 8,
         connect_timeout_ms: 2000,
@@ -83,6 +95,24 @@ impl PostgresConfig {
                 "postgres.url = {:?}: not a connection string PostgreSQL accepts",
                 super::redact_url(&self.url)
             ));
+        }
+        if let Some(m) = &self.migrate_url {
+            let ok = url::Url::parse(m)
+                .is_ok_and(|u| matches!(u.scheme(), "postgres" | "postgresql") && u.has_host())
+                && m.parse::<tokio_postgres::Config>().is_ok();
+            if !ok {
+                errs.push(format!(
+                    "postgres.migrate_url = {:?}: expected postgres://user[:password]@host[:port]/database",
+                    super::redact_url(m)
+                ));
+            }
+        }
+        if let Some(r) = &self.runtime_role {
+            if !valid_schema(r) {
+                errs.push(format!(
+                    "postgres.runtime_role = {r:?}: use lower case letters, digits and '_' (not starting with a digit, at most 63)"
+                ));
+            }
         }
         if !valid_schema(&self.schema) {
             errs.push(format!(

@@ -5,9 +5,11 @@
 //! rules; [`content`] owns the typed bodies (message, status, notification).
 //!
 //! Stability rules a consumer may rely on:
-//! - `event_id` is a pure function of the provider's identity of the thing that happened
-//!   (provider message id, plus the status state for statuses), so a redelivered webhook
-//!   produces the same `event_id` and an at-least-once consumer can deduplicate on it.
+//! - `event_id` is a pure function of the source the webhook came to and the provider's
+//!   identity of the thing that happened (provider message id, plus the status state for
+//!   statuses), so a redelivered webhook produces the same `event_id` and an at-least-once
+//!   consumer can deduplicate on it. The source is part of it so that nothing sent to one
+//!   source (one tenant) can be taken for a duplicate of what another receives.
 //! - `conversation_id` is a pure function of (tenant, channel, business id, contact id).
 //! - Fields are only ever added within v1; absent optional fields are omitted, not `null`.
 
@@ -222,6 +224,9 @@ pub struct Assignment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
     pub schema: String,
+    /// Stable delivery identity, the same on every redelivery: `evt_` + 32 hex digits derived
+    /// from the source and the provider's identity of what happened, so the same provider id
+    /// on two sources is two events (docs/events.md).
     pub event_id: String,
     pub kind: EventKind,
     pub tenant: String,
@@ -256,13 +261,15 @@ pub struct Event {
     /// whole batch). Omitted when the source sets `include_raw = false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<serde_json::Value>,
-    /// Identity used for deduplication; never serialized (the event id is derived from it).
+    /// The provider's identity of what happened (see [`dedup_key`]); never serialized. The
+    /// event id is derived from it and the source ([`event_id`]).
     #[serde(skip)]
     pub dedup_key: String,
 }
 
 impl Event {
-    /// A new event with its identities derived from `dedup_key` (see [`dedup_key`]).
+    /// A new event with its identities derived from `source` and `dedup_key` (see
+    /// [`event_id`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         kind: EventKind,
@@ -277,7 +284,7 @@ impl Event {
     ) -> Event {
         Event {
             schema: SCHEMA_V1.to_string(),
-            event_id: event_id_for(&dedup_key),
+            event_id: event_id(source, &dedup_key),
             kind,
             tenant: tenant.to_string(),
             source: source.to_string(),
@@ -342,8 +349,24 @@ pub fn dedup_key(provider: Provider, namespace: &str, id: &str, state: Option<&s
     }
 }
 
-/// `evt_` + 32 hex digits (128 bits) of SHA-256 over the dedup key.
-pub fn event_id_for(dedup_key: &str) -> String {
+/// The delivery identity of an event: `evt_` + 32 hex digits (128 bits) of SHA-256 over the
+/// source id and the dedup key (length-prefixed, so no two pairs share an input). It is also
+/// the dedup identity, so it is scoped to the source: provider ids (a wamid, a MessageSid)
+/// are chosen by whoever can post to a source, and one tenant's source must not be able to
+/// mark another tenant's message as seen.
+pub fn event_id(source: &str, dedup_key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"switchboard.event_id.v2\0");
+    h.update((source.len() as u64).to_be_bytes());
+    h.update(source.as_bytes());
+    h.update(dedup_key.as_bytes());
+    format!("evt_{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// The event id earlier versions derived from the dedup key alone (not scoped to the
+/// source; their Redis dedup keys are `dedup:v1:`). Only the accept step uses it: for `streams.dedup_ttl_secs` after an upgrade, a
+/// redelivery of a webhook the previous version accepted is still caught by its old key.
+pub fn legacy_event_id(dedup_key: &str) -> String {
     format!("evt_{}", short_hash(dedup_key.as_bytes()))
 }
 
@@ -376,13 +399,24 @@ mod tests {
     #[test]
     fn event_id_is_stable_and_distinguishes_states() {
         let a = dedup_key(Provider::Meta, "wamid", "wamid.X", None);
-        assert_eq!(event_id_for(&a), event_id_for(&a.clone()));
+        assert_eq!(event_id("s", &a), event_id("s", &a.clone()));
         let sent = dedup_key(Provider::Meta, "wamid", "wamid.X", Some("sent"));
         let read = dedup_key(Provider::Meta, "wamid", "wamid.X", Some("read"));
-        assert_ne!(event_id_for(&sent), event_id_for(&read));
-        assert_ne!(event_id_for(&a), event_id_for(&sent));
-        assert!(event_id_for(&a).starts_with("evt_"));
-        assert_eq!(event_id_for(&a).len(), 4 + 32);
+        assert_ne!(event_id("s", &sent), event_id("s", &read));
+        assert_ne!(event_id("s", &a), event_id("s", &sent));
+        assert!(event_id("s", &a).starts_with("evt_"));
+        assert_eq!(event_id("s", &a).len(), 4 + 32);
+    }
+
+    #[test]
+    fn event_id_is_scoped_to_the_source() {
+        let a = dedup_key(Provider::Meta, "wamid", "wamid.X", None);
+        assert_ne!(event_id("tenant_b_meta", &a), event_id("tenant_c_meta", &a));
+        // Length-prefixed: moving a character between source and key changes the id.
+        assert_ne!(event_id("ab", "c"), event_id("a", "bc"));
+        // The previous derivation is kept only to find keys older versions wrote.
+        assert_ne!(event_id("s", &a), legacy_event_id(&a));
+        assert_eq!(legacy_event_id(&a).len(), 4 + 32);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 
 use crate::accept::{BackendError, Batch, Item};
 use crate::error::ApiError;
-use crate::event::{rfc3339, short_hash};
+use crate::event::{legacy_event_id, rfc3339, short_hash};
 use crate::internal_events::{
     BackendFailed, BackpressureApplied, DeadLettered, EventsAccepted, RateLimited, SignatureFailed,
 };
@@ -354,44 +354,6 @@ struct DeadLetterEntry<'a> {
     url: &'a str,
 }
 
-/// A dead-letter entry as read back from the stream (see [`DeadLetterEntry`]). `method` and
-/// `url` are absent from entries written before they were added.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct DeadLetterRecord {
-    #[serde(default)]
-    pub deadletter_id: String,
-    pub reason: String,
-    #[serde(default)]
-    pub detail: String,
-    pub source: String,
-    #[serde(default)]
-    pub provider: String,
-    pub received_at: String,
-    #[serde(default)]
-    pub part: Option<serde_json::Value>,
-    #[serde(default)]
-    pub body: Option<String>,
-    #[serde(default)]
-    pub body_base64: Option<String>,
-    #[serde(default)]
-    pub headers: Vec<(String, String)>,
-    #[serde(default)]
-    pub method: Option<String>,
-    #[serde(default)]
-    pub url: Option<String>,
-}
-
-impl DeadLetterRecord {
-    /// The raw request body.
-    pub fn body_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
-        match (&self.body, &self.body_base64) {
-            (Some(b), _) => Ok(b.clone().into_bytes()),
-            (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64),
-            (None, None) => Ok(Vec::new()),
-        }
-    }
-}
-
 /// The signature headers of `src` present on a request, kept with its dead letters. A
 /// header that carries a secret itself (Telegram's token) is kept as its digest only.
 pub fn signature_headers<'h>(
@@ -426,6 +388,7 @@ pub fn to_batch(
             key: e.event_id.clone(),
             payload: e.to_json(),
             shard: e.conversation_id.clone(),
+            legacy_key: Some(legacy_event_id(&e.dedup_key)),
         })
         .collect();
     let received = rfc3339(received_at);
@@ -483,5 +446,6 @@ fn dead_letter_item(
         payload: serde_json::to_string(&entry).unwrap_or_default(),
         key: id,
         shard: None,
+        legacy_key: None,
     }
 }

@@ -26,9 +26,10 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::accept::deadletter::DeadLetterRecord;
 use crate::accept::{Backend, BackendError, StreamEntry, StreamName};
 use crate::config::Config;
-use crate::ingest::{to_batch, DeadLetterRecord};
+use crate::ingest::to_batch;
 use crate::normalize::{Context, DeadLetter};
 use crate::source::Source;
 use crate::verify::{Headers, Method, Unverified};

@@ -66,9 +66,21 @@ pub async fn run(client: &mut Client, schema: &str) -> Result<Vec<i32>, PersistE
             &[&LOCK_CLASS, &schema],
         )
         .await?;
+        // Created only when absent: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege
+        // on the database even when the schema exists, and a least-privilege owner role
+        // (docs/security.md) is given its schema instead.
+        let exists: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                &[&schema],
+            )
+            .await?
+            .get(0);
+        if !exists {
+            tx.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+        }
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema};
-             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+            "CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
                  version    integer     PRIMARY KEY,
                  name       text        NOT NULL,
                  checksum   text        NOT NULL,
@@ -130,6 +142,31 @@ pub async fn run(client: &mut Client, schema: &str) -> Result<Vec<i32>, PersistE
         }
     }
     Ok(applied)
+}
+
+/// Grants `role` what the gateway needs in `schema` ([`super::roles::grant_sql`]), under
+/// the migrations' advisory lock, in one transaction. The connection must be the owner's.
+pub async fn grant_runtime(
+    client: &mut Client,
+    schema: &str,
+    role: &str,
+) -> Result<(), PersistError> {
+    let sql = super::roles::grant_sql(schema, role).map_err(PersistError::Config)?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&LOCK_CLASS, &schema],
+    )
+    .await?;
+    tx.batch_execute(&sql).await.map_err(|e| {
+        PersistError::Config(format!(
+            "granting postgres.runtime_role {role:?} its privileges: {}",
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string())
+        ))
+    })?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The versions recorded as applied in `schema` (empty when nothing was ever migrated).

@@ -17,6 +17,7 @@
 
 pub mod migrate;
 pub mod privacy;
+pub mod roles;
 pub mod write;
 
 use std::collections::HashMap;
@@ -93,6 +94,8 @@ pub struct Settings {
     pub retention_interval: Duration,
     pub disconnected_source_retention_days: u32,
     pub public_base_url: Option<String>,
+    /// `postgres.runtime_role`: granted its privileges after each migration run.
+    pub runtime_role: Option<String>,
     /// tenant → days of history kept.
     pub tenant_retention_days: HashMap<String, u32>,
     /// Configured source id → provider name (retention of disconnected sources).
@@ -106,6 +109,8 @@ pub struct Settings {
 pub struct Postgres {
     pool: Pool,
     settings: Arc<Settings>,
+    /// `postgres.migrate_url` (the owner's connection), with the same session options.
+    migrate_with: Option<tokio_postgres::Config>,
 }
 
 impl Postgres {
@@ -116,18 +121,25 @@ impl Postgres {
     /// From a `[postgres]` section (which may differ from `config.postgres`, e.g. in
     /// `switchboard migrate --url`).
     pub fn with(pg: &PostgresConfig, config: &Config) -> Result<Postgres, PersistError> {
-        let mut c: tokio_postgres::Config = pg
-            .url
-            .parse()
-            .map_err(|_| PersistError::Config("postgres.url is not a connection string".into()))?;
-        // Every session uses the configured schema; tests give each test its own.
-        c.options(format!(
-            "-c search_path={} -c statement_timeout={}",
-            pg.schema, pg.statement_timeout_ms
-        ));
-        c.connect_timeout(Duration::from_millis(pg.connect_timeout_ms));
-        c.application_name("switchboard");
-        c.keepalives(true);
+        let session = |url: &str, key: &str| {
+            let mut c: tokio_postgres::Config = url
+                .parse()
+                .map_err(|_| PersistError::Config(format!("{key} is not a connection string")))?;
+            // Every session uses the configured schema; tests give each test its own.
+            c.options(format!(
+                "-c search_path={} -c statement_timeout={}",
+                pg.schema, pg.statement_timeout_ms
+            ));
+            c.connect_timeout(Duration::from_millis(pg.connect_timeout_ms));
+            c.application_name("switchboard");
+            c.keepalives(true);
+            Ok::<_, PersistError>(c)
+        };
+        let c = session(&pg.url, "postgres.url")?;
+        let migrate_with = match &pg.migrate_url {
+            Some(m) => Some(session(m, "postgres.migrate_url")?),
+            None => None,
+        };
         let manager = Manager::from_config(
             c,
             NoTls,
@@ -153,6 +165,7 @@ impl Postgres {
             retention_interval: Duration::from_secs(pg.retention_interval_secs),
             disconnected_source_retention_days: pg.disconnected_source_retention_days,
             public_base_url: pg.public_base_url.clone(),
+            runtime_role: pg.runtime_role.clone(),
             tenant_retention_days: config
                 .tenants
                 .iter()
@@ -168,6 +181,7 @@ impl Postgres {
         Ok(Postgres {
             pool,
             settings: Arc::new(settings),
+            migrate_with,
         })
     }
 
@@ -179,10 +193,56 @@ impl Postgres {
         Ok(self.pool.get().await?)
     }
 
-    /// Applies pending migrations (see [`migrate`]); returns the versions applied.
+    /// Applies pending migrations (see [`migrate`]) over `postgres.migrate_url` when set (the
+    /// owner's connection, else the pool's), then grants `postgres.runtime_role` its
+    /// privileges; returns the versions applied.
     pub async fn migrate(&self) -> Result<Vec<i32>, PersistError> {
-        let mut client = self.client().await?;
-        migrate::run(&mut client, &self.settings.schema).await
+        let schema = &self.settings.schema;
+        let role = self.settings.runtime_role.as_deref();
+        match &self.migrate_with {
+            Some(cfg) => {
+                let (mut client, conn) = cfg.connect(NoTls).await?;
+                let task = tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "migration connection closed");
+                    }
+                });
+                let out = migrate::run(&mut client, schema).await;
+                let out = match (out, role) {
+                    (Ok(v), Some(r)) => migrate::grant_runtime(&mut client, schema, r)
+                        .await
+                        .map(|_| v),
+                    (out, _) => out,
+                };
+                drop(client);
+                let _ = task.await;
+                out
+            }
+            None => {
+                let mut client = self.client().await?;
+                let v = migrate::run(&mut client, schema).await?;
+                if let Some(r) = role {
+                    migrate::grant_runtime(&mut client, schema, r).await?;
+                }
+                Ok(v)
+            }
+        }
+    }
+
+    /// Whether the everyday connection is a superuser or owns the audit log: then the audit
+    /// log's append-only rule can be bypassed from it (docs/security.md, "Database roles").
+    pub async fn can_bypass_audit_log(&self) -> Result<bool, PersistError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT r.rolsuper OR COALESCE(pg_has_role(current_user, t.tableowner, 'USAGE'), false)
+                 FROM pg_roles r
+                 LEFT JOIN pg_tables t ON t.schemaname = current_schema() AND t.tablename = 'audit_log'
+                 WHERE r.rolname = current_user",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Whether Postgres answers.
@@ -274,6 +334,15 @@ impl Persister {
                 }
             }
             backoff.reset();
+        }
+        if self.migrates {
+            // Once, best effort: a deployment that runs as a superuser or as the tables'
+            // owner works, but its audit log is only as append-only as that role allows.
+            if let Ok(true) = self.pg.can_bypass_audit_log().await {
+                tracing::warn!(
+                    "postgres.url connects as a superuser or as the owner of audit_log: the audit log's append-only rule can be bypassed from it; use a runtime role (docs/security.md, \"Database roles\")"
+                );
+            }
         }
         let mut last_lag = Instant::now() - Duration::from_secs(60);
         loop {

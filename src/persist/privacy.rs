@@ -12,9 +12,11 @@ use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 
 use super::{PersistError, Postgres};
-use crate::accept::{Backend, StreamName};
+use crate::accept::deadletter::DeadLetterRecord;
+use crate::accept::{Backend, StreamEntry, StreamName};
 use crate::event::short_hash;
 use crate::internal_events::PrivacyOperation;
+use crate::route::Engine;
 
 /// The stable, non-reversible name of a contact of a tenant in the audit log and
 /// `erasures`.
@@ -50,8 +52,15 @@ pub struct Erased {
     pub deliveries: u64,
     pub assignments: u64,
     pub conversations: u64,
-    /// Entries of the events stream deleted (XDEL).
+    /// Entries of the events stream deleted (XDEL), every partition.
     pub stream_entries: u64,
+    /// Entries of the inbound stream (accepted, not yet routed) deleted.
+    pub inbound_entries: u64,
+    /// Dead letters that mention the contact, deleted.
+    pub dead_letters: u64,
+    /// Routing state: conversations forgotten (open ones free their agent's slot, queued
+    /// ones leave their queue) and unpublished assignment changes deleted.
+    pub routing: crate::route::store::RoutingErased,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +69,8 @@ struct Probe {
     tenant: String,
     #[serde(default)]
     contact: Option<ProbeParty>,
+    #[serde(default)]
+    conversation_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -67,23 +78,39 @@ struct ProbeParty {
     id: String,
 }
 
-/// Erases a contact of a tenant: its messages, statuses, deliveries, assignments and
-/// conversations in Postgres, and its entries of the events stream. Idempotent: erasing
-/// again removes what arrived since (and nothing else). Events of the contact already on
-/// their way (accepted before the erasure, not yet stored) are not stored afterwards: the
-/// `erasures` row makes the persister drop them.
+/// Erases a contact of a tenant, every copy the gateway holds (DESIGN.md invariant 7): its
+/// messages, statuses, deliveries, assignments and conversations in Postgres; its entries of
+/// the inbound and events streams and the dead letters that mention it (every partition);
+/// its conversations' routing state (through `engine`: an open conversation frees its
+/// agent's slot). Idempotent: erasing again removes what arrived since (and nothing else).
+/// Events of the contact already on their way (accepted before the erasure, not yet stored)
+/// are not stored afterwards: the `erasures` row makes the persister drop them.
 pub async fn erase_contact(
     pg: &Postgres,
     backend: &Backend,
+    engine: Option<&Engine>,
     actor: &str,
     tenant: &str,
     contact: &str,
 ) -> Result<Erased, PersistError> {
     let hash = contact_hash(tenant, contact);
     let mut out = Erased::default();
+    let mut convs: Vec<String>;
     {
         let mut client = pg.client().await?;
         let tx = client.transaction().await?;
+        convs = tx
+            .query(
+                "SELECT conversation_id FROM conversations WHERE tenant = $1 AND contact_id = $2
+                 UNION SELECT conversation_id FROM messages WHERE tenant = $1 AND contact_id = $2
+                 UNION SELECT conversation_id FROM message_statuses
+                       WHERE tenant = $1 AND contact_id = $2",
+                &[&tenant, &contact],
+            )
+            .await?
+            .iter()
+            .filter_map(|r| r.get::<_, Option<String>>(0))
+            .collect();
         tx.execute(
             "INSERT INTO erasures (tenant, contact_hash) VALUES ($1, $2)
              ON CONFLICT (tenant, contact_hash) DO UPDATE SET erased_at = now()",
@@ -123,7 +150,25 @@ pub async fn erase_contact(
             .await?;
         tx.commit().await?;
     }
-    out.stream_entries = erase_from_stream(backend, tenant, contact).await? as u64;
+    let (n, c) = erase_from_stream(backend, StreamName::Inbound, tenant, contact).await?;
+    out.inbound_entries = n as u64;
+    convs.extend(c);
+    let (n, c) = erase_from_stream(backend, StreamName::Events, tenant, contact).await?;
+    out.stream_entries = n as u64;
+    convs.extend(c);
+    let dead: Vec<String> = contact_dead_letters(backend, contact)
+        .await?
+        .into_iter()
+        .map(|(e, _)| e.id)
+        .collect();
+    out.dead_letters = backend
+        .delete_entries(StreamName::DeadLetter, &dead)
+        .await? as u64;
+    convs.sort();
+    convs.dedup();
+    if let Some(engine) = engine {
+        out.routing = engine.erase(tenant, &convs).await?;
+    }
     let client = pg.client().await?;
     audit(
         &**client,
@@ -143,39 +188,117 @@ pub async fn erase_contact(
     Ok(out)
 }
 
-/// Deletes the contact's entries of the events stream; returns how many. (The inbound
-/// stream holds entries only until they are routed, seconds; dead letters keep raw
-/// bodies that are not attributed to a contact and age out with their retention.)
-async fn erase_from_stream(
+/// Every entry of a stream (all partitions), oldest first, page by page.
+async fn for_each_entry(
     backend: &Backend,
-    tenant: &str,
-    contact: &str,
-) -> Result<usize, PersistError> {
+    stream: StreamName,
+    mut f: impl FnMut(&StreamEntry),
+) -> Result<(), PersistError> {
     let mut after = "0-0".to_string();
-    let mut ids = Vec::new();
     loop {
-        let page = backend.read(StreamName::Events, 1000, Some(&after)).await?;
+        let page = backend.read(stream, 1000, Some(&after)).await?;
         let Some(last) = page.last() else {
             break;
         };
         after = last.id.clone();
-        for e in &page {
-            if let Ok(p) = serde_json::from_str::<Probe>(&e.payload) {
-                if p.tenant == tenant && p.contact.is_some_and(|c| c.id == contact) {
-                    ids.push(e.id.clone());
-                }
-            }
-        }
+        page.iter().for_each(&mut f);
         if page.len() < 1000 {
             break;
         }
     }
-    Ok(backend.delete_entries(StreamName::Events, &ids).await?)
+    Ok(())
 }
 
-/// Everything stored about a contact of a tenant, as one JSON document.
+/// Deletes the contact's events from the inbound or events stream; returns how many, and
+/// the conversations they belong to.
+async fn erase_from_stream(
+    backend: &Backend,
+    stream: StreamName,
+    tenant: &str,
+    contact: &str,
+) -> Result<(usize, Vec<String>), PersistError> {
+    let mut ids = Vec::new();
+    let mut convs = Vec::new();
+    for_each_entry(backend, stream, |e| {
+        if let Ok(p) = serde_json::from_str::<Probe>(&e.payload) {
+            if p.tenant == tenant && p.contact.is_some_and(|c| c.id == contact) {
+                ids.push(e.id.clone());
+                convs.extend(p.conversation_id);
+            }
+        }
+    })
+    .await?;
+    Ok((backend.delete_entries(stream, &ids).await?, convs))
+}
+
+/// The dead letters that mention `contact`, with their records. A dead letter is a payload
+/// that could not become events, so it names no contact: it is the contact's when the id
+/// appears in it as a whole token (not inside a longer id or number) — in the raw body (also
+/// form-decoded and base64-decoded), the failing part or the URL of a GET delivery. Dead
+/// letters are not attributed to tenants either (an unknown channel has no tenant), so an
+/// erasure removes every dead letter that names the contact.
+async fn contact_dead_letters(
+    backend: &Backend,
+    contact: &str,
+) -> Result<Vec<(StreamEntry, DeadLetterRecord)>, PersistError> {
+    let mut out = Vec::new();
+    if contact.is_empty() {
+        return Ok(out);
+    }
+    for_each_entry(backend, StreamName::DeadLetter, |e| {
+        if let Ok(r) = serde_json::from_str::<DeadLetterRecord>(&e.payload) {
+            if dead_letter_mentions(&r, contact) {
+                out.push((e.clone(), r));
+            }
+        }
+    })
+    .await?;
+    Ok(out)
+}
+
+fn dead_letter_mentions(r: &DeadLetterRecord, contact: &str) -> bool {
+    let body = r.body_bytes().unwrap_or_default();
+    let decoded = |bytes: &[u8]| -> String {
+        url::form_urlencoded::parse(bytes)
+            .flat_map(|(k, v)| [k.into_owned(), v.into_owned()])
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let url = r.url.as_deref().unwrap_or("");
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let texts = [
+        String::from_utf8_lossy(&body).into_owned(),
+        decoded(&body),
+        r.part.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+        url.to_string(),
+        decoded(query.as_bytes()),
+    ];
+    texts.iter().any(|t| mentions(t, contact))
+}
+
+/// Whether `id` occurs in `text` with no letter or digit right before or after it.
+fn mentions(text: &str, id: &str) -> bool {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+    let mut from = 0;
+    while let Some(at) = text[from..].find(id) {
+        let start = from + at;
+        let end = start + id.len();
+        let before = text[..start].chars().next_back();
+        let after = text[end..].chars().next();
+        // Unicode escapes in JSON (`\u0041`) are rare in ids; a `+` before a phone is fine.
+        if !alnum(before) && !alnum(after) {
+            return true;
+        }
+        from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+    }
+    false
+}
+
+/// Everything stored about a contact of a tenant, as one JSON document: the history in
+/// Postgres and the dead letters that mention the contact (see [`contact_dead_letters`]).
 pub async fn export_contact(
     pg: &Postgres,
+    backend: &Backend,
     actor: &str,
     tenant: &str,
     contact: &str,
@@ -215,10 +338,21 @@ pub async fn export_contact(
          ORDER BY at, seq, event_id",
     )
     .await?;
+    let dead_letters: Vec<Value> = contact_dead_letters(backend, contact)
+        .await?
+        .into_iter()
+        .map(|(e, _)| {
+            let mut v: Value = serde_json::from_str(&e.payload).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("stream_id".into(), e.id.into());
+            }
+            v
+        })
+        .collect();
     let counts = json!({
         "conversations": conversations.len(), "messages": messages.len(),
         "statuses": statuses.len(), "deliveries": deliveries.len(),
-        "assignments": assignments.len(),
+        "assignments": assignments.len(), "dead_letters": dead_letters.len(),
     });
     audit(
         &**client,
@@ -244,6 +378,7 @@ pub async fn export_contact(
         "statuses": statuses,
         "deliveries": deliveries,
         "assignments": assignments,
+        "dead_letters": dead_letters,
     }))
 }
 
@@ -438,6 +573,7 @@ pub struct DeletionStatus {
 pub async fn deletion_request(
     pg: &Postgres,
     backend: &Backend,
+    engine: Option<&Engine>,
     source: &str,
     tenants: &[String],
     user_id: &str,
@@ -457,7 +593,7 @@ pub async fn deletion_request(
     let mut erased = serde_json::Map::new();
     let actor = format!("meta:{source}");
     for tenant in tenants {
-        let e = erase_contact(pg, backend, &actor, tenant, user_id).await?;
+        let e = erase_contact(pg, backend, engine, &actor, tenant, user_id).await?;
         erased.insert(
             tenant.clone(),
             serde_json::to_value(e).unwrap_or(Value::Null),
@@ -512,4 +648,20 @@ pub async fn deletion_status(
             .get::<_, Option<OffsetDateTime>>(3)
             .map(crate::event::rfc3339),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions;
+
+    #[test]
+    fn an_id_is_mentioned_only_as_a_whole_token() {
+        assert!(mentions(r#"{"wa_id":"16505551234"}"#, "16505551234"));
+        assert!(mentions("From=+16505551234&Body=hi", "16505551234"));
+        assert!(!mentions(r#"{"wa_id":"116505551234"}"#, "16505551234"));
+        assert!(!mentions(r#"{"ts":"165055512345"}"#, "16505551234"));
+        assert!(!mentions("é16505551234 ", "16505551234"));
+        assert!(mentions("x 16505551234", "16505551234"));
+        assert!(!mentions("", "1"));
+    }
 }

@@ -952,6 +952,7 @@ impl Engine {
                     key: e.event_id.clone(),
                     payload: assignment_event(tenant, e),
                     shard: Some(e.conv.clone()),
+                    legacy_key: None,
                 })
                 .collect();
             self.backend.append_events(&items).await?;
@@ -1040,6 +1041,22 @@ impl Engine {
         self.drain(tenant, now).await?;
         self.relay(tenant).await?;
         Ok(d)
+    }
+
+    /// Privacy erasure of conversations (see [`RoutingStore::erase`]); the slots it frees
+    /// go to waiting conversations at once.
+    pub async fn erase(
+        &self,
+        tenant: &str,
+        convs: &[String],
+    ) -> Result<super::store::RoutingErased, BackendError> {
+        let now = self.now();
+        let erased = self.store.erase(tenant, now, convs).await?;
+        if erased.released > 0 {
+            self.drain(tenant, now).await?;
+            self.relay(tenant).await?;
+        }
+        Ok(erased)
     }
 
     /// Reopens a closed conversation: routed like a new message (sticky to its last agent

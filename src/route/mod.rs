@@ -97,6 +97,16 @@ impl Router {
                         }
                         holding = true;
                         renewed = Instant::now();
+                        // The dead letters' age limit holds while none arrive too: the
+                        // lease holder of each partition applies it at every renewal.
+                        if let Err(e) = self.backend.trim_deadletters().await {
+                            BackendFailed {
+                                backend: self.backend.name(),
+                                op: "trim_deadletters",
+                                error: &e,
+                            }
+                            .emit();
+                        }
                     }
                     Ok(false) => {
                         holding = false;

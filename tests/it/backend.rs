@@ -17,12 +17,17 @@ fn limits(max_backlog: u64) -> Limits {
         events_max_len: 5,
         events_max_age: Duration::ZERO,
         deadletter_max_len: 100,
+        deadletter_max_age: Duration::from_secs(3600),
         persister_max_backlog: 1_000_000,
         memory_max_dedup_keys: 10_000,
     }
 }
 
 async fn backends(max_backlog: u64) -> Vec<Backend> {
+    backends_with(|| limits(max_backlog)).await
+}
+
+async fn backends_with(limits: impl Fn() -> Limits) -> Vec<Backend> {
     let url = redis_url();
     require_redis(&url).await;
     let cfg = RedisConfig {
@@ -33,10 +38,8 @@ async fn backends(max_backlog: u64) -> Vec<Backend> {
         connect_timeout_ms: 1000,
     };
     vec![
-        Backend::Memory(MemoryBackend::new(limits(max_backlog))),
-        Backend::Redis(Box::new(
-            RedisBackend::new(&cfg, limits(max_backlog)).unwrap(),
-        )),
+        Backend::Memory(MemoryBackend::new(limits())),
+        Backend::Redis(Box::new(RedisBackend::new(&cfg, limits()).unwrap())),
     ]
 }
 
@@ -280,7 +283,7 @@ async fn redis_dedup_keys_expire_with_the_configured_ttl() {
     let b = RedisBackend::new(&cfg, limits(100)).unwrap();
     b.accept(batch(&["evt_ttl"], &[])).await.unwrap();
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{{{prefix}}}:dedup:v1:evt_ttl"))
+        .arg(format!("{{{prefix}}}:dedup:v2:evt_ttl"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -336,5 +339,105 @@ async fn the_router_lease_is_exclusive_fences_publishes_and_hands_over_pending_e
         // Released at shutdown: a standby takes it at once.
         b.release_lease("r2").await.unwrap();
         assert!(b.lease("r3", ttl).await.unwrap(), "{name}");
+    }
+}
+
+/// Upgrade path of the dedup keys (src/accept/redis.rs): keys an earlier version wrote
+/// (`dedup:v1:<its id>`) still make an item a duplicate — an event by its legacy id, a dead
+/// letter and an appended event by their unchanged id — and nothing new is written under v1.
+#[tokio::test]
+async fn redis_dedup_keys_of_the_previous_version_still_catch_redeliveries() {
+    let url = redis_url();
+    let mut conn = require_redis(&url).await;
+    let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    let cfg = RedisConfig {
+        url,
+        cluster_nodes: Vec::new(),
+        key_prefix: prefix.clone(),
+        command_timeout_ms: 2000,
+        connect_timeout_ms: 1000,
+    };
+    let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100)).unwrap()));
+    for old in ["evt_old", "dl_old", "evt_relayed"] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{{{prefix}}}:dedup:v1:{old}"))
+            .arg("1-0")
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut scoped = item("evt_new");
+    scoped.legacy_key = Some("evt_old".into());
+    let mut unrelated = item("evt_other");
+    unrelated.legacy_key = Some("evt_never_seen".into());
+    let r = b
+        .accept(Batch {
+            events: vec![scoped, unrelated],
+            dead_letters: vec![item("dl_old"), item("dl_new")],
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.events, [false, true]);
+    assert_eq!(r.dead_letters, [false, true]);
+    assert_eq!(
+        b.append_events(&[item("evt_relayed"), item("evt_fresh")])
+            .await
+            .unwrap(),
+        1
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:dedup:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut keys: Vec<&str> = keys
+        .iter()
+        .map(|k| k.split_once("}:dedup:").unwrap().1)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "v1:dl_old",
+            "v1:evt_old",
+            "v1:evt_relayed",
+            "v2:dl_new",
+            "v2:evt_fresh",
+            "v2:evt_other"
+        ]
+    );
+    let dead = b.read(StreamName::DeadLetter, 10, None).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].key, "dl_new",
+        "the dead-letter id, without the key prefix"
+    );
+}
+
+/// Dead letters keep raw bodies (contacts' data): they age out after
+/// `deadletter_max_age`, when a new one is stored and when the router trims between reads.
+#[tokio::test]
+async fn dead_letters_age_out() {
+    let short = || Limits {
+        deadletter_max_age: Duration::from_millis(1000),
+        ..limits(100)
+    };
+    for b in backends_with(short).await {
+        let name = b.name();
+        b.accept(batch(&[], &["dl_old"])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        b.accept(batch(&[], &["dl_new"])).await.unwrap();
+        let keys = |entries: Vec<switchboard::accept::StreamEntry>| {
+            entries.into_iter().map(|e| e.key).collect::<Vec<_>>()
+        };
+        let dead = b.read(StreamName::DeadLetter, 10, None).await.unwrap();
+        assert_eq!(keys(dead), ["dl_new"], "{name}: trimmed when one is stored");
+        assert_eq!(b.trim_deadletters().await.unwrap(), 0, "{name}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(b.trim_deadletters().await.unwrap(), 1, "{name}");
+        let dead = b.read(StreamName::DeadLetter, 10, None).await.unwrap();
+        assert!(dead.is_empty(), "{name}: trimmed with none arriving");
     }
 }

@@ -18,6 +18,7 @@ fn limits() -> Limits {
         events_max_len: 5,
         events_max_age: Duration::ZERO,
         deadletter_max_len: 100,
+        deadletter_max_age: Duration::from_secs(3600),
         memory_max_dedup_keys: 10_000,
         persister_max_backlog: 40,
     }

@@ -13,8 +13,9 @@ const LAYERS: &[&[&str]] = &[
     &["telemetry", "internal_events", "limits", "accept"],
     &["verify"],
     &["normalize"],
-    &["route", "persist"],
-    &["source"],
+    &["route"],
+    // persist sits above route: erasure reaches routing state through the engine.
+    &["persist", "source"],
     &["admin"],
     &["state"],
     &["http"],

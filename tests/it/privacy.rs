@@ -199,7 +199,7 @@ async fn events_of_an_erased_contact_received_before_the_erasure_are_not_stored(
         json!({"contact": {"id": "erased-1"}, "received_at": before, "occurred_at": before,
                             "message": {"type": "text", "text": "in flight"}}),
     );
-    switchboard::persist::privacy::erase_contact(&pg, &backend, "test", "acme", "erased-1")
+    switchboard::persist::privacy::erase_contact(&pg, &backend, None, "test", "acme", "erased-1")
         .await
         .unwrap();
     let after = event(

@@ -622,3 +622,58 @@ conform!(
         vec![]
     }
 );
+
+// Privacy erasure: an open conversation frees its agent's slot, a queued one leaves its
+// queue, both are forgotten (state, history, decisions) with their unpublished outbox
+// entries, other conversations are untouched, and erasing again changes nothing.
+conform!(erase_forgets_conversations_and_frees_their_slots, |s| {
+    setup(&s, &[spec("a", 1, &[])]).await;
+    let st = settings();
+    let mut t = Vec::new();
+    for (ev, conv) in [("e1", "c1"), ("e2", "c2"), ("e3", "c3")] {
+        let d = s
+            .route("acme", &st, T0, &[], &[item(ev, conv, &["a"])])
+            .await
+            .unwrap();
+        t.push(v(&d[0]));
+    }
+    // c1 open with a, c2 and c3 queued; closing c3 leaves an outbox entry.
+    s.close("acme", &st, T0 + 1, "c3", "test").await.unwrap();
+    assert_eq!(load(&s, "a").await, 1);
+    let erased = s
+        .erase(
+            "acme",
+            T0 + 2,
+            &["c1".into(), "c2".into(), "c3".into(), "nope".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (erased.conversations, erased.released, erased.unqueued),
+        (3, 1, 1),
+        "{}",
+        s.name()
+    );
+    assert!(erased.outbox >= 1, "{}: {erased:?}", s.name());
+    assert_eq!(load(&s, "a").await, 0, "{}: a's slot is free", s.name());
+    for conv in ["c1", "c2", "c3"] {
+        assert!(s.conversation("acme", conv).await.unwrap().is_none());
+    }
+    assert!(s.queues("acme").await.unwrap().iter().all(|q| q.depth == 0));
+    let outbox = s.outbox("acme", 100).await.unwrap();
+    assert!(outbox
+        .iter()
+        .all(|e| !["c1", "c2", "c3"].contains(&e.conv.as_str())));
+    let again = s
+        .erase("acme", T0 + 3, &["c1".into(), "c2".into()])
+        .await
+        .unwrap();
+    assert_eq!(again.conversations, 0);
+    // A new conversation gets a's slot.
+    let d = s
+        .route("acme", &st, T0 + 4, &[], &[item("e4", "c4", &["a"])])
+        .await
+        .unwrap();
+    t.push(v(&d[0]));
+    t
+});

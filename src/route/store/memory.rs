@@ -1019,6 +1019,37 @@ impl MemoryStore {
         Some((c.live()?, c.history.iter().cloned().collect()))
     }
 
+    pub fn erase(&self, tenant: &str, now_ms: u64, convs: &[String]) -> RoutingErased {
+        self.with(tenant, |t| {
+            let mut out = RoutingErased::default();
+            for conv in convs {
+                let Some(state) = t.convs.get(conv).map(|c| c.state) else {
+                    continue;
+                };
+                match state {
+                    Some(ConvState::Open) if t.release(conv).is_some() => {
+                        out.released += 1;
+                    }
+                    Some(ConvState::Queued) => {
+                        t.unqueue(conv);
+                        out.unqueued += 1;
+                    }
+                    _ => {}
+                }
+                t.untouch(conv);
+                let expired = t.convs[conv].expires_ms.is_some_and(|e| e <= now_ms);
+                t.convs.remove(conv);
+                if !expired {
+                    out.conversations += 1;
+                }
+            }
+            let before = t.outbox.len();
+            t.outbox.retain(|e| !convs.contains(&e.conv));
+            out.outbox = (before - t.outbox.len()) as u64;
+            out
+        })
+    }
+
     pub fn outbox(&self, tenant: &str, max: usize) -> Vec<OutboxEntry> {
         let g = self.lock();
         g.get(tenant)

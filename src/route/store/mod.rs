@@ -296,6 +296,19 @@ pub struct AgentSpec {
     pub initial_presence: Presence,
 }
 
+/// What [`RoutingStore::erase`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RoutingErased {
+    /// Conversation states deleted (with their parties, decisions and history).
+    pub conversations: u64,
+    /// Of those, open ones: their agent's slot was freed.
+    pub released: u64,
+    /// Of those, queued ones: taken out of their queue.
+    pub unqueued: u64,
+    /// Outbox entries (assignment changes not yet published) deleted.
+    pub outbox: u64,
+}
+
 /// A rule set write lost a race: the version in the store is now this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the rule set changed meanwhile (version {0} is current)")]
@@ -431,6 +444,19 @@ impl RoutingStore {
         conv: &str,
     ) -> Result<Option<(ConvLive, Vec<String>)>, BackendError> {
         dispatch!(self, s => s.conversation(tenant, conv))
+    }
+
+    /// Privacy erasure: forgets conversations, atomically — an open one frees its agent's
+    /// slot, a queued one leaves its queue, and its state (parties, decisions, history),
+    /// idle entry and unpublished outbox entries are deleted. No assignment event is made
+    /// (it would carry the contact).
+    pub async fn erase(
+        &self,
+        tenant: &str,
+        now_ms: u64,
+        convs: &[String],
+    ) -> Result<RoutingErased, BackendError> {
+        dispatch!(self, s => s.erase(tenant, now_ms, convs))
     }
 
     pub async fn outbox(&self, tenant: &str, max: usize) -> Result<Vec<OutboxEntry>, BackendError> {

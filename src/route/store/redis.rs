@@ -12,8 +12,8 @@ use ::redis::{RedisError, Script, Value};
 use super::outcome;
 use super::{
     AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, OutboxEntry, QueueDepth,
-    QueuedConv, RouteItem, RulesetRecord, Settings, Snapshot, SnapshotRequest, SweepReport,
-    TransferRefused, VersionConflict,
+    QueuedConv, RouteItem, RoutingErased, RulesetRecord, Settings, Snapshot, SnapshotRequest,
+    SweepReport, TransferRefused, VersionConflict,
 };
 use crate::accept::BackendError;
 use crate::config::routing::Presence;
@@ -517,6 +517,32 @@ impl RedisStore {
             return Ok(None);
         }
         Ok(Some(decided(v).ok_or_else(|| protocol("close decision"))?))
+    }
+
+    pub async fn erase(
+        &self,
+        tenant: &str,
+        now_ms: u64,
+        convs: &[String],
+    ) -> Result<RoutingErased, BackendError> {
+        let mut out = RoutingErased::default();
+        // Bounded calls: a contact has few conversations, but the script runs alone.
+        for chunk in convs.chunks(500) {
+            let reply = self
+                .call(tenant, "erase", None, now_ms, |inv| {
+                    for c in chunk {
+                        inv.arg(c);
+                    }
+                })
+                .await?;
+            let v = array(&reply).ok_or_else(|| protocol("erase reply"))?;
+            let n = |i: usize| v.get(i).and_then(int).map(|n| n.max(0) as u64);
+            out.conversations += n(0).ok_or_else(|| protocol("erase reply"))?;
+            out.released += n(1).unwrap_or(0);
+            out.unqueued += n(2).unwrap_or(0);
+            out.outbox += n(3).unwrap_or(0);
+        }
+        Ok(out)
     }
 
     pub async fn set_presence(

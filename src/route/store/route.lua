@@ -815,6 +815,47 @@ local function op_close()
   return res
 end
 
+-- erase (privacy): ARGV[10..] conversations. Each is forgotten: an open one frees its
+-- agent's slot, a queued one leaves its queue; its state (parties, decisions, history), idle
+-- entry and outbox entries are deleted. No assignment event (it would carry the contact).
+-- Reply: {conversations, released, unqueued, outbox entries deleted}.
+local function op_erase()
+  local set, n, released, unqueued = {}, 0, 0, 0
+  for i = 10, #ARGV do
+    local conv = ARGV[i]
+    set[conv] = true
+    if redis.call('EXISTS', ckey(conv)) == 1 then
+      local c = load(conv)
+      if c.st == 'open' then
+        if release(c, conv) ~= nil then
+          released = released + 1
+        end
+      elseif c.st == 'queued' then
+        unqueue(c, conv)
+        unqueued = unqueued + 1
+      end
+      untouch(c, conv)
+      redis.call('DEL', ckey(conv))
+      n = n + 1
+    end
+  end
+  flush()
+  local ids = {}
+  for _, e in ipairs(redis.call('XRANGE', base .. 'outbox', '-', '+')) do
+    local f = e[2]
+    for j = 1, #f - 1, 2 do
+      if f[j] == 'conv' and set[f[j + 1]] then
+        ids[#ids + 1] = e[1]
+      end
+    end
+  end
+  local removed = 0
+  for i = 1, #ids, 1000 do
+    removed = removed + redis.call('XDEL', base .. 'outbox', unpack(ids, i, math.min(i + 999, #ids)))
+  end
+  return {n, released, unqueued, removed}
+end
+
 -- presence: ARGV[10] agent, ARGV[11] presence. Reply: the previous presence.
 local function op_presence()
   local id, presence = ARGV[10], ARGV[11]
@@ -1036,6 +1077,8 @@ elseif op == 'transfer_agent' then
   return op_transfer_agent()
 elseif op == 'close' then
   return op_close()
+elseif op == 'erase' then
+  return op_erase()
 elseif op == 'presence' then
   return op_presence()
 elseif op == 'sweep' then
