@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::ingest::edge::{guard, Edge};
 use crate::ingest::http::{configure, not_found, observe};
 use crate::internal_events::{install_recorder, RoutingSampled, StreamSampled};
 use crate::route::strategy::Strategies;
@@ -77,17 +78,22 @@ impl Application {
             .with_context(|| format!("cannot listen on server.bind = {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
         let data = state.clone();
+        let edge = web::Data::new(Edge::from_config(&config));
+        let connections = edge.connections.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(edge.clone())
+                .wrap(from_fn(guard))
                 .wrap(from_fn(observe))
                 .configure(configure)
                 .default_service(web::to(not_found))
         })
+        .on_connect(move |conn, ext| connections.on_connect(conn, ext))
         .listen(listener)?
         .max_connections(config.server.max_connections_per_worker)
         .shutdown_timeout(config.server.shutdown_timeout_secs)
-        .client_request_timeout(Duration::from_secs(30));
+        .client_request_timeout(Duration::from_millis(config.server.header_read_timeout_ms));
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
         }

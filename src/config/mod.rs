@@ -142,6 +142,19 @@ pub struct ServerConfig {
     pub max_connections_per_worker: usize,
     /// Peers whose `X-Forwarded-For` is trusted for the client IP (load balancers).
     pub trusted_proxies: Vec<IpAddr>,
+    /// Longest wait for a new connection's request line and headers (408 and closed after).
+    pub header_read_timeout_ms: u64,
+    /// Longest time a request's whole body may take to arrive, counted from its headers
+    /// (408 `request_timeout` and the connection closed after).
+    pub body_read_timeout_ms: u64,
+    /// Most bytes of request bodies buffered at once in the whole process (503
+    /// `backpressure` + Retry-After past it, before anything is allocated).
+    pub max_buffered_body_bytes: usize,
+    /// Most of `max_buffered_body_bytes` one client address may hold at once.
+    pub max_buffered_body_bytes_per_ip: usize,
+    /// Most connections open at once from one client address (IPv6: one /64); trusted
+    /// proxies are not counted.
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -395,6 +408,11 @@ fn defaults() -> Defaults {
             shutdown_timeout_secs: 30,
             max_connections_per_worker: 2048,
             trusted_proxies: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
+            max_buffered_body_bytes_per_ip: 16 * 1024 * 1024,
+            max_connections_per_ip: 64,
         },
         log: LogConfig {
             format: LogFormat::Text,
@@ -502,6 +520,35 @@ impl Config {
         }
         if self.server.max_connections_per_worker == 0 {
             errs.push("server.max_connections_per_worker must be at least 1".into());
+        }
+        for (key, ms) in [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+        ] {
+            if !(100..=600_000).contains(&ms) {
+                errs.push(format!("{key} = {ms}: use 100..=600000 (default 10000)"));
+            }
+        }
+        if self.server.max_buffered_body_bytes_per_ip < self.server.max_body_bytes {
+            errs.push(format!(
+                "server.max_buffered_body_bytes_per_ip = {}: must be at least server.max_body_bytes ({}), or no largest body could ever be read",
+                self.server.max_buffered_body_bytes_per_ip, self.server.max_body_bytes
+            ));
+        }
+        if self.server.max_buffered_body_bytes < self.server.max_buffered_body_bytes_per_ip {
+            errs.push(format!(
+                "server.max_buffered_body_bytes = {}: must be at least server.max_buffered_body_bytes_per_ip ({})",
+                self.server.max_buffered_body_bytes, self.server.max_buffered_body_bytes_per_ip
+            ));
+        }
+        if self.server.max_connections_per_ip == 0 {
+            errs.push("server.max_connections_per_ip must be at least 1".into());
         }
         for (key, v) in [
             (

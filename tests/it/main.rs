@@ -6,6 +6,8 @@ mod backend_groups;
 mod cli;
 mod cluster;
 mod deploy;
+mod edge;
+mod gateway_bin;
 mod helpers;
 mod metrics;
 mod ops;
