@@ -9,6 +9,7 @@ mod deploy;
 mod edge;
 mod gateway_bin;
 mod helpers;
+mod log_privacy;
 mod metrics;
 mod ops;
 mod outage;
