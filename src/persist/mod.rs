@@ -93,6 +93,8 @@ pub struct Settings {
 pub struct Postgres {
     pool: Pool,
     settings: Arc<Settings>,
+    /// Set once every migration of this build was seen applied in the schema.
+    migrated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Postgres {
@@ -155,6 +157,7 @@ impl Postgres {
         Ok(Postgres {
             pool,
             settings: Arc::new(settings),
+            migrated: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -170,6 +173,24 @@ impl Postgres {
     pub async fn migrate(&self) -> Result<Vec<i32>, PersistError> {
         let mut client = self.client().await?;
         migrate::run(&mut client, &self.settings.schema).await
+    }
+
+    /// Whether every migration of this build is applied in the schema. Remembered once
+    /// true (migrations are never undone), so later calls cost nothing.
+    pub async fn migrated(&self) -> Result<bool, PersistError> {
+        use std::sync::atomic::Ordering;
+        if self.migrated.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let client = self.client().await?;
+        let done = migrate::applied(&client, &self.settings.schema).await?;
+        let all = migrate::MIGRATIONS
+            .iter()
+            .all(|m| done.contains(&m.version));
+        if all {
+            self.migrated.store(true, Ordering::Relaxed);
+        }
+        Ok(all)
     }
 
     /// Whether Postgres answers.
@@ -269,6 +290,12 @@ impl Persister {
             }
             if last_lag.elapsed() >= Duration::from_secs(5) {
                 self.sample_lag().await;
+                if self.migrates {
+                    // Readiness (`/readyz`) needs to have seen the schema migrated once:
+                    // checked here too, so that it is known before an outage, not only
+                    // when /readyz happens to be asked while Postgres answers.
+                    let _ = self.pg.migrated().await;
+                }
                 last_lag = Instant::now();
             }
             let read = tokio::select! {
@@ -403,18 +430,22 @@ impl Persister {
 #[derive(Debug, serde::Serialize)]
 pub struct PersisterStatus {
     pub postgres: &'static str,
+    /// Every migration of this build applied in the schema (seen at least once).
+    pub migrated: bool,
     /// Events not yet stored (None before the group exists or with Redis down).
     pub lag: Option<GroupLag>,
 }
 
 pub async fn status(pg: &Postgres, backend: &Backend) -> PersisterStatus {
     let up = tokio::time::timeout(Duration::from_secs(2), pg.ping()).await;
+    let migrated = tokio::time::timeout(Duration::from_secs(2), pg.migrated()).await;
     PersisterStatus {
         postgres: if matches!(up, Ok(Ok(()))) {
             "up"
         } else {
             "down"
         },
+        migrated: matches!(migrated, Ok(Ok(true))),
         lag: backend
             .events_group_lag(PERSISTER_GROUP)
             .await

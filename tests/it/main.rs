@@ -19,6 +19,7 @@ mod pg;
 mod privacy;
 mod props;
 mod providers;
+mod readiness;
 mod routing;
 mod routing_store;
 mod webhook;
