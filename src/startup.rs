@@ -48,6 +48,10 @@ impl Application {
     }
 
     pub async fn build_with(config: Config, options: Options) -> anyhow::Result<Application> {
+        let exposed = crate::config::published::exposure_problems(&config);
+        if !exposed.is_empty() {
+            anyhow::bail!(crate::config::published::refusal(&config, &exposed));
+        }
         let metrics = install_recorder();
         let mut state = AppState::build(&config, metrics).context("cannot set up the backend")?;
         state.config_path = options.config_path.clone();

@@ -22,6 +22,7 @@ pub mod bird;
 pub mod messagebird;
 pub mod plivo;
 pub mod postgres;
+pub mod published;
 pub mod sinch;
 pub mod standard;
 pub mod telegram;
@@ -78,6 +79,9 @@ macro_rules! source_config {
     };
 }
 pub(crate) use source_config;
+
+/// The shortest `[api] token` accepted: it is an owner key of every tenant.
+pub const MIN_API_TOKEN_CHARS: usize = 32;
 
 /// Default replay window: 5 minutes, the window most providers' SDKs use.
 pub fn default_replay_window_secs() -> u64 {
@@ -458,6 +462,44 @@ fn defaults() -> Defaults {
     }
 }
 
+/// Prefix of the variables that name a file holding a key's value:
+/// `SWITCHBOARD_FILE__API__TOKEN=/run/secrets/api-token` sets `api.token` to the file's
+/// content (without its trailing newline), parsed like an environment value (so a list is
+/// written `["s1", "s2"]`). For secrets mounted as files (Docker and Kubernetes secrets);
+/// they win over `SWITCHBOARD__` variables and the file.
+pub const FILE_ENV_PREFIX: &str = "SWITCHBOARD_FILE__";
+
+/// `(dotted key, value)` of every `SWITCHBOARD_FILE__` variable.
+fn secret_files() -> Result<Vec<(String, figment::value::Value)>, ConfigError> {
+    let mut out = Vec::new();
+    for (var, path) in std::env::vars_os() {
+        let Some(var) = var.to_str() else { continue };
+        let Some(rest) = var.strip_prefix(FILE_ENV_PREFIX) else {
+            continue;
+        };
+        let key = rest
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+            .join(".");
+        if key.is_empty() || key.split('.').any(str::is_empty) {
+            return Err(ConfigError::Load(format!(
+                "{var}: name a key as {FILE_ENV_PREFIX}<SECTION>__<KEY>"
+            )));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::Load(format!(
+                "{var}: cannot read {}: {e}",
+                std::path::Path::new(&path).display()
+            ))
+        })?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        let value: figment::value::Value = text.parse().expect("infallible");
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
 /// A configuration that failed to load or validate; each line names the key to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -480,7 +522,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        Self::from_figment(fig.merge(Env::prefixed("SWITCHBOARD__").split("__")))
+        fig = fig.merge(Env::prefixed("SWITCHBOARD__").split("__"));
+        for (key, value) in secret_files()? {
+            fig = fig.merge(Serialized::default(&key, value));
+        }
+        Self::from_figment(fig)
     }
 
     /// Defaults → a TOML string (tests and tools).
@@ -700,6 +746,13 @@ impl Config {
                 "api.key_requests_per_sec, api.key_burst and api.token_requests_per_sec must be at least 1"
                     .into(),
             );
+        }
+        if let Some(token) = &self.api.token {
+            if token.expose().chars().count() < MIN_API_TOKEN_CHARS {
+                errs.push(format!(
+                    "api.token is shorter than {MIN_API_TOKEN_CHARS} characters: use a random one, e.g. `openssl rand -hex 32`, in SWITCHBOARD__API__TOKEN (or {FILE_ENV_PREFIX}API__TOKEN=<file>)"
+                ));
+            }
         }
         if self.api.reload_interval_ms < 50 || self.api.reload_interval_ms > 60_000 {
             errs.push("api.reload_interval_ms must be 50..=60000".into());

@@ -20,7 +20,8 @@ pub struct Gateway {
 
 impl Gateway {
     /// `serve` with `config` (TOML) in a file of its own, `env` on top (no inherited
-    /// SWITCHBOARD* variables, no RUST_LOG unless given), bound to 127.0.0.1 on a free port.
+    /// SWITCHBOARD* variables, no RUST_LOG unless given), bound to 127.0.0.1 on a free port
+    /// unless `env` sets SWITCHBOARD__SERVER__BIND.
     /// Waits until the port accepts connections.
     pub fn start(config: &str, env: &[(&str, String)]) -> Gateway {
         let dir =
@@ -28,7 +29,12 @@ impl Gateway {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.toml");
         std::fs::write(&path, config).unwrap();
-        let port = free_port();
+        // A bind given in `env` wins; its port is the one waited on.
+        let port = env
+            .iter()
+            .find(|(k, _)| *k == "SWITCHBOARD__SERVER__BIND")
+            .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(free_port);
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config"])
             .arg(&path)

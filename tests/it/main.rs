@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod deploy;
 mod edge;
+mod exposure;
 mod gateway_bin;
 mod helpers;
 mod log_privacy;
