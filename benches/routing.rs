@@ -27,11 +27,11 @@ use hdrhistogram::Histogram;
 use switchboard::accept::partitioned::Partitioned;
 use switchboard::accept::redis::RedisBackend;
 use switchboard::accept::{Backend, Batch, Item, Limits};
-use switchboard::config::RedisConfig;
-use switchboard::event::{Channel, Direction, Event, EventKind, Message, Party, Provider};
-use switchboard::route::model::{
+use switchboard::config::routing::{
     AgentConfig, Conditions, Presence, RoutingConfig, RuleConfig, TeamConfig,
 };
+use switchboard::config::RedisConfig;
+use switchboard::event::{Channel, Direction, Event, EventKind, Message, Party, Provider};
 use switchboard::route::store::redis::RedisStore;
 use switchboard::route::store::RoutingStore;
 use switchboard::route::strategy::Strategies;

@@ -7,9 +7,10 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
+use switchboard::crypto::Secret;
 use switchboard::normalize::{meta, Context};
 use switchboard::verify::meta::{sign_sha256, verify, MetaKeys, HEADER_SHA256};
-use switchboard::verify::{Headers, Secret, Unverified};
+use switchboard::verify::{Headers, Unverified};
 use time::OffsetDateTime;
 
 const SECRET: &str = "bench-app-secret";

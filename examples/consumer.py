@@ -6,6 +6,13 @@ Runnable as it is against the Redis that switchboard writes to:
     pip install redis            # or: apt-get install python3-redis
     python3 examples/consumer.py --redis-url redis://127.0.0.1:6379 --prefix switchboard
 
+Supported clients: redis-py 4.3 and later, up to the current release. The test suite runs it
+with the redis-py release `pip install redis` gives (pinned in .ci/run, 8.1.0 at the time of
+writing) and with Debian's python3-redis (4.3.4). redis-py 6 and later give every connection
+a 5-second socket read timeout by default, shorter than a blocking XREADGROUP may wait: the
+client here is created with a read timeout longer than --block-ms, so an idle stream is not
+an error.
+
 It prints one JSON line per stream entry it handles (and a summary line when it stops), so
 that its decisions can be read by people and checked by tests/it/deploy.rs.
 
@@ -31,6 +38,9 @@ import time
 import redis
 
 log = logging.getLogger("consumer")
+
+# How much longer than a blocking read's BLOCK the client waits for Redis's answer.
+READ_TIMEOUT_MARGIN_SECS = 10.0
 
 # Compare-and-set on the conversation's last applied seq, atomically, so that two workers of
 # the group handling two changes of one conversation cannot apply the older one last.
@@ -266,7 +276,13 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    r = redis.Redis.from_url(args.redis_url, decode_responses=True)
+    # A blocking read waits up to block_ms on the server before it answers: the socket read
+    # timeout must outlast it (redis-py's default, 5 s since 6.0, equals the default BLOCK and
+    # made an idle consumer die with "Timeout reading from socket"). The margin covers a
+    # loaded server; a Redis that really stops answering still times out.
+    read_timeout = args.block_ms / 1000.0 + READ_TIMEOUT_MARGIN_SECS
+    r = redis.Redis.from_url(args.redis_url, decode_responses=True,
+                             socket_timeout=read_timeout, socket_connect_timeout=5)
     consumer = Consumer(r, args)
 
     def stop(signum, _frame):

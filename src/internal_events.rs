@@ -385,12 +385,38 @@ impl RoutingSampled {
     }
 }
 
+/// Rows written per table (new rows or rows changed), as the persister reports them (metrics and log).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub messages: u64,
+    pub statuses: u64,
+    pub deliveries: u64,
+    pub assignments: u64,
+    pub conversations: u64,
+    /// Events of a contact erased after they were received: not stored.
+    pub erased: u64,
+    /// Events Postgres refused on their own (logged).
+    pub refused: u64,
+}
+
+impl Written {
+    pub fn add(&mut self, o: &Written) {
+        self.messages += o.messages;
+        self.statuses += o.statuses;
+        self.deliveries += o.deliveries;
+        self.assignments += o.assignments;
+        self.conversations += o.conversations;
+        self.erased += o.erased;
+        self.refused += o.refused;
+    }
+}
+
 /// The persister wrote a batch to PostgreSQL and acknowledged it.
 pub struct PersisterBatchWritten<'a> {
     pub entries: usize,
     /// Entries that were not events (deleted meanwhile, or unreadable): acknowledged only.
     pub unreadable: u64,
-    pub written: &'a crate::persist::write::Written,
+    pub written: &'a Written,
     pub elapsed: Duration,
 }
 

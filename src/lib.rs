@@ -1,22 +1,31 @@
 //! switchboard: webhook ingestion and conversation routing for omnichannel CRMs.
 //!
-//! The pipeline, one module per stage (see DESIGN.md "the path of one webhook"):
+//! The pipeline, one module per stage (see docs/architecture.md, "The path of one webhook"):
 //! [`ingest`] (HTTP) → [`verify`] → [`normalize`] → [`accept`] (dedup + enqueue) →
-//! [`route`] (inbound → events) → [`persist`] (events → PostgreSQL); [`config`], [`telemetry`] and [`internal_events`]
-//! (metrics + logs) serve them all.
+//! [`route`] (inbound → events) → [`persist`] (events → PostgreSQL).
+//!
+//! The modules form layers, each using only those below it (checked by
+//! `tests/it/layers.rs`), bottom to top: [`error`], [`event`], [`crypto`]; [`config`]
+//! (data and validation, routing rule sets included); [`telemetry`], [`internal_events`],
+//! [`limits`], [`accept`]; [`verify`]; [`normalize`]; [`route`], [`persist`]; [`source`];
+//! [`admin`]; [`state`]; [`http`]; [`ingest`], [`api`]; [`ops`]; [`startup`].
 
 pub mod accept;
 pub mod admin;
 pub mod api;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod event;
+pub mod http;
 pub mod ingest;
 pub mod internal_events;
+pub mod limits;
 pub mod normalize;
 pub mod ops;
 pub mod persist;
 pub mod route;
+pub mod source;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

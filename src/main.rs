@@ -314,7 +314,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn rotate_master_key(config: Config) -> anyhow::Result<()> {
-    use switchboard::admin::MasterKeys;
+    use switchboard::crypto::MasterKeys;
     use switchboard::persist::Postgres;
     let keys = MasterKeys::load(config.api.master_key_file.as_deref())?.with_context(|| {
         "no master key: set SWITCHBOARD_MASTER_KEY or api.master_key_file".to_string()

@@ -18,8 +18,8 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::http::{not_found, observe};
 use crate::ingest::edge::{guard, Edge};
-use crate::ingest::http::{configure, not_found, observe};
 use crate::internal_events::{install_recorder, RoutingSampled, StreamSampled};
 use crate::route::strategy::Strategies;
 use crate::route::{Engine, Router};
@@ -77,7 +77,7 @@ impl Application {
                 Some(crate::persist::Postgres::new(&config).context("cannot set up PostgreSQL")?);
         }
         let state = web::Data::new(state);
-        crate::admin::start(&state.clone().into_inner()).await;
+        crate::state::start_admin_sync(&state.clone().into_inner()).await;
         let listener = TcpListener::bind(&config.server.bind)
             .with_context(|| format!("cannot listen on server.bind = {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -90,7 +90,8 @@ impl Application {
                 .app_data(edge.clone())
                 .wrap(from_fn(guard))
                 .wrap(from_fn(observe))
-                .configure(configure)
+                .configure(crate::ingest::http::configure)
+                .configure(crate::api::configure)
                 .default_service(web::to(not_found))
         })
         .on_connect(move |conn, ext| connections.on_connect(conn, ext))

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use switchboard::config::{Config, SourceConfig};
 use switchboard::normalize::{Context, Normalized};
-use switchboard::state::Source;
+use switchboard::source::Source;
 use switchboard::verify::{self, Headers, Method, SignRequest, Unverified, Verified};
 use time::OffsetDateTime;
 

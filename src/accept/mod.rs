@@ -1,4 +1,4 @@
-//! Accept: deduplicate and enqueue, as one atomic step (DESIGN.md step 5), plus the stream
+//! Accept: deduplicate and enqueue, as one atomic step (docs/architecture.md step 5), plus the stream
 //! operations the router and the read API need.
 //!
 //! Backends are a closed set, so they are an enum: [`memory`] (embedded, not durable) and

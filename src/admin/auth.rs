@@ -1,6 +1,6 @@
 //! Who is calling: API keys (`Authorization: Bearer <token>`), their role and tenant scope,
 //! and the per-key rate limit. The rules of each endpoint (which roles, which scope) are in
-//! `crate::api::endpoints::ENDPOINTS`, the same table the OpenAPI document is made from.
+//! `crate::http::endpoints::ENDPOINTS`, the same table the OpenAPI document is made from.
 
 use std::num::NonZeroU32;
 
@@ -99,7 +99,7 @@ pub const TOKEN_PREFIX: &str = "sbk_";
 /// A new token and the prefix shown for it (`sbk_` and 8 characters).
 pub fn new_token() -> (String, String) {
     use base64::Engine as _;
-    let raw = super::crypto::random_bytes::<32>();
+    let raw = crate::crypto::sealed::random_bytes::<32>();
     let token = format!(
         "{TOKEN_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
@@ -122,8 +122,11 @@ impl Admin {
         if presented.is_empty() {
             return Err(ApiError::Unauthorized);
         }
+        let presented_hash = token_hash(presented);
+        // Digests are compared, not the tokens: equal lengths whatever was presented, so
+        // the time taken says nothing of the configured token's length either.
         let (principal, per_sec, burst) = match &self.bootstrap {
-            Some(t) if t.matches(presented.as_bytes()) => (
+            Some(t) if crate::crypto::ct_eq(&token_hash(t.expose()), &presented_hash) => (
                 Principal {
                     key_id: None,
                     prefix: "config".into(),
@@ -140,7 +143,7 @@ impl Admin {
                 // depend on how much of a valid token was guessed.
                 let k: &KeyRecord = live
                     .keys
-                    .get(&token_hash(presented))
+                    .get(&presented_hash)
                     .ok_or(ApiError::Unauthorized)?;
                 (
                     Principal {

@@ -14,28 +14,26 @@
 //! file defines cannot be created through the API. The `[api] token` is a bootstrap key with
 //! role owner and global scope.
 //!
-//! Nothing here logs a secret or a token: sources are built into `crate::state::Source`
+//! Nothing here logs a secret or a token: sources are built into `crate::source::Source`
 //! (whose secrets print `[redacted]`), tokens are kept only as their SHA-256.
 
 pub mod auth;
-pub mod crypto;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::DefaultDirectRateLimiter;
 use serde_json::Value;
 
 use crate::config::{Config, SourceConfig};
+use crate::crypto::{MasterKeys, Secret};
 use crate::persist::{PersistError, Postgres};
-use crate::state::{AppState, Source};
-use crate::verify::Secret;
+use crate::source::Source;
 
 pub use auth::{KeyRole, Principal};
-pub use crypto::MasterKeys;
 
 /// A tenant created through the API.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -251,56 +249,4 @@ pub fn merge_source(
     }
     obj.insert("provider".into(), Value::String(provider.to_string()));
     serde_json::from_value(Value::Object(obj))
-}
-
-/// Loads once, then polls the change counter every `reload_interval` while the state
-/// lives (the task holds only a weak reference between polls).
-pub async fn start(state: &Arc<AppState>) {
-    let Some(pg) = state.persist.clone() else {
-        return;
-    };
-    let admin = state.admin.clone();
-    match tokio::time::timeout(Duration::from_secs(5), admin.reload(&pg, true)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "admin data not loaded yet (run `switchboard migrate`?); retrying")
-        }
-        Err(_) => tracing::warn!("admin data not loaded yet (PostgreSQL slow); retrying"),
-    }
-    sync_engine(state);
-    let weak: Weak<AppState> = Arc::downgrade(state);
-    tokio::spawn(async move {
-        let every = admin.reload_interval;
-        let mut failing = false;
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(state) = weak.upgrade() else { break };
-            match state.admin.reload(&pg, false).await {
-                Ok(changed) => {
-                    if changed {
-                        sync_engine(&state);
-                    }
-                    if failing {
-                        tracing::info!("admin data reloaded again");
-                    }
-                    failing = false;
-                }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "admin data reload failed; keeping the last one");
-                    }
-                    failing = true;
-                }
-            }
-        }
-    });
-}
-
-/// Tenants created through the API become routing tenants too.
-pub fn sync_engine(state: &AppState) {
-    if let Some(engine) = &state.engine {
-        for t in state.admin.all_tenants() {
-            engine.add_tenant(&t);
-        }
-    }
 }

@@ -6,8 +6,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 
-use super::crypto::Sealed;
 use super::{KeyRecord, KeyRole, TenantRow};
+use crate::crypto::Sealed;
 use crate::persist::PersistError;
 
 pub fn source_aad(id: &str) -> String {

@@ -1,6 +1,6 @@
 //! The admin API: tenants, sources with their (encrypted) secrets, API keys, the audit log,
 //! the history of routing rule sets, agents and teams as parts of the rule set, and the
-//! master key rotation. Who may call what is in `super::endpoints`.
+//! master key rotation. Who may call what is in `crate::http::endpoints`.
 //!
 //! Every change is one Postgres transaction that writes the change, its `audit_log` row
 //! (before/after, never a secret) and bumps `admin_changes`; then this replica reloads at
@@ -14,15 +14,15 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, json_body};
 use crate::admin::auth::{new_token, token_hash};
 use crate::admin::{self as admin_mod, store, KeyRole, Principal};
+use crate::config::routing::{AgentConfig, RoutingConfig, TeamConfig};
 use crate::config::{valid_id, TenantConfig};
 use crate::error::ApiError;
-use crate::ingest::http::State;
+use crate::http::State;
+use crate::http::{authorize, json_body};
 use crate::persist::privacy::audit;
 use crate::persist::{PersistError, Postgres};
-use crate::route::model::{AgentConfig, RoutingConfig, TeamConfig};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/tenants", web::get().to(list_tenants))
@@ -104,7 +104,7 @@ pub(crate) async fn reload(state: &State, pg: &Postgres) {
     if let Err(e) = state.admin.reload(pg, false).await {
         tracing::warn!(error = %e, "admin reload after a change failed; the poller retries");
     }
-    admin_mod::sync_engine(state);
+    crate::state::sync_engine(state);
 }
 
 fn config_managed(what: &str, id: &str) -> ApiError {
@@ -515,7 +515,7 @@ fn check_source(
     Ok((settings, secret_values.len() as i32))
 }
 
-fn master(state: &State) -> Result<&crate::admin::MasterKeys, ApiError> {
+fn master(state: &State) -> Result<&crate::crypto::MasterKeys, ApiError> {
     state
         .admin
         .master
@@ -524,7 +524,7 @@ fn master(state: &State) -> Result<&crate::admin::MasterKeys, ApiError> {
             code: "master_key_missing",
             message: format!(
                 "no master key is configured: set {} or api.master_key_file to store source secrets",
-                crate::admin::crypto::ENV_VAR
+                crate::crypto::ENV_VAR
             ),
         })
 }
@@ -834,7 +834,7 @@ async fn rotate_master_key(state: State, req: HttpRequest) -> Result<HttpRespons
 /// encrypted under a key that is no longer configured.
 pub async fn reencrypt_all(
     pg: &Postgres,
-    keys: &crate::admin::MasterKeys,
+    keys: &crate::crypto::MasterKeys,
     actor: &str,
 ) -> Result<Value, ApiError> {
     let mut client = pg.client().await.map_err(db)?;

@@ -1,5 +1,5 @@
 //! `GET /v1/openapi.json`: the OpenAPI 3.1 document of every route, made (with utoipa's
-//! builders) from the table that authorization enforces, `super::endpoints::ENDPOINTS`: each
+//! builders) from the table that authorization enforces, `crate::http::endpoints::ENDPOINTS`: each
 //! operation names the roles and the tenant scope it accepts, the success status, and the
 //! `{code, message}` refusals every endpoint shares.
 
@@ -16,7 +16,7 @@ use utoipa::openapi::{
     PathsBuilder, Ref, Required, ResponseBuilder, Type,
 };
 
-use super::endpoints::{Endpoint, Scope, ENDPOINTS};
+use crate::http::endpoints::{Endpoint, Scope, ENDPOINTS};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/openapi.json", web::get().to(serve));
@@ -163,7 +163,7 @@ pub fn document() -> OpenApi {
             "code",
             ObjectBuilder::new()
                 .schema_type(Type::String)
-                .description(Some("stable snake_case code (README, Errors)")),
+                .description(Some("stable snake_case code (docs/http-api.md, Errors)")),
         )
         .required("code")
         .property("message", ObjectBuilder::new().schema_type(Type::String))

@@ -8,12 +8,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::authorize;
 use crate::error::ApiError;
-use crate::ingest::http::State;
+use crate::http::authorize;
+use crate::http::State;
 use crate::internal_events::{PrivacyOperation, RateLimited, SignatureFailed};
 use crate::persist::{privacy, PersistError, Postgres};
-use crate::state::SourceKind;
+use crate::source::SourceKind;
 use crate::verify::signed_request;
 
 /// Largest data deletion callback body read (a signed request is a few hundred bytes).
@@ -98,7 +98,7 @@ async fn export(
 fn meta_source(
     state: &State,
     source: &str,
-) -> Result<(Vec<crate::verify::Secret>, Vec<String>), ApiError> {
+) -> Result<(Vec<crate::crypto::Secret>, Vec<String>), ApiError> {
     let src = state
         .source(source)
         .ok_or_else(|| ApiError::UnknownSource(source.to_string()))?;
@@ -120,7 +120,7 @@ async fn data_deletion(
 ) -> Result<HttpResponse, ApiError> {
     let source = path.into_inner();
     let (secrets, tenants) = meta_source(&state, &source)?;
-    if let Some(ip) = crate::ingest::client_ip(&state, &req) {
+    if let Some(ip) = crate::http::client_ip(&state, &req) {
         if let Err(retry_after_secs) = state.limiters.check_ip(ip) {
             RateLimited { scope: "ip" }.emit();
             return Err(ApiError::RateLimited {
@@ -160,10 +160,7 @@ async fn data_deletion(
         .map_err(|e| failed("data_deletion", e))?;
     let base = match &pg.settings().public_base_url {
         Some(b) => b.trim_end_matches('/').to_string(),
-        None => {
-            let info = req.connection_info();
-            format!("{}://{}", info.scheme(), info.host())
-        }
+        None => crate::http::request_origin(&state, &req),
     };
     Ok(HttpResponse::Ok().json(json!({
         "url": format!("{base}/webhooks/{source}/data-deletion/{code}"),

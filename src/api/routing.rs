@@ -9,11 +9,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, json_body};
+use crate::config::routing::{Presence, RoutingConfig};
 use crate::error::ApiError;
-use crate::ingest::http::State;
+use crate::http::State;
+use crate::http::{authorize, json_body};
 use crate::route::engine::{OpError, RulesetError};
-use crate::route::model::{Presence, RoutingConfig};
 use crate::route::store::{Decided, TransferRefused};
 use crate::route::Engine;
 

@@ -1,7 +1,7 @@
 //! Bird (bird.com Channels/Notifications, `messagebird-signature`): source configuration.
 
 use crate::config::source_config;
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 source_config! {
     /// `[sources.<id>]` with `provider = "bird"`.

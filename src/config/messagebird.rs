@@ -1,7 +1,7 @@
 //! MessageBird (`MessageBird-Signature-JWT`, legacy `MessageBird-Signature`): source configuration.
 
 use crate::config::source_config;
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 source_config! {
     /// `[sources.<id>]` with `provider = "messagebird"`.

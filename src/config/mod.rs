@@ -16,13 +16,14 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 pub mod bird;
 pub mod messagebird;
 pub mod plivo;
 pub mod postgres;
 pub mod published;
+pub mod routing;
 pub mod sinch;
 pub mod standard;
 pub mod telegram;
@@ -238,7 +239,7 @@ pub struct ApiConfig {
     /// without `[postgres]` for API keys), the API answers 403 `api_disabled`.
     pub token: Option<Secret>,
     /// File holding the master key(s) that encrypt source secrets at rest
-    /// (`SWITCHBOARD_MASTER_KEY` wins when set; see `crate::admin::crypto`).
+    /// (`SWITCHBOARD_MASTER_KEY` wins when set; see `crate::crypto`).
     #[serde(default)]
     pub master_key_file: Option<std::path::PathBuf>,
     /// Per API key (and for `token`), per replica, unless the key sets its own.
@@ -253,6 +254,11 @@ pub struct ApiConfig {
     /// How often each replica checks PostgreSQL for admin changes made elsewhere.
     #[serde(default = "default_reload_interval_ms")]
     pub reload_interval_ms: u64,
+    /// Failed bearer-token attempts allowed per client address and minute (per replica).
+    /// Past them every `/v1/` call from that address answers 429 with Retry-After, valid
+    /// token or not, until the allowance refills: guessing a token costs minutes per try.
+    #[serde(default = "default_failed_auth_per_min")]
+    pub failed_auth_per_min: u32,
 }
 
 fn default_key_requests_per_sec() -> u32 {
@@ -264,6 +270,9 @@ fn default_key_burst() -> u32 {
 fn default_reload_interval_ms() -> u64 {
     1000
 }
+fn default_failed_auth_per_min() -> u32 {
+    10
+}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,7 +282,7 @@ pub struct TenantConfig {
     pub burst: Option<u32>,
     /// Agents, teams and rules of this tenant (see docs/routing.md). Absent: its events are
     /// published unassigned.
-    pub routing: Option<crate::route::model::RoutingConfig>,
+    pub routing: Option<crate::config::routing::RoutingConfig>,
     /// Days of this tenant's history kept in PostgreSQL (absent: kept until erased).
     pub retention_days: Option<u32>,
 }
@@ -714,7 +723,7 @@ impl Config {
                 let shape = |s: &str| {
                     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 };
-                if let Err(e) = crate::route::model::Ruleset::compile(
+                if let Err(e) = crate::config::routing::Ruleset::compile(
                     id,
                     0,
                     r.clone(),
@@ -757,10 +766,10 @@ impl Config {
         if self.api.reload_interval_ms < 50 || self.api.reload_interval_ms > 60_000 {
             errs.push("api.reload_interval_ms must be 50..=60000".into());
         }
-        if let Err(e) = crate::admin::MasterKeys::load(self.api.master_key_file.as_deref()) {
+        if let Err(e) = crate::crypto::MasterKeys::load(self.api.master_key_file.as_deref()) {
             errs.push(format!(
                 "{e} (from {} or api.master_key_file)",
-                crate::admin::crypto::ENV_VAR
+                crate::crypto::ENV_VAR
             ));
         }
         if errs.is_empty() {

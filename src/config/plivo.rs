@@ -9,7 +9,7 @@
 //! redeliveries are caught by the dedup of `MessageUUID` (+ `Status`, + part).
 
 use crate::config::source_config;
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 source_config! {
     /// `[sources.<id>]` with `provider = "plivo"`.

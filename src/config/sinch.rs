@@ -1,7 +1,7 @@
 //! Sinch Conversation API and SMS events (`x-sinch-webhook-signature`): source configuration.
 
 use crate::config::source_config;
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 source_config! {
     /// `[sources.<id>]` with `provider = "sinch"`.

@@ -5,7 +5,7 @@
 //! constant time, with the tokens configured here. One source is one bot.
 
 use crate::config::source_config;
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 source_config! {
     /// `[sources.<id>]` with `provider = "telegram"`.

@@ -7,7 +7,7 @@
 //! of `MessageSid` (+ `MessageStatus`).
 
 use crate::config::source_config;
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 source_config! {
     /// `[sources.<id>]` with `provider = "twilio"`.

@@ -13,7 +13,7 @@
 use serde::Deserialize;
 
 use crate::config::source_config;
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 /// How the SMS API computes `sig` (Dashboard → API Settings → Signature method).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

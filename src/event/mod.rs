@@ -166,7 +166,7 @@ pub struct Party {
     pub language: Option<String>,
 }
 
-/// Added by the routing engine (DESIGN.md steps 7-9): who the conversation is assigned to,
+/// Added by the routing engine (docs/architecture.md steps 7-9): who the conversation is assigned to,
 /// how it was chosen and why. On `kind = message` (and reaction, postback, referral) events it
 /// is the decision for that event; on `kind = assignment` events it is a change made without
 /// a message (capacity freed, transfer, close, requeue, overflow). Absent on statuses and

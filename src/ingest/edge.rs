@@ -417,7 +417,7 @@ pub async fn guard(
     }
     let client = req
         .app_data::<web::Data<crate::state::AppState>>()
-        .and_then(|state| super::client_ip(state, req.request()))
+        .and_then(|state| crate::http::client_ip(state, req.request()))
         .or_else(|| req.peer_addr().map(|a| a.ip()))
         .map(client_key)
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));

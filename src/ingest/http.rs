@@ -1,24 +1,17 @@
-//! HTTP handlers and the per-request middleware (request id, span, access metrics).
+//! HTTP handlers of the webhook edge, the read API of the streams and the health endpoints
+//! (the shared request middleware is in `crate::http`).
 //! Handlers are thin: extract, call the stage function, map the outcome to a response.
 
-use std::time::Instant;
-
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use tracing::Instrument;
 
 use crate::accept::StreamName;
 use crate::error::ApiError;
 use crate::event::Provider;
-use crate::internal_events::{HttpRequestDone, WebhookAnswered};
+use crate::http::{method_not_allowed, State};
+use crate::internal_events::WebhookAnswered;
 use crate::state::AppState;
 use crate::verify::Method;
-
-pub type State = web::Data<AppState>;
 
 /// Routes of the gateway.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -30,7 +23,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/events", web::get().to(list_events))
     .route("/v1/deadletters", web::get().to(list_deadletters))
-    .configure(crate::api::configure)
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .route("/metrics", web::get().to(metrics));
@@ -131,7 +123,8 @@ async fn read_stream(
     stream: StreamName,
     field: &'static str,
 ) -> Result<HttpResponse, ApiError> {
-    crate::api::authorize(state, req)?;
+    let who = crate::http::authorize(state, req)?;
+    let redact = who.role == crate::admin::KeyRole::Viewer;
     let q = web::Query::<ReadQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let limit = q.limit.unwrap_or(10);
@@ -139,23 +132,7 @@ async fn read_stream(
         return Err(ApiError::BadRequest("limit must be 1..=1000".into()));
     }
     if let Some(after) = &q.after {
-        // With partitioned streams an id names its partition: `p<n>/<stream id>`.
-        let after = match crate::accept::partitioned::split_id(after) {
-            Some((_, id)) => id,
-            None => after.as_str(),
-        };
-        let valid = after.split_once('-').map_or(after, |(ms, seq)| {
-            if seq.chars().all(|c| c.is_ascii_digit()) && !seq.is_empty() {
-                ms
-            } else {
-                ""
-            }
-        });
-        if valid.is_empty() || !valid.chars().all(|c| c.is_ascii_digit()) {
-            return Err(ApiError::BadRequest(
-                "after must be a stream id such as 1700000000000-0 (p<n>/1700000000000-0 with partitioned streams)".into(),
-            ));
-        }
+        check_after(after, state.backend.partitions().len())?;
     }
     let entries = state
         .backend
@@ -168,8 +145,14 @@ async fn read_stream(
     let items: Vec<serde_json::Value> = entries
         .into_iter()
         .map(|e| {
-            let value: serde_json::Value =
+            let mut value: serde_json::Value =
                 serde_json::from_str(&e.payload).unwrap_or(serde_json::Value::Null);
+            if redact {
+                value = match stream {
+                    StreamName::DeadLetter => keep_only(&value, DEADLETTER_FIELDS_FOR_VIEWERS),
+                    _ => event_for_viewer(&value),
+                };
+            }
             serde_json::json!({ "stream_id": e.id, field: value })
         })
         .collect();
@@ -178,6 +161,108 @@ async fn read_stream(
         .and_then(|v| v["stream_id"].as_str())
         .map(str::to_string);
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next_after": next })))
+}
+
+/// A read cursor is a stream id (`<ms>-<seq>`, both fitting 64 bits, or `<ms>` alone) and,
+/// with partitioned streams, may name its partition (`p<n>/<id>`, n below the number of
+/// partitions). Anything else is the caller's mistake (400), not the backend's (503).
+fn check_after(after: &str, partitions: usize) -> Result<(), ApiError> {
+    let bad = || {
+        ApiError::BadRequest(if partitions > 1 {
+            format!("after must be a stream id such as 1700000000000-0, or p<n>/1700000000000-0 with n below {partitions}")
+        } else {
+            "after must be a stream id such as 1700000000000-0 (these streams are not partitioned)"
+                .into()
+        })
+    };
+    let id = match crate::accept::partitioned::split_id(after) {
+        Some((p, id)) if partitions > 1 && p < partitions => id,
+        Some(_) => return Err(bad()),
+        None => after,
+    };
+    let number = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u64>().is_ok()
+    };
+    let valid = match id.split_once('-') {
+        Some((ms, seq)) => number(ms) && number(seq),
+        None => number(id),
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// What a viewer key sees of an event: what happened, where and to whom it was routed —
+/// never who the contact is or what they wrote (docs/admin.md, roles).
+const EVENT_FIELDS_FOR_VIEWERS: &[&str] = &[
+    "schema",
+    "event_id",
+    "kind",
+    "tenant",
+    "source",
+    "provider",
+    "channel",
+    "direction",
+    "provider_message_id",
+    "conversation_id",
+    "business",
+    "occurred_at",
+    "received_at",
+    "assignment",
+];
+const MESSAGE_FIELDS_FOR_VIEWERS: &[&str] = &["type", "content_type"];
+const STATUS_FIELDS_FOR_VIEWERS: &[&str] =
+    &["state", "provider_state", "message_id", "message_ids"];
+const NOTIFICATION_FIELDS_FOR_VIEWERS: &[&str] = &["topic", "event"];
+/// Of a dead letter: which source refused what and why, never the body, headers or URL.
+const DEADLETTER_FIELDS_FOR_VIEWERS: &[&str] = &[
+    "deadletter_id",
+    "reason",
+    "source",
+    "provider",
+    "received_at",
+    "method",
+];
+
+fn keep_only(v: &serde_json::Value, fields: &[&str]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let Some(obj) = v.as_object() {
+        for f in fields {
+            if let Some(x) = obj.get(*f) {
+                out.insert((*f).to_string(), x.clone());
+            }
+        }
+    }
+    out.insert("redacted".into(), serde_json::Value::Bool(true));
+    serde_json::Value::Object(out)
+}
+
+/// An event as a viewer sees it: a whitelist, so that a field added later stays hidden
+/// until someone decides it is not contact data.
+fn event_for_viewer(v: &serde_json::Value) -> serde_json::Value {
+    let mut out = keep_only(v, EVENT_FIELDS_FOR_VIEWERS);
+    for (field, keep) in [
+        ("message", MESSAGE_FIELDS_FOR_VIEWERS),
+        ("status", STATUS_FIELDS_FOR_VIEWERS),
+        ("notification", NOTIFICATION_FIELDS_FOR_VIEWERS),
+    ] {
+        if let Some(inner) = v.get(field).filter(|x| x.is_object()) {
+            let mut inner = keep_only(inner, keep);
+            if let Some(o) = inner.as_object_mut() {
+                o.remove("redacted");
+            }
+            out[field] = inner;
+        }
+    }
+    if let Some(errors) = v.get("errors").and_then(|e| e.as_array()) {
+        out["errors"] = errors
+            .iter()
+            .map(|e| serde_json::json!({ "code": e.get("code") }))
+            .collect();
+    }
+    out
 }
 
 async fn list_events(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -221,7 +306,7 @@ async fn readyz(state: State) -> HttpResponse {
             };
             tracing::warn!(postgres = status.postgres, "not ready: {message}");
             return HttpResponse::ServiceUnavailable()
-                .insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")))
+                .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
                 .json(serde_json::json!({
                     "code": "dependency_unavailable",
                     "message": message,
@@ -236,86 +321,4 @@ async fn metrics(state: State) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())
-}
-
-/// Request id (from a sane incoming `x-request-id`, else new), a tracing span carrying it,
-/// the access metric and the access log line. The span records the route pattern, never
-/// the query string (Meta's handshake carries the verify token there).
-pub async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let route = route_label(req.path());
-    let method = req.method().to_string();
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
-    // Handler errors arrive here already rendered as responses (the catalogue's JSON);
-    // an Err is a framework failure that actix renders itself.
-    let mut res = next.call(req).instrument(span.clone()).await?;
-    let status = res.status().as_u16();
-    let elapsed = started.elapsed();
-    HttpRequestDone {
-        route,
-        method: &method,
-        status,
-        elapsed,
-    }
-    .emit();
-    if status >= 500 {
-        tracing::warn!(parent: &span, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request done");
-    } else if status >= 400 {
-        tracing::info!(parent: &span, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request done");
-    } else {
-        tracing::debug!(parent: &span, status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request done");
-    }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut()
-            .insert(header::HeaderName::from_static("x-request-id"), v);
-    }
-    Ok(res)
-}
-
-/// The route pattern of a path, as a bounded metric label. Written out rather than asked of
-/// the router (`match_pattern` matches the path against every route a second time).
-fn route_label(path: &str) -> &'static str {
-    match path {
-        "/v1/events" => "/v1/events",
-        "/v1/deadletters" => "/v1/deadletters",
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        p if p.starts_with("/v1/") => crate::api::route_label(p),
-        p if p.ends_with("/data-deletion") => "/webhooks/{source}/data-deletion",
-        p if p.contains("/data-deletion/") => "/webhooks/{source}/data-deletion/{code}",
-        p if p
-            .strip_prefix("/webhooks/")
-            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')) =>
-        {
-            "/webhooks/{source}"
-        }
-        _ => "unmatched",
-    }
-}
-
-/// JSON body for requests no route matched.
-pub async fn not_found() -> HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::NotFound)
-}
-
-/// JSON body for a known path with an unsupported method.
-pub async fn method_not_allowed() -> HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed)
 }

@@ -1,4 +1,4 @@
-//! Ingest: the HTTP edge and the order of the stages of one webhook (DESIGN.md steps 1-6).
+//! Ingest: the HTTP edge and the order of the stages of one webhook (docs/architecture.md steps 1-6).
 //!
 //! [`receive`] is the one place where the order is written down:
 //! source → size → per-IP limit → media type → body → verify → normalize → per-tenant
@@ -9,10 +9,8 @@
 
 pub mod edge;
 pub mod http;
-pub mod ratelimit;
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::Instant;
 
 use actix_web::http::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
@@ -30,7 +28,8 @@ use crate::internal_events::{
     BackendFailed, BackpressureApplied, DeadLettered, EventsAccepted, RateLimited, SignatureFailed,
 };
 use crate::normalize::{Context, DeadLetter, Normalized};
-use crate::state::{AppState, Source, SourceKind};
+use crate::source::{Source, SourceKind};
+use crate::state::AppState;
 use crate::verify::{Headers, Method, Unverified, Verified};
 
 /// What a webhook request produced, once durably accepted.
@@ -44,29 +43,6 @@ pub struct Receipt {
     pub dead_lettered: usize,
 }
 
-/// The client address for rate limiting: the TCP peer, or, when the peer is a trusted proxy,
-/// the right-most `X-Forwarded-For` address that is not itself a trusted proxy.
-pub fn client_ip(state: &AppState, req: &HttpRequest) -> Option<IpAddr> {
-    let peer = req.peer_addr().map(|a| a.ip())?;
-    if !state.trusted_proxies.contains(&peer) {
-        return Some(peer);
-    }
-    let forwarded = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-        .collect::<Vec<_>>();
-    Some(
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !state.trusted_proxies.contains(ip))
-            .unwrap_or(peer),
-    )
-}
-
 /// The URL the provider called, as it saw it: schemes that sign the URL (Twilio, Plivo,
 /// MessageBird, Bird) need it byte for byte. In order of preference: the source's configured
 /// `public_base_url` + the request path and query; `X-Forwarded-Proto`/`X-Forwarded-Host`
@@ -77,31 +53,13 @@ pub fn public_url(state: &AppState, src: &Source, req: &HttpRequest) -> String {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    if let Some(base) = &src.public_base_url {
-        return format!("{}{path_and_query}", base.trim_end_matches('/'));
+    match &src.public_base_url {
+        Some(base) => format!("{}{path_and_query}", base.trim_end_matches('/')),
+        None => format!(
+            "{}{path_and_query}",
+            crate::http::request_origin(state, req)
+        ),
     }
-    let headers = req.headers();
-    let first = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
-    let host = first("host").unwrap_or_else(|| "localhost".into());
-    let via_trusted_proxy = req
-        .peer_addr()
-        .is_some_and(|a| state.trusted_proxies.contains(&a.ip()));
-    let (scheme, host) = if via_trusted_proxy {
-        (
-            first("x-forwarded-proto").unwrap_or_else(|| "http".into()),
-            first("x-forwarded-host").unwrap_or(host),
-        )
-    } else {
-        ("http".into(), host)
-    };
-    format!("{scheme}://{host}{path_and_query}")
 }
 
 fn source(state: &AppState, id: &str) -> Result<std::sync::Arc<Source>, ApiError> {
@@ -130,7 +88,7 @@ pub async fn receive(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    if let Some(ip) = client_ip(state, req) {
+    if let Some(ip) = crate::http::client_ip(state, req) {
         if let Err(retry_after_secs) = state.limiters.check_ip(ip) {
             RateLimited { scope: "ip" }.emit();
             return Err(ApiError::RateLimited {

@@ -15,7 +15,7 @@
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use super::util::{finish, millis, raw, s, secs, strip_plus, unknown_channel};
+use super::util::{finish, millis, raw, s, secs, shared_state, strip_plus, unknown_channel};
 use super::{Context, DeadLetter, DeadReason, Normalized};
 use crate::event::{
     dedup_key, short_hash, Channel, Direction, Event, EventKind, Location, Media, Message,
@@ -388,7 +388,11 @@ impl Wa<'_> {
             });
             return;
         };
-        let state = state.to_ascii_lowercase();
+        // Meta's words (sent, delivered, read, failed, played) are the shared vocabulary's;
+        // a word Meta adds later becomes `unknown`, the word kept in `provider_state`. The
+        // event id keeps Meta's word, so each new word is still its own event.
+        let word = state.to_ascii_lowercase();
+        let (state, provider_state) = shared_state(&word);
         let recipient = s(st, "recipient_id").map(|r| strip_plus(&r));
         let (contact, participant) = if s(st, "recipient_type").as_deref() == Some("group") {
             // recipient_id is the group; the member is in recipient_participant_* (Meta's
@@ -416,8 +420,8 @@ impl Wa<'_> {
         // Every member of a group reads the same wamid: the member is part of the identity,
         // or the second member's "read" would be dropped as a duplicate of the first.
         let dedup_state = match &participant {
-            Some(p) => format!("{state}:{}", p.id),
-            None => state.clone(),
+            Some(p) => format!("{word}:{}", p.id),
+            None => word.clone(),
         };
         let mut e = self.event(
             EventKind::Status,
@@ -429,6 +433,7 @@ impl Wa<'_> {
         e.contact = contact;
         e.status = Some(Status {
             state,
+            provider_state,
             message_id: Some(id),
             conversation: st.get("conversation").cloned(),
             pricing: st.get("pricing").cloned(),

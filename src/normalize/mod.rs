@@ -3,7 +3,7 @@
 //! A normalizer never fails the request: whatever it cannot turn into an event (an entry for
 //! a business id no tenant owns, a body that is not the JSON it expects, an object of a shape
 //! it does not know) becomes a [`DeadLetter`] carrying the part and the reason, and the
-//! provider still gets its 200 once both are durably stored (DESIGN.md step 3).
+//! provider still gets its 200 once both are durably stored (docs/architecture.md step 3).
 //!
 //! Normalizers take `&Verified`: unverified bytes cannot reach them.
 
@@ -13,6 +13,8 @@ pub mod meta;
 pub mod plivo;
 pub mod sinch;
 pub mod standard;
+#[cfg(test)]
+mod status_vocabulary;
 pub mod telegram;
 pub mod telnyx;
 #[cfg(test)]

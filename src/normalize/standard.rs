@@ -39,30 +39,15 @@
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::util::{finish, json_body, raw, rfc3339, s, strip_plus, tenant_or_dead, unexpected};
+use super::util::{
+    finish, json_body, raw, rfc3339, s, shared_state, strip_plus, tenant_or_dead, unexpected,
+};
 use super::{Context, Normalized};
 use crate::event::{
     dedup_key, Channel, Direction, Event, EventKind, Location, Media, Message, Notification, Party,
     Provider, ProviderError, Reply, ReplyTo, Status,
 };
 use crate::verify::Verified;
-
-/// The states `data.status` may name (switchboard's shared vocabulary).
-const STATES: &[&str] = &[
-    "accepted",
-    "queued",
-    "sending",
-    "sent",
-    "delivered",
-    "read",
-    "played",
-    "failed",
-    "undelivered",
-    "rejected",
-    "expired",
-    "deleted",
-    "unknown",
-];
 
 pub fn normalize(req: &Verified, ctx: &Context<'_>) -> Normalized {
     let mut out = Normalized::default();
@@ -359,11 +344,7 @@ fn status(
     let contact = party(d, "to")?;
     let errs = errors(d)?;
     let at = optional_time(d, "timestamp").map_err(|e| format!("`data.{}", &e[1..]))?;
-    let (state, provider_state) = if STATES.contains(&word.as_str()) {
-        (word.clone(), None)
-    } else {
-        ("unknown".to_string(), Some(word.clone()))
-    };
+    let (state, provider_state) = shared_state(&word);
     let Some(tenant) = tenant_or_dead(ctx, &business.id, root, out) else {
         return Ok(());
     };
@@ -446,6 +427,7 @@ fn notification(
 mod tests {
     use super::*;
     use crate::normalize::testing;
+    use crate::normalize::util::STATES;
     use crate::verify::standard::verified_for_tests;
     use crate::verify::Headers;
     use proptest::prelude::*;

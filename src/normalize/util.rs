@@ -18,6 +18,34 @@ pub fn s(v: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// The states of `status.state`: switchboard's one vocabulary for every provider.
+pub const STATES: &[&str] = &[
+    "accepted",
+    "queued",
+    "sending",
+    "sent",
+    "delivered",
+    "read",
+    "played",
+    "failed",
+    "undelivered",
+    "rejected",
+    "expired",
+    "deleted",
+    "unknown",
+];
+
+/// A provider's status word that is meant to be one of [`STATES`] (Meta, Standard Webhooks):
+/// `(word, None)` when it is, else `("unknown", Some(word))` so the word is kept in
+/// `status.provider_state` and a consumer never meets a state outside the vocabulary.
+pub fn shared_state(word: &str) -> (String, Option<String>) {
+    if STATES.contains(&word) {
+        (word.to_string(), None)
+    } else {
+        ("unknown".to_string(), Some(word.to_string()))
+    }
+}
+
 pub fn strip_plus(id: &str) -> String {
     id.strip_prefix('+').unwrap_or(id).to_string()
 }

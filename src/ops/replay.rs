@@ -30,7 +30,7 @@ use crate::accept::{Backend, BackendError, StreamEntry, StreamName};
 use crate::config::Config;
 use crate::ingest::{to_batch, DeadLetterRecord};
 use crate::normalize::{Context, DeadLetter};
-use crate::state::Source;
+use crate::source::Source;
 use crate::verify::{Headers, Method, Unverified};
 
 /// Which entries to replay, and whether to change anything.

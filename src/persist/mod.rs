@@ -1,4 +1,4 @@
-//! Persist (DESIGN.md step 10): PostgreSQL as the system of record for history.
+//! Persist (docs/architecture.md step 10): PostgreSQL as the system of record for history.
 //!
 //! The [`Persister`] is a worker in the same binary with its own consumer group
 //! ([`crate::accept::PERSISTER_GROUP`]) on the events stream. It reads a batch, writes it in
@@ -383,7 +383,7 @@ impl Persister {
                 // One bad row fails the whole transaction: write them one by one, so that
                 // only an event Postgres refuses is left out (and logged).
                 tracing::warn!(error = %e, "batch refused by postgres; writing events one by one");
-                let mut total = write::Written::default();
+                let mut total = crate::internal_events::Written::default();
                 for ev in &events {
                     match write::write_batch(&mut client, std::slice::from_ref(ev)).await {
                         Ok(w) => total.add(&w),

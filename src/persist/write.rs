@@ -14,38 +14,13 @@ use tokio_postgres::Client;
 
 use super::PersistError;
 use crate::event::{Direction, Event, EventKind};
+use crate::internal_events::Written;
 
 /// An event read from the stream, with the JSON it came as (stored as is).
 #[derive(Debug, Clone)]
 pub struct Parsed {
     pub event: Event,
     pub payload: String,
-}
-
-/// Rows written per table (new rows or rows changed), for the metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Written {
-    pub messages: u64,
-    pub statuses: u64,
-    pub deliveries: u64,
-    pub assignments: u64,
-    pub conversations: u64,
-    /// Events of a contact erased after they were received: not stored.
-    pub erased: u64,
-    /// Events Postgres refused on their own (logged).
-    pub refused: u64,
-}
-
-impl Written {
-    pub fn add(&mut self, o: &Written) {
-        self.messages += o.messages;
-        self.statuses += o.statuses;
-        self.deliveries += o.deliveries;
-        self.assignments += o.assignments;
-        self.conversations += o.conversations;
-        self.erased += o.erased;
-        self.refused += o.refused;
-    }
 }
 
 /// The order of delivery states: a state replaces the stored one only with a higher rank.

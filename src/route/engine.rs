@@ -1,4 +1,4 @@
-//! The routing engine: turns events into assignments (DESIGN.md steps 7-9).
+//! The routing engine: turns events into assignments (docs/architecture.md steps 7-9).
 //!
 //! For a batch of events it (1) evaluates each tenant's rules into a plan (pure,
 //! [`super::rules`]), (2) reads one snapshot of the agents and conversations involved,
@@ -22,7 +22,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::model::{Agent, Presence, RoutingConfig, Ruleset, Target};
 use super::rules::{self, EventView};
 use super::store::{
     AgentLive, AgentSpec, ConvState, Decided, DequeueItem, QueueDepth, RouteItem, RouteMode,
@@ -31,6 +30,7 @@ use super::store::{
 };
 use super::strategy::{Candidate, RankContext, Strategies};
 use crate::accept::{Backend, BackendError, Item, StreamEntry};
+use crate::config::routing::{Agent, Presence, RoutingConfig, Ruleset, Target};
 use crate::event::{rfc3339, Channel, SCHEMA_V1};
 use crate::internal_events::{RoutingDecided, RoutingDrained, RulesetApplied};
 
@@ -136,7 +136,7 @@ fn settings(rs: &Ruleset) -> Settings {
     Settings {
         sticky_window_ms: rs.sticky_window_ms,
         offline_grace_ms: rs.offline_grace_ms,
-        keep_offline: rs.offline_policy == super::model::OfflinePolicy::Keep,
+        keep_offline: rs.offline_policy == crate::config::routing::OfflinePolicy::Keep,
         auto_close_after_ms: rs.auto_close_after_ms,
         max_queued: rs.max_queued,
         closed_ttl_ms: rs.sticky_window_ms.max(24 * 3600 * 1000),

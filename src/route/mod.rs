@@ -1,4 +1,4 @@
-//! Routing (DESIGN.md steps 7-9): the router worker moves each accepted event from the
+//! Routing (docs/architecture.md steps 7-9): the router worker moves each accepted event from the
 //! inbound stream to the events stream, with its assignment added by the [`engine`] when the
 //! event's tenant has routing configured (pass-through otherwise, or with
 //! `routing.enabled = false`).
@@ -17,7 +17,6 @@
 //! [`simulate`] (offline replay of traffic through the rules).
 
 pub mod engine;
-pub mod model;
 pub mod rules;
 pub mod simulate;
 pub mod store;

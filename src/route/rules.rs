@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::model::{CompiledConditions, Rule, Ruleset, Target};
+use crate::config::routing::{CompiledConditions, Rule, Ruleset, Target};
 use crate::event::{Channel, Direction, EventKind, Provider};
 
 /// The fields of an event that routing reads, borrowed from its JSON (the rest, `raw`
@@ -229,7 +229,7 @@ fn has_keyword(text: &str, keywords: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::model::{
+    use crate::config::routing::{
         AgentConfig, CalendarConfig, Conditions, RoutingConfig, RuleConfig, TeamConfig,
     };
 

@@ -30,12 +30,12 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::engine::Engine;
-use super::model::Presence;
 use super::store::memory::MemoryStore;
 use super::store::RoutingStore;
 use super::strategy::Strategies;
 use crate::accept::memory::MemoryBackend;
 use crate::accept::{Backend, Limits, StreamEntry, StreamName};
+use crate::config::routing::Presence;
 use crate::config::Config;
 use crate::event::{
     conversation_id, dedup_key, Channel, Direction, Event, EventKind, Message, Party, Provider,
@@ -152,7 +152,7 @@ fn parse_line(n: usize, line: &str, opts: &SimOptions) -> Result<Item, SimError>
         .ok_or_else(|| err("`tenant` is required".into()))?
         .to_string();
     let channel_name = str_field(&v, "channel").unwrap_or("whatsapp");
-    let channel: Channel = super::model::parse_channel(channel_name)
+    let channel: Channel = crate::config::routing::parse_channel(channel_name)
         .ok_or_else(|| err(format!("unknown channel {channel_name:?}")))?;
     let business = str_field(&v, "business").unwrap_or("simulated").to_string();
     match str_field(&v, "action") {

@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::model::{Agent, Target};
+use crate::config::routing::{Agent, Target};
 
 /// One eligible agent as the strategy sees it: already online, within working hours, with
 /// capacity left (total and on the channel), with the target's skills and languages.
@@ -197,7 +197,7 @@ impl Strategies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::model::Agent;
+    use crate::config::routing::Agent;
 
     fn agent(id: &str) -> Agent {
         Agent {

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::{ct_eq, query_pairs, within_window, SignRequest, Unverified, Verified, VerifyError};
 use crate::config::messagebird::MessagebirdSourceConfig;
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 /// Content types (essence, lower case) this provider posts.
 pub const MEDIA_TYPES: &[&str] = &["application/json", "application/x-www-form-urlencoded"];

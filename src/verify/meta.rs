@@ -10,7 +10,8 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use sha2::Sha256;
 
-use super::{Secret, Unverified, Verified, VerifyError};
+use super::{Unverified, Verified, VerifyError};
+use crate::crypto::Secret;
 
 pub const HEADER_SHA256: &str = "x-hub-signature-256";
 pub const HEADER_SHA1: &str = "x-hub-signature";
@@ -112,7 +113,7 @@ mod tests {
 
     /// Test vector from whatsapp-api-js `test/index.test.js` (Secreto31126/whatsapp-api-js,
     /// MIT): app secret `YOUR_APP_SECRET`; the body as Meta puts it on the wire, with
-    /// non-ASCII escaped as lowercase `\uXXXX`. See ../shared/protocols/meta.md §1.3.
+    /// non-ASCII escaped as lowercase `\uXXXX`. See docs/protocols/meta.md, "Signature".
     const WAJS_BODY: &str = "Let's pretend this body is equal to the message object and can handle unicode characters like \\u307f\\u3069\\u308a\\u3044\\u308d and J'ai mang\\u00e9 des p\\u00e2tes";
     const WAJS_SIG: &str =
         "sha256=0363007aabdf1ab579f35936651a460fb5fa1aaf40df98b1264446b72cc96688";

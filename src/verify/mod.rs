@@ -19,54 +19,10 @@ pub mod telnyx;
 pub mod twilio;
 pub mod vonage;
 
-use std::fmt;
+pub use crate::crypto::ct_eq;
 
 use bytes::Bytes;
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
-
-/// A secret from configuration (app secret, auth token, verify token...).
-/// `Debug` and `Display` print `[redacted]`; the value is reachable only through
-/// [`Secret::expose`], whose callers are the verifiers.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// Constant-time equality against a presented value.
-    pub fn matches(&self, presented: &[u8]) -> bool {
-        ct_eq(self.0.as_bytes(), presented)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
-
-/// Constant-time comparison; a length mismatch returns early (lengths are not secret here:
-/// every compared value has a public, fixed length).
-pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && bool::from(a.ct_eq(b))
-}
 
 /// Why a request failed verification. The reason goes to logs and the
 /// `switchboard_signature_failures_total{reason}` metric; the caller only sees 401.
@@ -297,19 +253,5 @@ pub fn query_pairs(url: &str) -> Vec<(String, String)> {
     match url.split_once('?') {
         Some((_, q)) => form_pairs(q.split('#').next().unwrap_or("").as_bytes()),
         None => Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secret_never_prints() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
-        assert!(s.matches(b"hunter2"));
-        assert!(!s.matches(b"hunter3"));
-        assert!(!s.matches(b"hunter"));
     }
 }

@@ -40,9 +40,10 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::{
-    ct_eq, form_pairs, query_pairs, Method, Secret, SignRequest, Unverified, Verified, VerifyError,
+    ct_eq, form_pairs, query_pairs, Method, SignRequest, Unverified, Verified, VerifyError,
 };
 use crate::config::plivo::PlivoSourceConfig;
+use crate::crypto::Secret;
 
 /// Content types (essence, lower case) this provider posts.
 pub const MEDIA_TYPES: &[&str] = &["application/x-www-form-urlencoded", "application/json"];
@@ -382,7 +383,7 @@ mod tests {
 
     /// Published vector: plivo/plivo-python @ a0cd3237, tests/resources/test_signature.py
     /// (`validate_signature('https://answer.url', '12345', 'ehV3…', 'my_auth_token')` is
-    /// True, and False for `my_auth_tokens`). See ../shared/protocols/sms-and-others.md §11.
+    /// True, and False for `my_auth_tokens`). See docs/protocols/plivo.md, "Signature V2".
     #[test]
     fn sdk_vector_v2() {
         const SIG: &str = "ehV3IKhLysWBxC1sy8INm0qGoQYdYsHwuoKjsX7FsXc=";
@@ -450,9 +451,8 @@ mod tests {
         );
     }
 
-    /// The canonical strings of ../shared/protocols/sms-and-others.md §6 (c), which the
-    /// research reproduced by running plivo-python 4.63.0's `construct_post_url` /
-    /// `construct_get_url`.
+    /// The canonical strings of docs/protocols/plivo.md ("Signature V3"), as plivo-python
+    /// 4.63.0's `construct_post_url` / `construct_get_url` build them.
     #[test]
     fn v3_canonical_strings() {
         let form = b"To=2&From=1";

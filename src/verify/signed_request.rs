@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-use super::{ct_eq, Secret};
+use crate::crypto::{ct_eq, Secret};
 
 /// Oldest `issued_at` accepted: Meta sends the callback when the user asks; a day covers
 /// its retries without letting a captured request be replayed forever.

@@ -16,7 +16,7 @@ use sha2::Sha256;
 
 use super::{within_window, SignRequest, Unverified, Verified, VerifyError};
 use crate::config::sinch::SinchSourceConfig;
-use crate::verify::Secret;
+use crate::crypto::Secret;
 
 /// Content types (essence, lower case) this provider posts.
 pub const MEDIA_TYPES: &[&str] = &["application/json"];

@@ -14,8 +14,9 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Secret, SignRequest, Unverified, Verified, VerifyError};
+use super::{SignRequest, Unverified, Verified, VerifyError};
 use crate::config::telegram::{valid_secret_token, TelegramSourceConfig};
+use crate::crypto::Secret;
 
 /// Content types (essence, lower case) this provider posts.
 pub const MEDIA_TYPES: &[&str] = &["application/json"];

@@ -28,9 +28,10 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ct_eq, form_pairs, query_pairs, Method, Secret, SignRequest, Unverified, Verified, VerifyError,
+    ct_eq, form_pairs, query_pairs, Method, SignRequest, Unverified, Verified, VerifyError,
 };
 use crate::config::twilio::TwilioSourceConfig;
+use crate::crypto::Secret;
 
 /// Content types (essence, lower case) this provider posts.
 pub const MEDIA_TYPES: &[&str] = &["application/x-www-form-urlencoded", "application/json"];
@@ -362,7 +363,7 @@ mod tests {
 
     // Published vectors: twilio/twilio-python @ 306691e7 (9.11.0),
     // tests/unit/test_request_validator.py (auth token "12345"); see
-    // ../shared/protocols/sms-and-others.md §11.
+    // docs/protocols/twilio.md.
     const TOKEN: &str = "12345";
     const URL: &str = "https://mycompany.com/myapp.php?foo=1&bar=2";
     const EXPECTED: &str = "RSOYDt4T1cUTdK1PDd93/VVr8B8=";

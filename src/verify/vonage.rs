@@ -34,9 +34,10 @@ use sha1::Sha1;
 use sha2::{Sha256, Sha512};
 use time::OffsetDateTime;
 
-use super::{ct_eq, form_pairs, query_pairs, within_window, Method, Secret};
+use super::{ct_eq, form_pairs, query_pairs, within_window, Method};
 use super::{SignRequest, Unverified, Verified, VerifyError};
 use crate::config::vonage::{SmsSignatureMethod, VonageSourceConfig};
+use crate::crypto::Secret;
 
 /// Content types (essence, lower case) this provider posts.
 pub const MEDIA_TYPES: &[&str] = &["application/json", "application/x-www-form-urlencoded"];

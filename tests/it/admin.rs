@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use reqwest::Method;
 use serde_json::{json, Value};
-use switchboard::api::endpoints::{Scope, ENDPOINTS};
 use switchboard::config::{BackendKind, Config};
+use switchboard::http::endpoints::{Scope, ENDPOINTS};
 use switchboard::verify::meta::sign_sha256;
 
 use crate::helpers::*;
@@ -70,6 +70,9 @@ fn admin_config(master: &str) -> Config {
     c.postgres = p.postgres;
     c.api.master_key_file = Some(key_file(master));
     c.api.reload_interval_ms = 200;
+    // These tests present revoked and wrong tokens on purpose, all from 127.0.0.1; the
+    // lock-out after failed tokens has its own test (hardening.rs).
+    c.api.failed_auth_per_min = 100_000;
     c
 }
 
@@ -1614,6 +1617,58 @@ async fn replay_reverifies_dead_letters_of_api_sources() {
     assert_eq!(events[0]["event"]["source"], "dyn_replay");
     // Replayed entries leave the dead-letter stream.
     assert!(app.deadletters().await.is_empty());
+    app.stop().await;
+    drop_schema(&c, &schema).await;
+}
+
+#[tokio::test]
+async fn viewers_read_the_streams_without_contact_data() {
+    let config = admin_config(&master_key("k1"));
+    let schema = config.postgres.schema.clone();
+    let (_pg, c) = migrated(&config).await;
+    let app = spawn_with(config).await;
+    let api = Api { app: &app };
+    let (_, viewer) = api.key(API_TOKEN, json!({"role": "viewer"})).await;
+    let contact = "34699911122";
+    let text = "my secret order number 4242";
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": PHONE_ID},
+        "contacts": [{"profile": {"name": "Ana Contact"}, "wa_id": contact}],
+        "messages": [{"from": contact, "id": unique_wamid(), "timestamp": "1700000000", "type": "text", "text": {"body": text}}]
+    }}]}]});
+    assert_eq!(app.post(body.to_string().as_bytes()).await.status(), 200);
+    // A dead letter of the same contact (a verified body that is not a Meta envelope).
+    let dead = format!("{{\"from\":\"{contact}\",\"text\":\"{text}\"}}");
+    assert_eq!(app.post(dead.as_bytes()).await.status(), 200);
+    app.wait_for_events(1).await;
+
+    let owner_view = api.ok(Method::GET, "/v1/events", API_TOKEN, None).await;
+    assert!(
+        owner_view.to_string().contains(contact),
+        "owners see the contact"
+    );
+    let seen = api.ok(Method::GET, "/v1/events", &viewer, None).await;
+    let dead_seen = api.ok(Method::GET, "/v1/deadletters", &viewer, None).await;
+    for (what, v) in [("events", &seen), ("dead letters", &dead_seen)] {
+        let s = v.to_string();
+        assert!(!v["items"].as_array().unwrap().is_empty(), "{what}: {s}");
+        for needle in [contact, text, "Ana Contact", "4242"] {
+            assert!(
+                !s.contains(needle),
+                "a viewer sees {needle:?} in {what}: {s}"
+            );
+        }
+    }
+    let e = &seen["items"][0]["event"];
+    assert_eq!(e["redacted"], true);
+    assert_eq!(e["kind"], "message");
+    assert_eq!(e["message"]["type"], "text");
+    assert!(e["conversation_id"].is_string() && e["event_id"].is_string());
+    assert!(e.get("contact").is_none() && e.get("raw").is_none());
+    let d = &dead_seen["items"][0]["deadletter"];
+    assert_eq!(d["redacted"], true);
+    assert!(d["reason"].is_string() && d.get("body").is_none());
     app.stop().await;
     drop_schema(&c, &schema).await;
 }

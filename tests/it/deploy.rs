@@ -64,12 +64,54 @@ fn promtool_available() -> bool {
     )
 }
 
-fn python_redis_available() -> bool {
-    available(
-        "python3 with the redis module",
-        Command::new("python3").args(["-c", "import redis"]),
-        "apt-get install python3-redis, or pip install redis",
-    )
+/// Whether `python` imports redis; its redis-py version when it does.
+fn redis_py_version(python: &str) -> Option<String> {
+    let out = Command::new(python)
+        .args(["-c", "import redis; print(redis.__version__)"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The Python interpreters the consumer example runs with, each importing redis:
+/// `SWITCHBOARD_TEST_PYTHON`, the venv .ci/run makes with the redis-py release that
+/// `pip install redis` gives today (pinned there), and `SWITCHBOARD_TEST_PYTHON_DISTRO`, the
+/// distribution's python3 with its own python3-redis. A variable that is set must name an
+/// interpreter that imports redis. Under CI=true `SWITCHBOARD_TEST_PYTHON` is required: the
+/// example must run against the client users install, never be skipped. Without either
+/// variable (a developer's machine), `python3` if it imports redis, else a notice.
+fn pythons() -> Vec<String> {
+    let mut out = Vec::new();
+    for var in ["SWITCHBOARD_TEST_PYTHON", "SWITCHBOARD_TEST_PYTHON_DISTRO"] {
+        match std::env::var(var) {
+            Ok(python) if !python.is_empty() => {
+                let version = redis_py_version(&python)
+                    .unwrap_or_else(|| panic!("{var}={python} does not import redis"));
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "consumer example: {var}={python}, redis-py {version}"
+                );
+                out.push(python);
+            }
+            _ => assert!(
+                !(ci() && var == "SWITCHBOARD_TEST_PYTHON"),
+                "{var} is required when CI=true: .ci/run sets it to a venv with a pinned \
+                 current redis-py release"
+            ),
+        }
+    }
+    if out.is_empty()
+        && available(
+            "python3 with the redis module",
+            Command::new("python3").args(["-c", "import redis"]),
+            "pip install redis, or set SWITCHBOARD_TEST_PYTHON to an interpreter that has it",
+        )
+    {
+        out.push("python3".to_string());
+    }
+    out
 }
 
 /// Runs a command in the repository root and fails with everything it printed.
@@ -685,9 +727,9 @@ async fn xadd_event(
     .await
 }
 
-async fn run_python_consumer(prefix: &str, state: &str) -> Vec<Value> {
+async fn run_python_consumer(python: &str, prefix: &str, state: &str) -> Vec<Value> {
     let cache = temp_dir("pycache");
-    let child = tokio::process::Command::new("python3")
+    let child = tokio::process::Command::new(python)
         .arg(repo("examples/consumer.py"))
         .args(["--redis-url", &redis_url(), "--prefix", prefix])
         .args(["--state-prefix", state, "--consumer", "worker-1"])
@@ -705,7 +747,7 @@ async fn run_python_consumer(prefix: &str, state: &str) -> Vec<Value> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("python3 starts");
+        .unwrap_or_else(|e| panic!("{python} starts: {e}"));
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("the consumer exits once the stream is drained")
@@ -730,9 +772,12 @@ fn about<'a>(lines: &'a [Value], event_id: &str) -> Vec<&'a Value> {
 
 #[tokio::test]
 async fn python_consumer_claims_deduplicates_and_applies_assignments_in_seq_order() {
-    if !python_redis_available() {
-        return;
+    for python in pythons() {
+        consumer_claims_deduplicates_and_applies_assignments(&python).await;
     }
+}
+
+async fn consumer_claims_deduplicates_and_applies_assignments(python: &str) {
     let mut con = require_redis(&redis_url()).await;
     let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
     let stream = format!("{{{prefix}}}:events");
@@ -848,7 +893,7 @@ async fn python_consumer_claims_deduplicates_and_applies_assignments_in_seq_orde
     .await;
     tokio::time::sleep(Duration::from_millis(120)).await; // past --claim-idle-ms
 
-    let lines = run_python_consumer(&prefix, &state).await;
+    let lines = run_python_consumer(python, &prefix, &state).await;
     let one = |e: &Event| -> Value {
         let l = about(&lines, &e.event_id);
         assert_eq!(l.len(), 1, "{}: {l:?}\nall: {lines:#?}", e.event_id);
@@ -941,13 +986,108 @@ async fn python_consumer_claims_deduplicates_and_applies_assignments_in_seq_orde
 
     // A restarted consumer remembers what it processed: a replay is a duplicate.
     xadd_event(&mut con, &stream, &claimed).await;
-    let again = run_python_consumer(&prefix, &state).await;
+    let again = run_python_consumer(python, &prefix, &state).await;
     let r = about(&again, &claimed.event_id);
     assert_eq!(r.len(), 1, "{again:?}");
     assert_eq!(r[0]["outcome"], "duplicate");
     assert_eq!(again.last().unwrap()["processed"], 0);
 
     // Leave nothing behind in the shared Redis.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{prefix}*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+}
+
+/// An idle stream is not an error. redis-py 6 and later give a connection a 5-second socket
+/// read timeout by default; a blocking XREADGROUP waits on the server for up to `--block-ms`,
+/// so with the client's defaults a consumer blocking 5 s or more died with "Timeout reading
+/// from socket" at its first quiet moment. The consumer here blocks 6 s per read and the
+/// stream stays empty for 7 s; it must still be running, then handle the event that comes,
+/// then stop cleanly on SIGTERM.
+#[tokio::test]
+async fn python_consumer_survives_idle_periods_longer_than_the_client_read_timeout() {
+    for python in pythons() {
+        consumer_survives_idle_periods(&python).await;
+    }
+}
+
+async fn consumer_survives_idle_periods(python: &str) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    let mut con = require_redis(&redis_url()).await;
+    let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    let stream = format!("{{{prefix}}}:events");
+    let state = format!("{prefix}:crm");
+    // The group exists before the consumer starts, so the idle period starts at once.
+    let _: () = cmd(&["XGROUP", "CREATE", &stream, "crm", "0", "MKSTREAM"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let cache = temp_dir("pycache");
+    let mut child = tokio::process::Command::new(python)
+        .arg(repo("examples/consumer.py"))
+        .args(["--redis-url", &redis_url(), "--prefix", &prefix])
+        .args(["--state-prefix", &state, "--consumer", "idle-1"])
+        .args(["--block-ms", "6000"])
+        .env("PYTHONPYCACHEPREFIX", &cache)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python} starts: {e}"));
+    let mut stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    if let Some(status) = child.try_wait().unwrap() {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err).await;
+        panic!("{python}: the consumer exited ({status}) while the stream was idle:\n{err}");
+    }
+
+    let e = event(EventKind::Message, "t:after-idle", "conv_idle", None);
+    xadd_event(&mut con, &stream, &e).await;
+    let processed = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            if v["event_id"] == e.event_id.as_str() {
+                return v;
+            }
+        }
+        panic!("the consumer closed its output before handling the event");
+    })
+    .await
+    .expect("the event published after the idle period is handled");
+    assert_eq!(processed["outcome"], "processed", "{processed}");
+
+    // SIGTERM: the consumer finishes the read in progress and prints its summary.
+    let pid = child.id().expect("still running").to_string();
+    run_ok(Command::new("kill").args(["-TERM", &pid]));
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("the consumer stops within one blocking read of SIGTERM")
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    let mut err = String::new();
+    let _ = stderr.read_to_string(&mut err).await;
+    assert!(status.success(), "{python}: {status}\n{err}");
+    let summary: Value = serde_json::from_str(rest.last().expect("a summary line")).unwrap();
+    assert_eq!(summary["outcome"], "summary", "{summary}");
+    assert_eq!(summary["processed"], 1, "{summary}");
+    let _ = std::fs::remove_dir_all(cache);
+
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("*{prefix}*"))
         .query_async(&mut con)

@@ -319,7 +319,18 @@ async fn connections_per_client_address_are_capped() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = app.metrics().await;
+    // (From the other address: this one's slots are still taken.)
+    let metrics = reqwest::Client::builder()
+        .local_address(PROVIDER.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         counter(
             &metrics,

@@ -70,7 +70,7 @@ pub async fn require_redis(url: &str) -> redis::aio::MultiplexedConnection {
         Ok(Ok(c)) => c,
         other => panic!(
             "Redis is required for this test and does not answer at {url} ({other:?}). \
-             Start it (see README: redis-server --daemonize yes) or set SWITCHBOARD_TEST_REDIS_URL."
+             Start it (redis-server --daemonize yes; docs/testing.md) or set SWITCHBOARD_TEST_REDIS_URL."
         ),
     }
 }
@@ -112,8 +112,12 @@ pub async fn spawn_unchecked(config: Config) -> TestApp {
     tokio::spawn(app.run_until_stopped());
     TestApp {
         base: format!("http://127.0.0.1:{port}"),
+        // Idle connections are dropped well before the server's keep-alive (5 s) closes them:
+        // a request sent on a connection the server is closing fails with IncompleteMessage
+        // (seen under load in the two-router capacity test).
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .unwrap(),
         prefix,

@@ -31,7 +31,7 @@ pub async fn require_postgres(url: &str) -> tokio_postgres::Client {
         }
         other => panic!(
             "PostgreSQL is required for this test and does not answer at {url} ({:?}). \
-             Start it (see README, Tests) or set SWITCHBOARD_TEST_POSTGRES_URL.",
+             Start it (see docs/testing.md) or set SWITCHBOARD_TEST_POSTGRES_URL.",
             other.map(|r| r.map(|_| ()))
         ),
     }

@@ -324,6 +324,9 @@ async fn meta_data_deletion_callback() {
         app.client
             .post(app.url("/webhooks/meta_test/data-deletion"))
             .header("content-type", "application/x-www-form-urlencoded")
+            // Not from a trusted proxy (there are none): must not name the status URL's host.
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
             .body(format!(
                 "signed_request={}",
                 url::form_urlencoded::byte_serialize(signed.as_bytes()).collect::<String>()
@@ -374,6 +377,10 @@ async fn meta_data_deletion_callback() {
     let code = body["confirmation_code"].as_str().unwrap().to_string();
     assert!(code.chars().all(|c| c.is_ascii_alphanumeric()) && !code.is_empty());
     let status_url = body["url"].as_str().unwrap();
+    assert!(
+        status_url.starts_with(&format!("{}/", app.base)),
+        "forwarded headers from an untrusted peer named the host: {status_url}"
+    );
     assert!(
         status_url.ends_with(&format!("/webhooks/meta_test/data-deletion/{code}")),
         "{status_url}"

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard::route::model::Presence;
+use switchboard::config::routing::Presence;
 use switchboard::route::store::memory::MemoryStore;
 use switchboard::route::store::redis::RedisStore;
 use switchboard::route::store::{

@@ -31,8 +31,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::Presence;
 use crate::accept::BackendError;
+use crate::config::routing::Presence;
 
 /// What an operation needs to know about the tenant's policies (from its rule set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

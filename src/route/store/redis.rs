@@ -16,7 +16,7 @@ use super::{
     TransferRefused, VersionConflict,
 };
 use crate::accept::BackendError;
-use crate::route::model::Presence;
+use crate::config::routing::Presence;
 
 #[derive(Clone)]
 pub struct RedisStore {
