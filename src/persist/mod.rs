@@ -290,18 +290,19 @@ impl Persister {
             }
             if last_lag.elapsed() >= Duration::from_secs(5) {
                 self.sample_lag().await;
-                if self.migrates {
-                    // Readiness (`/readyz`) needs to have seen the schema migrated once:
-                    // checked here too, so that it is known before an outage, not only
-                    // when /readyz happens to be asked while Postgres answers.
-                    let _ = self.pg.migrated().await;
-                }
                 last_lag = Instant::now();
             }
             let read = tokio::select! {
                 _ = stop.changed() => break,
                 r = self.backend.read_events_group(PERSISTER_GROUP, &self.consumer, settings.batch_size, settings.block, settings.claim_idle) => r,
             };
+            if self.migrates {
+                // Readiness (`/readyz`) needs to have seen the schema migrated once: checked
+                // here too (one query until it is true), so that it is known before an
+                // outage, not only when /readyz happens to be asked while Postgres answers.
+                // After the first read, which creates the group: nothing delays that.
+                let _ = self.pg.migrated().await;
+            }
             let entries = match read {
                 Ok(e) => e,
                 Err(e) => {
