@@ -19,7 +19,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home switchboard
 COPY --from=build /src/target/release/switchboard /usr/local/bin/switchboard
-COPY config.toml /etc/switchboard/config.toml
+# The production template: no demo credential; secrets come from the environment or files
+# (deploy/config.production.toml says which).
+COPY deploy/config.production.toml /etc/switchboard/config.toml
 USER 10001
 ENV SWITCHBOARD_CONFIG=/etc/switchboard/config.toml \
     SWITCHBOARD__SERVER__BIND=0.0.0.0:8080 \

@@ -297,6 +297,11 @@ fn start_gateway(p: &Params, prefix: &str) -> Gateway {
         .env("SWITCHBOARD__LIMITS__IP_BURST", "10000000")
         .env("SWITCHBOARD__LIMITS__TENANT_REQUESTS_PER_SEC", "10000000")
         .env("SWITCHBOARD__LIMITS__TENANT_BURST", "10000000")
+        // Every load connection comes from 127.0.0.1: one client address.
+        .env(
+            "SWITCHBOARD__SERVER__MAX_CONNECTIONS_PER_IP",
+            (p.connections + 16).to_string(),
+        )
         .env(
             "SWITCHBOARD__ROUTING__ENABLED",
             if p.routing { "true" } else { "false" },
@@ -555,7 +560,7 @@ fn main() {
         }
     );
     println!(
-        "gateway: the shipped config.toml, backend redis, routing {} — only limits.ip_* and limits.tenant_* raised",
+        "gateway: the shipped config.toml, backend redis, routing {} — only the per-address limits (limits.ip_*, server.max_connections_per_ip: one load generator is one address) and limits.tenant_* raised",
         if p.routing {
             "on (the demo tenant's rules decide every conversation)"
         } else {

@@ -65,6 +65,12 @@ pub enum ApiError {
         code: &'static str,
         errors: Vec<String>,
     },
+    /// The request body did not arrive within `server.body_read_timeout_ms`.
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    RequestTimeout { timeout_ms: u64 },
+    /// This client address already has `server.max_connections_per_ip` connections open.
+    #[error("too many connections from this client address (at most {limit}); retry after {retry_after_secs} s")]
+    TooManyConnections { limit: usize, retry_after_secs: u64 },
     #[error("internal error")]
     Internal,
 }
@@ -101,6 +107,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::ConflictCode { code, .. } => code,
             ApiError::Unprocessable { code, .. } => code,
+            ApiError::RequestTimeout { .. } => "request_timeout",
+            ApiError::TooManyConnections { .. } => "too_many_connections",
             ApiError::Internal => "internal",
         }
     }
@@ -110,7 +118,10 @@ impl ApiError {
             ApiError::RateLimited {
                 retry_after_secs, ..
             }
-            | ApiError::Backpressure { retry_after_secs } => Some(*retry_after_secs),
+            | ApiError::Backpressure { retry_after_secs }
+            | ApiError::TooManyConnections {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             ApiError::Unavailable => Some(1),
             _ => None,
         }
@@ -138,7 +149,10 @@ impl ResponseError for ApiError {
             ApiError::HandshakeRejected | ApiError::ApiDisabled | ApiError::Forbidden(_) => {
                 StatusCode::FORBIDDEN
             }
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyConnections { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Backpressure { .. } | ApiError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

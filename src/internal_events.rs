@@ -20,6 +20,7 @@ pub const RATE_LIMITED: &str = "switchboard_rate_limited_total";
 pub const ACCEPT_DURATION: &str = "switchboard_accept_duration_seconds";
 pub const BACKEND_ERRORS: &str = "switchboard_backend_errors_total";
 pub const BACKPRESSURE: &str = "switchboard_backpressure_total";
+pub const EDGE_REFUSED: &str = "switchboard_http_edge_refused_total";
 pub const STREAM_LENGTH: &str = "switchboard_stream_length";
 pub const STREAM_PENDING: &str = "switchboard_stream_pending";
 pub const ROUTED_EVENTS: &str = "switchboard_routed_events_total";
@@ -245,6 +246,27 @@ impl BackpressureApplied {
             "inbound backlog full, answering 503"
         );
         counter!(BACKPRESSURE).increment(1);
+    }
+}
+
+/// A request refused at the HTTP edge (crate::ingest::edge): `reason` is `body_budget`,
+/// `body_timeout` or `connections`.
+pub struct EdgeRefused {
+    pub reason: &'static str,
+}
+
+impl EdgeRefused {
+    pub fn emit(self) {
+        match self.reason {
+            "body_budget" => {
+                tracing::warn!(
+                    reason = self.reason,
+                    "request body budget exhausted, answering 503"
+                )
+            }
+            _ => tracing::info!(reason = self.reason, "request refused at the edge"),
+        }
+        counter!(EDGE_REFUSED, "reason" => self.reason).increment(1);
     }
 }
 

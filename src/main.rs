@@ -275,6 +275,15 @@ fn main() -> anyhow::Result<()> {
                     config.redis.key_prefix
                 );
             }
+            let exposed = switchboard::config::published::exposure_problems(&config);
+            if !exposed.is_empty() {
+                bail!(switchboard::config::published::refusal(&config, &exposed));
+            }
+            for p in switchboard::config::published::published_credentials(&config) {
+                println!(
+                    "note: {p} (accepted on a loopback address only: `serve` refuses it on any other)"
+                );
+            }
             println!(
                 "configuration OK: backend {:?}, listening on {}, {} tenant(s), {} source(s): {}",
                 config.backend,

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::http::{not_found, observe};
+use crate::ingest::edge::{guard, Edge};
 use crate::internal_events::{install_recorder, RoutingSampled, StreamSampled};
 use crate::route::strategy::Strategies;
 use crate::route::{Engine, Router};
@@ -47,6 +48,10 @@ impl Application {
     }
 
     pub async fn build_with(config: Config, options: Options) -> anyhow::Result<Application> {
+        let exposed = crate::config::published::exposure_problems(&config);
+        if !exposed.is_empty() {
+            anyhow::bail!(crate::config::published::refusal(&config, &exposed));
+        }
         let metrics = install_recorder();
         let mut state = AppState::build(&config, metrics).context("cannot set up the backend")?;
         state.config_path = options.config_path.clone();
@@ -70,6 +75,16 @@ impl Application {
         if config.postgres.enabled {
             state.persist =
                 Some(crate::persist::Postgres::new(&config).context("cannot set up PostgreSQL")?);
+            // Before any router publishes: retention spares only what the persister's group
+            // has not acknowledged, so the group must exist first. Best effort (the backend
+            // may be down now; the persister creates it on its first read).
+            if let Err(e) = state
+                .backend
+                .ensure_events_group(crate::accept::PERSISTER_GROUP)
+                .await
+            {
+                tracing::warn!(error = %e, "persister group not created yet; the persister will");
+            }
         }
         let state = web::Data::new(state);
         crate::state::start_admin_sync(&state.clone().into_inner()).await;
@@ -77,18 +92,23 @@ impl Application {
             .with_context(|| format!("cannot listen on server.bind = {}", config.server.bind))?;
         let port = listener.local_addr()?.port();
         let data = state.clone();
+        let edge = web::Data::new(Edge::from_config(&config));
+        let connections = edge.connections.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(edge.clone())
+                .wrap(from_fn(guard))
                 .wrap(from_fn(observe))
                 .configure(crate::ingest::http::configure)
                 .configure(crate::api::configure)
                 .default_service(web::to(not_found))
         })
+        .on_connect(move |conn, ext| connections.on_connect(conn, ext))
         .listen(listener)?
         .max_connections(config.server.max_connections_per_worker)
         .shutdown_timeout(config.server.shutdown_timeout_secs)
-        .client_request_timeout(Duration::from_secs(30));
+        .client_request_timeout(Duration::from_millis(config.server.header_read_timeout_ms));
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
         }

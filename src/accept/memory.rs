@@ -362,6 +362,10 @@ impl MemoryBackend {
         Self::lag_of(&self.lock(), group)
     }
 
+    pub fn ensure_events_group(&self, group: &str) {
+        self.lock().groups.entry(group.to_string()).or_default();
+    }
+
     pub async fn read_events_group(
         &self,
         group: &str,

@@ -377,6 +377,26 @@ impl Backend {
         }
     }
 
+    /// Creates a consumer group of the events stream (every partition) from its start, if
+    /// it does not exist. The persister's group must exist before the first event is
+    /// published: retention never trims past its unacknowledged entries, but only once it
+    /// exists.
+    pub async fn ensure_events_group(&self, group: &str) -> Result<(), BackendError> {
+        match self {
+            Backend::Memory(b) => {
+                b.ensure_events_group(group);
+                Ok(())
+            }
+            Backend::Redis(b) => b.ensure_events_group(group).await,
+            Backend::Partitioned(p) => {
+                for part in p.parts() {
+                    Box::pin(part.ensure_events_group(group)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Acknowledges entries of the events stream for a group, then applies the stream's
     /// retention (which never passes the persister group's unacknowledged entries).
     pub async fn ack_events(&self, group: &str, ids: &[String]) -> Result<usize, BackendError> {

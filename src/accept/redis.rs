@@ -628,7 +628,7 @@ impl RedisBackend {
         appended(reply)
     }
 
-    async fn ensure_events_group(&self, group: &str) -> Result<(), BackendError> {
+    pub async fn ensure_events_group(&self, group: &str) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
         // From the start of the stream: enabling the persister stores the retained history.
         let r: Result<(), BackendError> = self

@@ -22,6 +22,7 @@ pub mod bird;
 pub mod messagebird;
 pub mod plivo;
 pub mod postgres;
+pub mod published;
 pub mod routing;
 pub mod sinch;
 pub mod standard;
@@ -79,6 +80,9 @@ macro_rules! source_config {
     };
 }
 pub(crate) use source_config;
+
+/// The shortest `[api] token` accepted: it is an owner key of every tenant.
+pub const MIN_API_TOKEN_CHARS: usize = 32;
 
 /// Default replay window: 5 minutes, the window most providers' SDKs use.
 pub fn default_replay_window_secs() -> u64 {
@@ -143,6 +147,19 @@ pub struct ServerConfig {
     pub max_connections_per_worker: usize,
     /// Peers whose `X-Forwarded-For` is trusted for the client IP (load balancers).
     pub trusted_proxies: Vec<IpAddr>,
+    /// Longest wait for a new connection's request line and headers (408 and closed after).
+    pub header_read_timeout_ms: u64,
+    /// Longest time a request's whole body may take to arrive, counted from its headers
+    /// (408 `request_timeout` and the connection closed after).
+    pub body_read_timeout_ms: u64,
+    /// Most bytes of request bodies buffered at once in the whole process (503
+    /// `backpressure` + Retry-After past it, before anything is allocated).
+    pub max_buffered_body_bytes: usize,
+    /// Most of `max_buffered_body_bytes` one client address may hold at once.
+    pub max_buffered_body_bytes_per_ip: usize,
+    /// Most connections open at once from one client address (IPv6: one /64); trusted
+    /// proxies are not counted.
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -406,6 +423,11 @@ fn defaults() -> Defaults {
             shutdown_timeout_secs: 30,
             max_connections_per_worker: 2048,
             trusted_proxies: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
+            max_buffered_body_bytes_per_ip: 16 * 1024 * 1024,
+            max_connections_per_ip: 64,
         },
         log: LogConfig {
             format: LogFormat::Text,
@@ -452,6 +474,44 @@ fn defaults() -> Defaults {
     }
 }
 
+/// Prefix of the variables that name a file holding a key's value:
+/// `SWITCHBOARD_FILE__API__TOKEN=/run/secrets/api-token` sets `api.token` to the file's
+/// content (without its trailing newline), parsed like an environment value (so a list is
+/// written `["s1", "s2"]`). For secrets mounted as files (Docker and Kubernetes secrets);
+/// they win over `SWITCHBOARD__` variables and the file.
+pub const FILE_ENV_PREFIX: &str = "SWITCHBOARD_FILE__";
+
+/// `(dotted key, value)` of every `SWITCHBOARD_FILE__` variable.
+fn secret_files() -> Result<Vec<(String, figment::value::Value)>, ConfigError> {
+    let mut out = Vec::new();
+    for (var, path) in std::env::vars_os() {
+        let Some(var) = var.to_str() else { continue };
+        let Some(rest) = var.strip_prefix(FILE_ENV_PREFIX) else {
+            continue;
+        };
+        let key = rest
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+            .join(".");
+        if key.is_empty() || key.split('.').any(str::is_empty) {
+            return Err(ConfigError::Load(format!(
+                "{var}: name a key as {FILE_ENV_PREFIX}<SECTION>__<KEY>"
+            )));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::Load(format!(
+                "{var}: cannot read {}: {e}",
+                std::path::Path::new(&path).display()
+            ))
+        })?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        let value: figment::value::Value = text.parse().expect("infallible");
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
 /// A configuration that failed to load or validate; each line names the key to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -474,7 +534,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        Self::from_figment(fig.merge(Env::prefixed("SWITCHBOARD__").split("__")))
+        fig = fig.merge(Env::prefixed("SWITCHBOARD__").split("__"));
+        for (key, value) in secret_files()? {
+            fig = fig.merge(Serialized::default(&key, value));
+        }
+        Self::from_figment(fig)
     }
 
     /// Defaults → a TOML string (tests and tools).
@@ -514,6 +578,35 @@ impl Config {
         }
         if self.server.max_connections_per_worker == 0 {
             errs.push("server.max_connections_per_worker must be at least 1".into());
+        }
+        for (key, ms) in [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+        ] {
+            if !(100..=600_000).contains(&ms) {
+                errs.push(format!("{key} = {ms}: use 100..=600000 (default 10000)"));
+            }
+        }
+        if self.server.max_buffered_body_bytes_per_ip < self.server.max_body_bytes {
+            errs.push(format!(
+                "server.max_buffered_body_bytes_per_ip = {}: must be at least server.max_body_bytes ({}), or no largest body could ever be read",
+                self.server.max_buffered_body_bytes_per_ip, self.server.max_body_bytes
+            ));
+        }
+        if self.server.max_buffered_body_bytes < self.server.max_buffered_body_bytes_per_ip {
+            errs.push(format!(
+                "server.max_buffered_body_bytes = {}: must be at least server.max_buffered_body_bytes_per_ip ({})",
+                self.server.max_buffered_body_bytes, self.server.max_buffered_body_bytes_per_ip
+            ));
+        }
+        if self.server.max_connections_per_ip == 0 {
+            errs.push("server.max_connections_per_ip must be at least 1".into());
         }
         for (key, v) in [
             (
@@ -668,6 +761,13 @@ impl Config {
                 "api.key_requests_per_sec, api.key_burst and api.token_requests_per_sec must be at least 1"
                     .into(),
             );
+        }
+        if let Some(token) = &self.api.token {
+            if token.expose().chars().count() < MIN_API_TOKEN_CHARS {
+                errs.push(format!(
+                    "api.token is shorter than {MIN_API_TOKEN_CHARS} characters: use a random one, e.g. `openssl rand -hex 32`, in SWITCHBOARD__API__TOKEN (or {FILE_ENV_PREFIX}API__TOKEN=<file>)"
+                ));
+            }
         }
         if self.api.reload_interval_ms < 50 || self.api.reload_interval_ms > 60_000 {
             errs.push("api.reload_interval_ms must be 50..=60000".into());

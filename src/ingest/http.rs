@@ -277,30 +277,44 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
 }
 
+/// Ready: the backend answers and, with `[postgres]` enabled, this build's migrations were
+/// seen applied (until then, e.g. while `migrate_on_start` applies them, the admin API and
+/// the persister cannot work: 503). Once migrated, a PostgreSQL outage does not make the
+/// gateway unready: ingestion does not wait for it (the history catches up afterwards),
+/// and taking every replica out of the load balancer would refuse every webhook; the body
+/// shows `"postgres": "down"` and the lag.
 async fn readyz(state: State) -> HttpResponse {
     let backend = state.backend.name();
-    match state.backend.ping().await {
-        Ok(()) => {
-            let streams = state.backend.stats().await.ok();
-            let mut body = serde_json::json!({
-                "status": "ready", "backend": backend, "streams": streams
-            });
-            // Postgres being down does not make the gateway unready (ingestion does not
-            // wait for it); the lag says how far behind the history is.
-            if let Some(pg) = &state.persist {
-                body["persister"] =
-                    serde_json::json!(crate::persist::status(pg, &state.backend).await);
-            }
-            HttpResponse::Ok().json(body)
-        }
-        Err(e) => {
-            tracing::warn!(backend, error = %e, "readiness check failed");
-            HttpResponse::ServiceUnavailable().json(serde_json::json!({
-                "code": "dependency_unavailable",
-                "message": format!("the {backend} backend does not answer"),
-            }))
-        }
+    if let Err(e) = state.backend.ping().await {
+        tracing::warn!(backend, error = %e, "readiness check failed");
+        return HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "code": "dependency_unavailable",
+            "message": format!("the {backend} backend does not answer"),
+        }));
     }
+    let streams = state.backend.stats().await.ok();
+    let mut body = serde_json::json!({
+        "status": "ready", "backend": backend, "streams": streams
+    });
+    if let Some(pg) = &state.persist {
+        let status = crate::persist::status(pg, &state.backend).await;
+        if !status.migrated {
+            let message = if status.postgres == "up" {
+                "PostgreSQL migrations are pending: migrate_on_start is applying them, or run `switchboard migrate`"
+            } else {
+                "PostgreSQL does not answer, and its schema has not been seen migrated yet"
+            };
+            tracing::warn!(postgres = status.postgres, "not ready: {message}");
+            return HttpResponse::ServiceUnavailable()
+                .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+                .json(serde_json::json!({
+                    "code": "dependency_unavailable",
+                    "message": message,
+                }));
+        }
+        body["persister"] = serde_json::json!(status);
+    }
+    HttpResponse::Ok().json(body)
 }
 
 async fn metrics(state: State) -> HttpResponse {

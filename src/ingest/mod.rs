@@ -7,6 +7,7 @@
 //! This module must never answer 2xx before the backend confirmed the accept, and never
 //! pass bytes to a normalizer before their signature was checked.
 
+pub mod edge;
 pub mod http;
 
 use std::collections::BTreeSet;
@@ -99,7 +100,14 @@ pub async fn receive(
     if method == Method::Post {
         check_media_type(req.headers(), src.accepted_media_types())?;
     }
-    let body = read_body(&mut payload, limit, declared).await?;
+    let edge = req.app_data::<web::Data<edge::Edge>>().cloned();
+    let body = read_body(
+        &mut payload,
+        limit,
+        declared,
+        edge.as_ref().map(|e| e.get_ref()),
+    )
+    .await?;
 
     // 2. Verify the raw bytes.
     let unverified = Unverified::new(verifier_headers(req.headers()), body)
@@ -283,13 +291,18 @@ fn check_media_type(
 }
 
 /// Reads the body, refusing past `limit` without buffering more than `limit` bytes. A body
-/// that arrives in one chunk (most webhooks) is used as is, without a copy.
+/// that arrives in one chunk (most webhooks) is used as is, without a copy. The edge's
+/// deadline and budget ([`edge`]) end the read with 408 or 503.
 async fn read_body(
     payload: &mut web::Payload,
     limit: usize,
     declared: Option<usize>,
+    edge: Option<&edge::Edge>,
 ) -> Result<Bytes, ApiError> {
     let read_failed = |e: actix_web::error::PayloadError| {
+        if let Some(known) = edge.and_then(|edge| edge::payload_failure(&e, edge)) {
+            return known;
+        }
         tracing::debug!(error = %e, "request body read failed");
         ApiError::BadRequest("the request body could not be read".into())
     };

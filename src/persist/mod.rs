@@ -111,6 +111,8 @@ pub struct Postgres {
     settings: Arc<Settings>,
     /// `postgres.migrate_url` (the owner's connection), with the same session options.
     migrate_with: Option<tokio_postgres::Config>,
+    /// Set once every migration of this build was seen applied in the schema.
+    migrated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Postgres {
@@ -182,6 +184,7 @@ impl Postgres {
             pool,
             settings: Arc::new(settings),
             migrate_with,
+            migrated: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -243,6 +246,24 @@ impl Postgres {
             )
             .await?;
         Ok(row.get(0))
+    }
+
+    /// Whether every migration of this build is applied in the schema. Remembered once
+    /// true (migrations are never undone), so later calls cost nothing.
+    pub async fn migrated(&self) -> Result<bool, PersistError> {
+        use std::sync::atomic::Ordering;
+        if self.migrated.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let client = self.client().await?;
+        let done = migrate::applied(&client, &self.settings.schema).await?;
+        let all = migrate::MIGRATIONS
+            .iter()
+            .all(|m| done.contains(&m.version));
+        if all {
+            self.migrated.store(true, Ordering::Relaxed);
+        }
+        Ok(all)
     }
 
     /// Whether Postgres answers.
@@ -357,6 +378,13 @@ impl Persister {
                 _ = stop.changed() => break,
                 r = self.backend.read_events_group(PERSISTER_GROUP, &self.consumer, settings.batch_size, settings.block, settings.claim_idle) => r,
             };
+            if self.migrates {
+                // Readiness (`/readyz`) needs to have seen the schema migrated once: checked
+                // here too (one query until it is true), so that it is known before an
+                // outage, not only when /readyz happens to be asked while Postgres answers.
+                // After the first read, which creates the group: nothing delays that.
+                let _ = self.pg.migrated().await;
+            }
             let entries = match read {
                 Ok(e) => e,
                 Err(e) => {
@@ -485,18 +513,22 @@ impl Persister {
 #[derive(Debug, serde::Serialize)]
 pub struct PersisterStatus {
     pub postgres: &'static str,
+    /// Every migration of this build applied in the schema (seen at least once).
+    pub migrated: bool,
     /// Events not yet stored (None before the group exists or with Redis down).
     pub lag: Option<GroupLag>,
 }
 
 pub async fn status(pg: &Postgres, backend: &Backend) -> PersisterStatus {
     let up = tokio::time::timeout(Duration::from_secs(2), pg.ping()).await;
+    let migrated = tokio::time::timeout(Duration::from_secs(2), pg.migrated()).await;
     PersisterStatus {
         postgres: if matches!(up, Ok(Ok(()))) {
             "up"
         } else {
             "down"
         },
+        migrated: matches!(migrated, Ok(Ok(true))),
         lag: backend
             .events_group_lag(PERSISTER_GROUP)
             .await

@@ -503,17 +503,54 @@ fn compose_runs_the_dockerfile_image_with_keys_the_config_accepts() {
     let redis_text = compose_service(&compose, "redis").join("\n");
     assert!(redis_text.contains("--appendonly"), "Redis without AOF");
 
-    // The environment, applied to the config.toml the image carries, is a valid
+    // The image carries the production template, not the demo config.toml.
+    assert!(
+        dockerfile.contains("COPY deploy/config.production.toml /etc/switchboard/config.toml"),
+        "the image must carry the production template"
+    );
+    let template = read("deploy/config.production.toml");
+    for published in switchboard::config::published::PUBLISHED {
+        assert!(
+            !template.contains(published) && !dockerfile.contains(published),
+            "the image carries a published credential: {published}"
+        );
+    }
+    // The environment, applied to the template the image carries, is a valid
     // configuration: names are real keys (unknown keys are rejected) and values parse.
+    // `${NAME:?...}` takes what an operator sets in the shell; here, test values.
+    let operator: BTreeMap<&str, String> = [
+        ("SWITCHBOARD_API_TOKEN", "f".repeat(40)),
+        (
+            "SWITCHBOARD_META_APP_SECRETS",
+            r#"["an-app-secret"]"#.to_string(),
+        ),
+        (
+            "SWITCHBOARD_META_VERIFY_TOKEN",
+            "a-verify-token".to_string(),
+        ),
+        (
+            "SWITCHBOARD_META_CHANNELS",
+            r#"{"106540352242922" = "main"}"#.to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let subst = Regex::new(r"\$\{(\w+)(:[?-][^}]*)?\}").unwrap();
     let mut check = Command::new(BIN);
     check
         .args(["check-config", "--config"])
-        .arg(repo("config.toml"));
+        .arg(repo("deploy/config.production.toml"));
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SWITCHBOARD")) {
         check.env_remove(k);
     }
     for (k, v) in &env {
-        check.env(k, v);
+        let v = subst.replace_all(v, |c: &regex::Captures| {
+            operator
+                .get(&c[1])
+                .unwrap_or_else(|| panic!("compose uses ${{{}}}, unknown to this test", &c[1]))
+                .clone()
+        });
+        check.env(k, v.as_ref());
     }
     let out = run_ok(&mut check);
     assert!(
@@ -521,10 +558,14 @@ fn compose_runs_the_dockerfile_image_with_keys_the_config_accepts() {
         "{out}"
     );
     assert!(out.contains("backend Redis"), "{out}");
-    // Names that only appear in comments must be real keys too.
+    // Names that only appear in comments must be real keys too (two-level ones; a source's
+    // keys are checked by check-config above).
     let key_re = Regex::new(r"SWITCHBOARD__([A-Z0-9_]+?)__([A-Z0-9_]+)\b").unwrap();
     for c in key_re.captures_iter(&compose) {
         let (section, key) = (c[1].to_lowercase(), c[2].to_lowercase());
+        if section == "sources" {
+            continue;
+        }
         let in_section = config
             .split(&format!("[{section}]\n"))
             .nth(1)

@@ -18,7 +18,7 @@ use switchboard::verify::meta::sign_sha256;
 pub const SECRET: &str = "test-app-secret";
 pub const OLD_SECRET: &str = "old-secret";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
-pub const API_TOKEN: &str = "test-api-token";
+pub const API_TOKEN: &str = "test-api-token-0123456789abcdef-0123";
 /// phone_number_id mapped to tenant `acme` (and 222 to `globex`).
 pub const PHONE_ID: &str = "111";
 
@@ -38,7 +38,7 @@ connect_timeout_ms = 500
 block_ms = 200
 claim_idle_ms = 5000
 [api]
-token = "test-api-token"
+token = "test-api-token-0123456789abcdef-0123"
 [tenants.acme]
 [tenants.globex]
 [sources.meta_test]
