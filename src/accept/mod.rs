@@ -23,6 +23,7 @@ pub mod conn;
 pub mod memory;
 pub mod partitioned;
 pub mod redis;
+pub mod sentinel;
 
 use std::time::Duration;
 

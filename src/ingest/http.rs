@@ -210,9 +210,15 @@ async fn readyz(state: State) -> HttpResponse {
         }
         Err(e) => {
             tracing::warn!(backend, error = %e, "readiness check failed");
+            // What to change, when the error says (TLS, credentials); never the raw error,
+            // which can name internal hosts.
+            let message = match crate::accept::conn::hint(&e.to_string()) {
+                Some(hint) => format!("the {backend} backend does not answer: {hint}"),
+                None => format!("the {backend} backend does not answer"),
+            };
             HttpResponse::ServiceUnavailable().json(serde_json::json!({
                 "code": "dependency_unavailable",
-                "message": format!("the {backend} backend does not answer"),
+                "message": message,
             }))
         }
     }

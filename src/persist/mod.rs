@@ -17,6 +17,7 @@
 
 pub mod migrate;
 pub mod privacy;
+pub mod tls;
 pub mod write;
 
 use std::collections::HashMap;
@@ -25,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 use crate::accept::{Backend, BackendError, GroupLag, StreamEntry, PERSISTER_GROUP};
 use crate::config::postgres::PostgresConfig;
@@ -35,9 +35,9 @@ use crate::internal_events::{PersisterBatchWritten, PersisterFailed, PersisterLa
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("postgres unavailable: {0}")]
+    #[error("postgres unavailable: {}", tls::with_hint(tls::describe(.0)))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", tls::with_hint(tls::describe(.0)))]
     Db(#[from] tokio_postgres::Error),
     #[error("invalid postgres configuration: {0}")]
     Config(String),
@@ -103,10 +103,13 @@ impl Postgres {
     /// From a `[postgres]` section (which may differ from `config.postgres`, e.g. in
     /// `switchboard migrate --url`).
     pub fn with(pg: &PostgresConfig, config: &Config) -> Result<Postgres, PersistError> {
-        let mut c: tokio_postgres::Config = pg
-            .url
+        let (url, tls_params) =
+            crate::config::postgres::split_tls(&pg.url).map_err(PersistError::Config)?;
+        let mut c: tokio_postgres::Config = url
             .parse()
             .map_err(|_| PersistError::Config("postgres.url is not a connection string".into()))?;
+        let (ssl_mode, tls) = tls::connector(&tls_params).map_err(PersistError::Config)?;
+        c.ssl_mode(ssl_mode);
         // Every session uses the configured schema; tests give each test its own.
         c.options(format!(
             "-c search_path={} -c statement_timeout={}",
@@ -117,7 +120,7 @@ impl Postgres {
         c.keepalives(true);
         let manager = Manager::from_config(
             c,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -403,18 +406,26 @@ impl Persister {
 #[derive(Debug, serde::Serialize)]
 pub struct PersisterStatus {
     pub postgres: &'static str,
+    /// When down for a reason the configuration can fix (TLS, credentials): what to change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<&'static str>,
     /// Events not yet stored (None before the group exists or with Redis down).
     pub lag: Option<GroupLag>,
 }
 
 pub async fn status(pg: &Postgres, backend: &Backend) -> PersisterStatus {
     let up = tokio::time::timeout(Duration::from_secs(2), pg.ping()).await;
+    let hint = match &up {
+        Ok(Err(e)) => tls::hint(&e.to_string()),
+        _ => None,
+    };
     PersisterStatus {
         postgres: if matches!(up, Ok(Ok(()))) {
             "up"
         } else {
             "down"
         },
+        hint,
         lag: backend
             .events_group_lag(PERSISTER_GROUP)
             .await

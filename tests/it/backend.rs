@@ -31,6 +31,7 @@ async fn backends(max_backlog: u64) -> Vec<Backend> {
         key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
+        ..RedisConfig::default()
     };
     vec![
         Backend::Memory(MemoryBackend::new(limits(max_backlog))),
@@ -232,6 +233,7 @@ async fn a_crashed_consumers_entries_are_claimed_again() {
         key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
+        ..RedisConfig::default()
     };
     let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100)).unwrap()));
     b.accept(batch(&["evt_a", "evt_b"], &[])).await.unwrap();
@@ -276,6 +278,7 @@ async fn redis_dedup_keys_expire_with_the_configured_ttl() {
         key_prefix: prefix.clone(),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
+        ..RedisConfig::default()
     };
     let b = RedisBackend::new(&cfg, limits(100)).unwrap();
     b.accept(batch(&["evt_ttl"], &[])).await.unwrap();

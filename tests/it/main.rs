@@ -18,4 +18,5 @@ mod props;
 mod providers;
 mod routing;
 mod routing_store;
+mod tls;
 mod webhook;
