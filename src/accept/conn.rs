@@ -143,6 +143,26 @@ pub(crate) fn client_for(cfg: &RedisConfig, url: &str) -> Result<redis::Client, 
     }
 }
 
+/// Connects to the first server of the configuration on its own (no cluster client) and
+/// pings it: `Some(error)` when that fails, with the cause the cluster client does not pass
+/// on (a TLS handshake or authentication error).
+pub async fn probe(cfg: &RedisConfig, timeout: Duration) -> Option<String> {
+    let url = cfg.data_urls().into_iter().next()?;
+    let client = match client_for(cfg, url) {
+        Ok(c) => c,
+        Err(e) => return Some(e.to_string()),
+    };
+    let attempt = async {
+        let mut c = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("timed out".into()),
+    }
+}
+
 /// What to change when a Redis error says something about the configuration (TLS,
 /// authentication), naming the key; `None` for an ordinary outage.
 pub fn hint(error: &str) -> Option<&'static str> {

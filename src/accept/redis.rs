@@ -99,6 +99,8 @@ pub struct RedisBackend {
     ack_events_script: Script,
     group_lag_script: Script,
     command_timeout: Duration,
+    /// The connection settings (a failed cluster ping asks a seed node directly why).
+    config: std::sync::Arc<RedisConfig>,
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
     /// Queue of the group-commit task; `None` when created outside a runtime (each accept
@@ -207,6 +209,7 @@ impl RedisBackend {
             group_lag_script: with_trim(include_str!("group_lag.lua")),
             command_timeout,
             last_claim: std::sync::Arc::new(AtomicU64::new(0)),
+            config: std::sync::Arc::new(cfg.clone()),
             combiner: None,
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -373,9 +376,21 @@ impl RedisBackend {
     }
     pub async fn ping(&self) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
-        let pong: String = self
-            .timed(redis::cmd("PING").query_async(&mut conn))
-            .await?;
+        let pong: String = match self.timed(redis::cmd("PING").query_async(&mut conn)).await {
+            Ok(p) => p,
+            // The cluster client only says that no node answered: ask a seed node directly
+            // why (a TLS or credentials error names the setting to change).
+            Err(BackendError::Unavailable(msg))
+                if self.conn.is_cluster() && super::conn::hint(&msg).is_none() =>
+            {
+                let why = super::conn::probe(&self.config, self.command_timeout).await;
+                return Err(BackendError::Unavailable(match why {
+                    Some(why) => format!("{msg}; a seed node says: {}", with_hint(why)),
+                    None => msg,
+                }));
+            }
+            Err(e) => return Err(e),
+        };
         if pong == "PONG" {
             Ok(())
         } else {

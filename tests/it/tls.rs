@@ -474,3 +474,138 @@ async fn webhook_history_reaches_postgres_over_verified_tls() {
     );
     app.stop().await;
 }
+
+/// A port whose +10000 (the cluster bus) is free too.
+fn bus_port(taken: &[u16]) -> u16 {
+    for _ in 0..1000 {
+        let p = free_port();
+        if p > 55_000 || taken.contains(&p) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+/// Three cluster masters speaking only TLS, to clients and on the cluster bus.
+struct TlsCluster {
+    ports: Vec<u16>,
+    children: Vec<Child>,
+}
+
+impl TlsCluster {
+    fn start(pki: &Pki) -> TlsCluster {
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            ports.push(bus_port(&ports));
+        }
+        let children = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .args(["--bind", "127.0.0.1"])
+                    .args(["--tls-cluster", "yes", "--tls-auth-clients", "optional"])
+                    .arg("--tls-cert-file")
+                    .arg(pki.path("server.pem"))
+                    .arg("--tls-key-file")
+                    .arg(pki.path("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(pki.path("ca.pem"))
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&pki.dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed (apt-get install redis-server)")
+            })
+            .collect();
+        let c = TlsCluster { ports, children };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in &c.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "TLS cluster node did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let cli = |args: &[&str]| {
+            Command::new("redis-cli")
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(pki.path("ca.pem"))
+                .args(args)
+                .output()
+                .expect("redis-cli is installed (it comes with redis-server)")
+        };
+        let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(nodes.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = cli(&args);
+        assert!(
+            out.status.success(),
+            "redis-cli --tls --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &c.ports {
+            loop {
+                let info = cli(&["-p", &port.to_string(), "cluster", "info"]);
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "TLS cluster not ok on {port}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        c
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn redis_cluster_over_tls_accepts_webhooks_on_every_partition() {
+    // Cluster nodes announce their IP addresses: the certificate names 127.0.0.1.
+    let pki = Pki::new(&["127.0.0.1", "localhost"]);
+    let cluster = TlsCluster::start(&pki);
+    let mut config = test_config(BackendKind::Redis);
+    config.redis.cluster_nodes = cluster
+        .ports
+        .iter()
+        .map(|p| format!("rediss://127.0.0.1:{p}"))
+        .collect();
+    config.redis.tls_ca_file = Some(pki.path("ca.pem"));
+    config.streams.partitions = 6;
+    // A cluster client's first connection makes a TLS handshake with every node (slow in
+    // a debug build on a busy machine): more than the test default of 500 ms.
+    config.redis.connect_timeout_ms = 5000;
+    config.redis.command_timeout_ms = 5000;
+    let app = spawn_unchecked(config.clone()).await;
+    let ids: Vec<String> = (0..12).map(|_| unique_wamid()).collect();
+    for id in &ids {
+        let res = app.post(&wa_text(id)).await;
+        assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    }
+    let events = app.wait_for_events(ids.len()).await;
+    assert_eq!(events.len(), ids.len());
+    app.stop().await;
+
+    // The same cluster with a CA that did not sign the nodes' certificates.
+    config.redis.tls_ca_file = Some(pki.path("other-ca.pem"));
+    config.redis.key_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    refused(config, "redis.tls_ca_file").await;
+}
