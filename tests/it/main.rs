@@ -16,6 +16,7 @@ mod pg;
 mod privacy;
 mod props;
 mod providers;
+mod replicas;
 mod routing;
 mod routing_store;
 mod tls;
