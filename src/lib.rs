@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod https;
 pub mod ingest;
 pub mod internal_events;
 pub mod normalize;

@@ -144,6 +144,10 @@ pub struct ServerConfig {
     pub max_connections_per_worker: usize,
     /// Peers whose `X-Forwarded-For` is trusted for the client IP (load balancers).
     pub trusted_proxies: Vec<IpAddr>,
+    /// HTTPS on `bind`: the certificate chain and private key (PEM), both or neither;
+    /// reloaded when the files change and on SIGHUP. Absent: plain HTTP.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -421,6 +425,8 @@ fn defaults() -> Defaults {
             shutdown_timeout_secs: 30,
             max_connections_per_worker: 2048,
             trusted_proxies: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
         },
         log: LogConfig {
             format: LogFormat::Text,
@@ -534,6 +540,13 @@ impl Config {
                 self.server.max_body_bytes
             ));
         }
+        tls::check_pair(
+            "server.tls_cert_file",
+            self.server.tls_cert_file.as_deref(),
+            "server.tls_key_file",
+            self.server.tls_key_file.as_deref(),
+            &mut errs,
+        );
         if self.server.max_connections_per_worker == 0 {
             errs.push("server.max_connections_per_worker must be at least 1".into());
         }

@@ -609,3 +609,131 @@ async fn redis_cluster_over_tls_accepts_webhooks_on_every_partition() {
     config.redis.key_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
     refused(config, "redis.tls_ca_file").await;
 }
+
+/// The end-entity certificate (DER) of a PEM file.
+fn der_of(pem_file: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(pem_file)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// One HTTPS request to `/healthz` trusting `cas`, over TLS 1.2 or 1.3: the certificate the
+/// server presented, or why the request failed.
+async fn https_healthz(
+    port: u16,
+    cas: &[PathBuf],
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(der_of(ca).into()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let cert = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let head = String::from_utf8_lossy(&response);
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("answered {head:?}"));
+    }
+    Ok(cert)
+}
+
+#[tokio::test]
+async fn https_listener_serves_tls_and_reloads_its_certificate_without_failing_a_request() {
+    let first = Pki::new(&["localhost"]);
+    let second = Pki::new(&["localhost"]);
+    let dir = first.dir.join("live");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(first.path("server.pem"), &cert).unwrap();
+    std::fs::copy(first.path("server.key"), &key).unwrap();
+
+    let mut config = test_config(BackendKind::Memory);
+    config.server.tls_cert_file = Some(cert.clone());
+    config.server.tls_key_file = Some(key.clone());
+    let app = switchboard::startup::Application::build(config)
+        .await
+        .expect("app builds");
+    assert!(app.is_https());
+    let port = app.port();
+    let handle = app.server_handle();
+    tokio::spawn(app.run_until_stopped());
+
+    let cas = vec![first.path("ca.pem"), second.path("ca.pem")];
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let served = https_healthz(port, &cas, version).await.unwrap();
+        assert_eq!(served, der_of(&first.path("server.pem")));
+    }
+    // A client that does not trust the CA is refused at the handshake.
+    let err = https_healthz(port, &[second.path("ca.pem")], &rustls::version::TLS13)
+        .await
+        .unwrap_err();
+    assert!(err.contains("handshake"), "{err}");
+
+    // Requests all along while the files are replaced (not atomically: the key first, so
+    // for a moment the pair does not match and the previous certificate must stay).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, cas) = (stop.clone(), cas.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match https_healthz(port, &cas, &rustls::version::TLS13).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::copy(second.path("server.key"), &key).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::copy(second.path("server.pem"), &cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let served = https_healthz(port, &cas, &rustls::version::TLS13)
+            .await
+            .unwrap();
+        if served == der_of(&second.path("server.pem")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate is never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "requests failed during the reload: {failed:?}"
+    );
+    handle.stop(true).await;
+}
