@@ -26,8 +26,9 @@ use crate::config::{redact_url, RedisConfig};
 
 /// Least time between two lookups of the primary.
 const REFRESH_MIN: Duration = Duration::from_millis(250);
-/// Longest time between two lookups while commands run.
-const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// Longest time between two lookups while commands run (a command stuck on a dead primary
+/// may be cancelled by its caller's timeout before it can report an error).
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct SentinelConn {
@@ -251,11 +252,25 @@ impl SentinelConn {
     }
 }
 
+/// Looks the primary up again when a command is abandoned before it finished (its caller
+/// timed out: the primary may be gone without the connection noticing yet).
+struct Unfinished<'a>(Option<&'a SentinelConn>);
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.0 {
+            c.refresh_soon();
+        }
+    }
+}
+
 impl ConnectionLike for SentinelConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let mut conn = self.primary().await?;
+            let mut guard = Unfinished(Some(&*self));
             let r = conn.req_packed_command(cmd).await;
+            guard.0 = None;
             self.after(&r);
             r
         })
@@ -269,7 +284,9 @@ impl ConnectionLike for SentinelConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let mut conn = self.primary().await?;
+            let mut guard = Unfinished(Some(&*self));
             let r = conn.req_packed_commands(pipeline, offset, count).await;
+            guard.0 = None;
             self.after(&r);
             r
         })
