@@ -137,9 +137,10 @@ pub(crate) fn client_for(cfg: &RedisConfig, url: &str) -> Result<redis::Client, 
         insecure: cfg.tls_insecure,
         tls_params: None,
     });
+    // With tls_insecure the server is not checked, but a client certificate is still sent.
     match tls_certificates(cfg)? {
-        Some(certs) if !cfg.tls_insecure => redis::Client::build_with_tls(info, certs),
-        _ => redis::Client::open(info),
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
     }
 }
 
@@ -254,7 +255,8 @@ pub fn connect(cfg: &RedisConfig, response_timeout: Duration) -> Result<RedisCon
         if cfg.uses_tls() {
             if cfg.tls_insecure {
                 builder = builder.tls(TlsMode::Insecure);
-            } else if let Some(certs) = tls_certificates(cfg)? {
+            }
+            if let Some(certs) = tls_certificates(cfg)? {
                 builder = builder.certs(certs);
             }
         }

@@ -122,7 +122,8 @@ impl SentinelConn {
         if sentinels_tls {
             if cfg.tls_insecure {
                 b = b.set_client_to_sentinel_tls_mode(TlsMode::Insecure);
-            } else if let Some(c) = &certs {
+            }
+            if let Some(c) = &certs {
                 b = b.set_client_to_sentinel_certificates(c.clone());
             }
         }
@@ -136,13 +137,13 @@ impl SentinelConn {
         }
         b = b.set_client_to_redis_db(rs.db());
         if matches!(data.addr(), ConnectionAddr::TcpTls { .. }) {
-            if cfg.tls_insecure {
-                b = b.set_client_to_redis_tls_mode(TlsMode::Insecure);
+            b = b.set_client_to_redis_tls_mode(if cfg.tls_insecure {
+                TlsMode::Insecure
             } else {
-                b = b.set_client_to_redis_tls_mode(TlsMode::Secure);
-                if let Some(c) = certs {
-                    b = b.set_client_to_redis_certificates(c);
-                }
+                TlsMode::Secure
+            });
+            if let Some(c) = certs {
+                b = b.set_client_to_redis_certificates(c);
             }
         }
         Ok(SentinelConn {

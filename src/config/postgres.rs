@@ -262,3 +262,42 @@ impl PostgresConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_out_and_the_rest_left_as_written() {
+        let (rest, tls) = split_tls(
+            "postgres://u:p@db:5432/app?options=-c%20search_path%3Dx&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=a+b",
+        )
+        .unwrap();
+        assert_eq!(
+            rest,
+            "postgres://u:p@db:5432/app?options=-c%20search_path%3Dx&application_name=a+b"
+        );
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.root, RootCerts::File(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(tls.verifies(), (true, true));
+
+        let (rest, tls) = split_tls("postgres://db/app").unwrap();
+        assert_eq!(rest, "postgres://db/app");
+        assert_eq!(tls.mode, SslMode::Prefer, "libpq's default");
+        assert_eq!(tls.verifies(), (false, false));
+
+        // libpq: require with a root certificate verifies the CA, not the name.
+        let (_, tls) = split_tls("postgres://db/app?sslmode=require&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(tls.verifies(), (true, false));
+        let (_, tls) = split_tls("postgres://db/app?sslmode=require").unwrap();
+        assert_eq!(tls.verifies(), (false, false));
+        let (_, tls) = split_tls("postgres://db/app?sslmode=verify-ca&sslrootcert=system").unwrap();
+        assert_eq!(
+            (tls.root.clone(), tls.verifies()),
+            (RootCerts::System, (true, false))
+        );
+
+        let err = split_tls("postgres://db/app?sslmode=allow").unwrap_err();
+        assert!(err.contains("sslmode"), "{err}");
+    }
+}
