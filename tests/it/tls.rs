@@ -737,3 +737,97 @@ async fn https_listener_serves_tls_and_reloads_its_certificate_without_failing_a
     );
     handle.stop(true).await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_https_certificate_of_the_running_binary() {
+    let first = Pki::new(&["localhost"]);
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    // A second certificate whose files have the same sizes, so that once its modification
+    // times are set back the file watch cannot tell: only SIGHUP reloads it.
+    let second = (0..500)
+        .map(|_| Pki::new(&["localhost"]))
+        .find(|p| {
+            len(&p.path("server.pem")) == len(&first.path("server.pem"))
+                && len(&p.path("server.key")) == len(&first.path("server.key"))
+        })
+        .expect("a same-size certificate");
+    let dir = first.dir.join("live");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(first.path("server.pem"), &cert).unwrap();
+    std::fs::copy(first.path("server.key"), &key).unwrap();
+
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+        .env("SWITCHBOARD__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("SWITCHBOARD__SERVER__WORKERS", "1")
+        .env("SWITCHBOARD__SERVER__TLS_CERT_FILE", &cert)
+        .env("SWITCHBOARD__SERVER__TLS_KEY_FILE", &key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cas = vec![first.path("ca.pem"), second.path("ca.pem")];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        match https_healthz(port, &cas, &rustls::version::TLS13).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "HTTPS never answered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(served, der_of(&first.path("server.pem")));
+
+    let times: Vec<std::time::SystemTime> = [&cert, &key]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .collect();
+    std::fs::copy(second.path("server.pem"), &cert).unwrap();
+    std::fs::copy(second.path("server.key"), &key).unwrap();
+    for (p, t) in [&cert, &key].iter().zip(&times) {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(*t)
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let served = https_healthz(port, &cas, &rustls::version::TLS13)
+        .await
+        .unwrap();
+    assert_eq!(
+        served,
+        der_of(&first.path("server.pem")),
+        "unchanged stamps: no reload without the signal"
+    );
+
+    let ok = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let served = https_healthz(port, &cas, &rustls::version::TLS13)
+            .await
+            .unwrap();
+        if served == der_of(&second.path("server.pem")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop the gateway"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
