@@ -831,3 +831,92 @@ async fn sighup_reloads_the_https_certificate_of_the_running_binary() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A TLS-only redis-server (or sentinel, with `conf`) of the Sentinel test.
+fn tls_node(pki: &Pki, port: u16, extra: &[String]) -> Child {
+    let child = Command::new("redis-server")
+        .args(extra)
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--tls-replication", "yes"])
+        .args(["--tls-auth-clients", "optional"])
+        .arg("--tls-cert-file")
+        .arg(pki.path("server.pem"))
+        .arg("--tls-key-file")
+        .arg(pki.path("server.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(pki.path("ca.pem"))
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--dbfilename", &format!("dump-{port}.rdb")])
+        .arg("--dir")
+        .arg(&pki.dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (apt-get install redis-server)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "TLS redis node did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn sentinel_mode_over_tls_finds_the_primary_and_accepts_webhooks() {
+    // Sentinels report the primary by IP address: the certificate names 127.0.0.1.
+    let pki = Pki::new(&["127.0.0.1", "localhost"]);
+    let (primary, replica, sentinel) = (free_port(), free_port(), free_port());
+    let mut nodes = Children(vec![tls_node(&pki, primary, &[])]);
+    nodes.0.push(tls_node(
+        &pki,
+        replica,
+        &[
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.to_string(),
+        ],
+    ));
+    let conf = pki.dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "sentinel monitor mymaster 127.0.0.1 {primary} 1\nsentinel down-after-milliseconds mymaster 2000\n"
+        ),
+    )
+    .unwrap();
+    nodes.0.push(tls_node(
+        &pki,
+        sentinel,
+        &[conf.display().to_string(), "--sentinel".into()],
+    ));
+
+    let mut config = test_config(BackendKind::Redis);
+    config.redis.url = "rediss://unused-with-sentinels:6379".into();
+    config.redis.sentinel_nodes = vec![format!("rediss://127.0.0.1:{sentinel}")];
+    config.redis.sentinel_master = Some("mymaster".into());
+    config.redis.tls_ca_file = Some(pki.path("ca.pem"));
+    config.redis.connect_timeout_ms = 3000;
+    config.redis.command_timeout_ms = 3000;
+    let app = spawn_unchecked(config.clone()).await;
+    let wamid = unique_wamid();
+    let res = app.post(&wa_text(&wamid)).await;
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    let events = app.wait_for_events(1).await;
+    assert_eq!(events[0]["event"]["provider_message_id"], wamid.as_str());
+    app.stop().await;
+
+    config.redis.tls_ca_file = Some(pki.path("other-ca.pem"));
+    config.redis.key_prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
+    refused(config, "redis.tls_ca_file").await;
+}
