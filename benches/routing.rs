@@ -191,6 +191,7 @@ async fn backend(url: &str, prefix: &str, partitions: usize) -> Backend {
         key_prefix: prefix.into(),
         command_timeout_ms: 10_000,
         connect_timeout_ms: 2_000,
+        ..RedisConfig::default()
     };
     let limits = Limits {
         dedup_ttl: Duration::from_secs(600),

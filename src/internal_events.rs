@@ -21,6 +21,7 @@ pub const ACCEPT_DURATION: &str = "switchboard_accept_duration_seconds";
 pub const BACKEND_ERRORS: &str = "switchboard_backend_errors_total";
 pub const BACKPRESSURE: &str = "switchboard_backpressure_total";
 pub const EDGE_REFUSED: &str = "switchboard_http_edge_refused_total";
+pub const REPLICA_ACK_MISSING: &str = "switchboard_replica_ack_missing_total";
 pub const STREAM_LENGTH: &str = "switchboard_stream_length";
 pub const STREAM_PENDING: &str = "switchboard_stream_pending";
 pub const ROUTED_EVENTS: &str = "switchboard_routed_events_total";
@@ -231,6 +232,24 @@ impl BackendFailed<'_> {
     pub fn emit(self) {
         tracing::error!(backend = self.backend, op = self.op, error = %self.error, "backend call failed");
         counter!(BACKEND_ERRORS, "backend" => self.backend, "op" => self.op).increment(1);
+    }
+}
+
+/// Fewer replicas than `redis.min_replicas_acked` acknowledged an accept in time: the
+/// request was refused with 503.
+pub struct ReplicaAckMissing {
+    pub wanted: u32,
+    pub acked: u64,
+}
+
+impl ReplicaAckMissing {
+    pub fn emit(self) {
+        tracing::warn!(
+            wanted = self.wanted,
+            acked = self.acked,
+            "too few redis replicas acknowledged an accept (redis.min_replicas_acked); answering 503"
+        );
+        counter!(REPLICA_ACK_MISSING).increment(1);
     }
 }
 

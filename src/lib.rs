@@ -6,8 +6,8 @@
 //!
 //! The modules form layers, each using only those below it (checked by
 //! `tests/it/layers.rs`), bottom to top: [`error`], [`event`], [`crypto`]; [`config`]
-//! (data and validation, routing rule sets included); [`telemetry`], [`internal_events`],
-//! [`limits`], [`accept`]; [`verify`]; [`normalize`]; [`route`]; [`persist`], [`source`];
+//! (data and validation, routing rule sets included), [`internal_events`]; [`telemetry`],
+//! [`limits`], [`accept`], [`https`]; [`verify`]; [`normalize`]; [`route`]; [`persist`], [`source`];
 //! [`admin`]; [`state`]; [`http`]; [`ingest`], [`api`]; [`ops`]; [`startup`].
 
 pub mod accept;
@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod error;
 pub mod event;
 pub mod http;
+pub mod https;
 pub mod ingest;
 pub mod internal_events;
 pub mod limits;

@@ -263,14 +263,7 @@ fn main() -> anyhow::Result<()> {
             if config.backend == switchboard::config::BackendKind::Redis {
                 println!(
                     "redis: {}, {} stream partition(s), key prefix {:?}",
-                    if config.redis.cluster_nodes.is_empty() {
-                        "one server".to_string()
-                    } else {
-                        format!(
-                            "cluster ({} seed node(s))",
-                            config.redis.cluster_nodes.len()
-                        )
-                    },
+                    config.redis.describe(),
                     config.streams.partitions,
                     config.redis.key_prefix
                 );

@@ -36,6 +36,8 @@ pub struct Options {
 
 pub struct Application {
     port: u16,
+    /// The HTTPS listener's certificate (`server.tls_cert_file`), reloaded while serving.
+    cert: Option<Arc<crate::https::ReloadingCert>>,
     server: Server,
     state: web::Data<AppState>,
     config: Arc<Config>,
@@ -94,7 +96,7 @@ impl Application {
         let data = state.clone();
         let edge = web::Data::new(Edge::from_config(&config));
         let connections = edge.connections.clone();
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(edge.clone())
@@ -104,16 +106,25 @@ impl Application {
                 .configure(crate::api::configure)
                 .default_service(web::to(not_found))
         })
-        .on_connect(move |conn, ext| connections.on_connect(conn, ext))
-        .listen(listener)?
-        .max_connections(config.server.max_connections_per_worker)
-        .shutdown_timeout(config.server.shutdown_timeout_secs)
-        .client_request_timeout(Duration::from_millis(config.server.header_read_timeout_ms));
+        .on_connect(move |conn, ext| connections.on_connect(conn, ext));
+        let (server, cert) = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+            (Some(c), Some(k)) => {
+                let cert = crate::https::ReloadingCert::load(c, k).map_err(anyhow::Error::msg)?;
+                let tls = crate::https::server_config(cert.clone()).map_err(anyhow::Error::msg)?;
+                (server.listen_rustls_0_23(listener, tls)?, Some(cert))
+            }
+            _ => (server.listen(listener)?, None),
+        };
+        let mut server = server
+            .max_connections(config.server.max_connections_per_worker)
+            .shutdown_timeout(config.server.shutdown_timeout_secs)
+            .client_request_timeout(Duration::from_millis(config.server.header_read_timeout_ms));
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
         }
         Ok(Application {
             port,
+            cert,
             server: server.run(),
             state,
             config: Arc::new(config),
@@ -122,6 +133,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether the listener speaks HTTPS (`server.tls_cert_file`).
+    pub fn is_https(&self) -> bool {
+        self.cert.is_some()
     }
 
     /// A handle that stops the server gracefully (tests, embedding programs).
@@ -174,9 +190,14 @@ impl Application {
                 tokio::spawn(crate::persist::retain(pg, stop_rx.clone())),
             )
         });
+        let cert_task = self
+            .cert
+            .clone()
+            .map(|cert| tokio::spawn(crate::https::watch(cert, stop_rx.clone())));
         let sampler_task = tokio::spawn(sample(self.state.clone(), stop_rx));
         tracing::info!(
             port = self.port,
+            https = self.cert.is_some(),
             backend = self.state.backend.name(),
             sources = self.state.sources.len(),
             "switchboard listening"
@@ -197,6 +218,9 @@ impl Application {
             let _ = retention.await;
         }
         let _ = sampler_task.await;
+        if let Some(t) = cert_task {
+            let _ = t.await;
+        }
         served.context("HTTP server failed")
     }
 }

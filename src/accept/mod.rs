@@ -24,6 +24,7 @@ pub mod deadletter;
 pub mod memory;
 pub mod partitioned;
 pub mod redis;
+pub mod sentinel;
 
 use std::time::Duration;
 

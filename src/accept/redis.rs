@@ -35,12 +35,13 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamRea
 use redis::{RedisError, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::{connect, RedisConn};
+use super::conn::{connect, with_hint, RedisConn};
 use super::{
     AcceptReport, BackendError, Batch, GroupLag, Limits, StreamEntry, StreamName, StreamStats,
     PERSISTER_GROUP,
 };
 use crate::config::RedisConfig;
+use crate::internal_events::ReplicaAckMissing;
 
 /// The router's consumer group on the inbound stream.
 pub const ROUTER_GROUP: &str = "router";
@@ -53,6 +54,8 @@ pub struct Keys {
     pub deadletter: String,
     /// Who routes this partition (one router at a time keeps each conversation's order).
     pub lease: String,
+    /// Written before `WAIT` when an accept found only duplicates (see `accept_group`).
+    ack_fence: String,
     dedup_prefix: String,
     legacy_dedup_prefix: String,
 }
@@ -69,6 +72,7 @@ impl Keys {
             events: format!("{tag}:events"),
             deadletter: format!("{tag}:deadletter"),
             lease: format!("{tag}:router-lease"),
+            ack_fence: format!("{tag}:ack-fence"),
             dedup_prefix: format!("{tag}:dedup:v2:"),
             legacy_dedup_prefix: format!("{tag}:dedup:v1:"),
         }
@@ -93,6 +97,9 @@ impl Keys {
 pub struct RedisBackend {
     conn: RedisConn,
     blocking: RedisConn,
+    /// With `redis.min_replicas_acked` > 0: the connection accepts run on, each followed by
+    /// `WAIT` (which blocks the connection it runs on, so not the shared one).
+    replicated: Option<Replicated>,
     keys: Keys,
     limits: std::sync::Arc<Limits>,
     accept_script: Script,
@@ -103,11 +110,21 @@ pub struct RedisBackend {
     ack_events_script: Script,
     group_lag_script: Script,
     command_timeout: Duration,
+    /// The connection settings (a failed cluster ping asks a seed node directly why).
+    config: std::sync::Arc<RedisConfig>,
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
     /// Queue of the group-commit task; `None` when created outside a runtime (each accept
     /// is then its own script call) and in the task's own copy.
     combiner: Option<mpsc::Sender<Pending>>,
+}
+
+/// Accepts that replicas must acknowledge before the 2xx.
+#[derive(Clone)]
+struct Replicated {
+    conn: RedisConn,
+    replicas: u32,
+    timeout: Duration,
 }
 
 /// A script with the events stream's retention functions (`trim.lua`) in front.
@@ -148,11 +165,13 @@ fn appended(reply: i64) -> Result<usize, BackendError> {
 }
 
 fn invalid(e: RedisError) -> BackendError {
-    BackendError::Unavailable(format!("invalid redis configuration: {:?}", e.kind()))
+    BackendError::Unavailable(format!("invalid redis configuration: {e}"))
 }
 
+/// A failed call, with what to change when the error is about the configuration (TLS,
+/// credentials).
 fn unavailable(e: RedisError) -> BackendError {
-    BackendError::Unavailable(e.to_string())
+    BackendError::Unavailable(with_hint(e.to_string()))
 }
 
 impl RedisBackend {
@@ -176,9 +195,20 @@ impl RedisBackend {
         let command_timeout = Duration::from_millis(cfg.command_timeout_ms);
         // Blocking reads wait up to router.block_ms; the timeout must outlast them.
         let blocking = connect(cfg, command_timeout + Duration::from_secs(60)).map_err(invalid)?;
+        let replicated = if cfg.min_replicas_acked > 0 {
+            let timeout = Duration::from_millis(cfg.replica_ack_timeout_ms);
+            Some(Replicated {
+                conn: connect(cfg, command_timeout + timeout).map_err(invalid)?,
+                replicas: cfg.min_replicas_acked,
+                timeout,
+            })
+        } else {
+            None
+        };
         let mut backend = RedisBackend {
             conn,
             blocking,
+            replicated,
             keys: Keys::tagged(tag),
             limits: std::sync::Arc::new(limits),
             accept_script: Script::new(include_str!("accept.lua")),
@@ -190,6 +220,7 @@ impl RedisBackend {
             group_lag_script: with_trim(include_str!("group_lag.lua")),
             command_timeout,
             last_claim: std::sync::Arc::new(AtomicU64::new(0)),
+            config: std::sync::Arc::new(cfg.clone()),
             combiner: None,
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -255,8 +286,14 @@ impl RedisBackend {
                 .map_err(|_| stopped())?;
             outcome.await.map_err(|_| stopped())?
         };
-        // Queued behind at most a few calls in flight, each bounded by the command timeout.
-        match tokio::time::timeout(self.command_timeout * 2, wait).await {
+        // Queued behind at most a few calls in flight, each bounded by the command timeout
+        // (and the replicas' acknowledgement).
+        let bound = self.command_timeout * 2
+            + self
+                .replicated
+                .as_ref()
+                .map_or(Duration::ZERO, |r| r.timeout * 2);
+        match tokio::time::timeout(bound, wait).await {
             Ok(r) => r,
             Err(_) => Err(BackendError::Unavailable("redis accept timed out".into())),
         }
@@ -297,15 +334,80 @@ impl RedisBackend {
                 inv.arg(&item.key);
             }
         }
-        let mut conn = self.conn.clone();
+        let Some(rep) = &self.replicated else {
+            let mut conn = self.conn.clone();
+            let reply: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
+            return parse_group_reply(batches, &reply);
+        };
+        let mut conn = rep.conn.clone();
         let reply: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
-        parse_group_reply(batches, &reply)
+        let outcomes = parse_group_reply(batches, &reply)?;
+        if outcomes.iter().any(Result::is_ok) {
+            // A duplicate's original was written earlier, maybe on a connection that has
+            // since been replaced: WAIT covers only this connection's writes, so a write
+            // here first moves its offset past the original.
+            let duplicate = outcomes
+                .iter()
+                .flatten()
+                .any(|r| r.events.iter().chain(&r.dead_letters).any(|fresh| !fresh));
+            if duplicate {
+                let mut fence = redis::cmd("SET");
+                fence
+                    .arg(&self.keys.ack_fence)
+                    .arg(now_ms())
+                    .arg("PX")
+                    .arg(60_000);
+                self.timed(fence.query_async::<()>(&mut conn)).await?;
+            }
+            self.wait_for_replicas(rep).await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// `WAIT`: until `rep.replicas` replicas hold every write made so far on `rep.conn`
+    /// (the accept just run among them), or the timeout. Too few → unavailable: the
+    /// webhook is answered 503 and retried by the provider (dedup makes the retry safe,
+    /// whether or not these writes survive).
+    async fn wait_for_replicas(&self, rep: &Replicated) -> Result<(), BackendError> {
+        let mut conn = rep.conn.clone();
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(rep.replicas).arg(rep.timeout.as_millis() as u64);
+        let fut = wait.query_async::<i64>(&mut conn);
+        let acked = match tokio::time::timeout(self.command_timeout + rep.timeout, fut).await {
+            Ok(r) => r.map_err(unavailable)?,
+            Err(_) => return Err(BackendError::Unavailable("redis WAIT timed out".into())),
+        };
+        if acked < rep.replicas as i64 {
+            ReplicaAckMissing {
+                wanted: rep.replicas,
+                acked: acked.max(0) as u64,
+            }
+            .emit();
+            return Err(BackendError::Unavailable(format!(
+                "{acked} of redis.min_replicas_acked = {} replicas acknowledged the accept within redis.replica_ack_timeout_ms = {} ms (a replica is missing or lagging)",
+                rep.replicas,
+                rep.timeout.as_millis()
+            )));
+        }
+        Ok(())
     }
     pub async fn ping(&self) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
-        let pong: String = self
-            .timed(redis::cmd("PING").query_async(&mut conn))
-            .await?;
+        let pong: String = match self.timed(redis::cmd("PING").query_async(&mut conn)).await {
+            Ok(p) => p,
+            // The cluster client only says that no node answered: ask a seed node directly
+            // why (a TLS or credentials error names the setting to change).
+            Err(BackendError::Unavailable(msg))
+                if self.conn.is_cluster() && super::conn::hint(&msg).is_none() =>
+            {
+                let why = super::conn::probe(&self.config, self.command_timeout).await;
+                return Err(BackendError::Unavailable(match why {
+                    Some(why) => format!("{msg}; a seed node says: {}", with_hint(why)),
+                    None => msg,
+                }));
+            }
+            Err(e) => return Err(e),
+        };
         if pong == "PONG" {
             Ok(())
         } else {

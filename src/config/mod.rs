@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -23,11 +23,13 @@ pub mod messagebird;
 pub mod plivo;
 pub mod postgres;
 pub mod published;
+pub mod redis_deploy;
 pub mod routing;
 pub mod sinch;
 pub mod standard;
 pub mod telegram;
 pub mod telnyx;
+pub mod tls;
 pub mod twilio;
 pub mod vonage;
 
@@ -160,6 +162,10 @@ pub struct ServerConfig {
     /// Most connections open at once from one client address (IPv6: one /64); trusted
     /// proxies are not counted.
     pub max_connections_per_ip: usize,
+    /// HTTPS on `bind`: the certificate chain and private key (PEM), both or neither;
+    /// reloaded when the files change and on SIGHUP. Absent: plain HTTP.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +212,30 @@ pub struct RedisConfig {
     pub key_prefix: String,
     pub command_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    /// PEM file of the CA(s) that sign the servers' certificates (`rediss://` URLs);
+    /// absent: the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) and key, for servers that require mutual TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Accept any server certificate, for any host name. Testing only; logged loudly.
+    pub tls_insecure: bool,
+    /// Replicas that must acknowledge an accept's writes (Redis `WAIT`) before the webhook is
+    /// answered 2xx; fewer within `replica_ack_timeout_ms` → 503. 0: answer once the primary
+    /// has it (no extra round trip).
+    pub min_replicas_acked: u32,
+    pub replica_ack_timeout_ms: u64,
+    /// Redis Sentinel: the sentinels (`redis://host:26379` or `rediss://...`) that name the
+    /// primary of `sentinel_master`. Non-empty: the primary is found (and followed after a
+    /// failover) through them, and `url` only lends its user, password, db and scheme.
+    pub sentinel_nodes: Vec<String>,
+    pub sentinel_master: Option<String>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> RedisConfig {
+        defaults().redis
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -428,6 +458,8 @@ fn defaults() -> Defaults {
             max_buffered_body_bytes: 64 * 1024 * 1024,
             max_buffered_body_bytes_per_ip: 16 * 1024 * 1024,
             max_connections_per_ip: 64,
+            tls_cert_file: None,
+            tls_key_file: None,
         },
         log: LogConfig {
             format: LogFormat::Text,
@@ -457,6 +489,14 @@ fn defaults() -> Defaults {
             key_prefix: "switchboard".into(),
             command_timeout_ms: 2000,
             connect_timeout_ms: 2000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_insecure: false,
+            min_replicas_acked: 0,
+            replica_ack_timeout_ms: 1000,
+            sentinel_nodes: Vec::new(),
+            sentinel_master: None,
         },
         router: RouterConfig {
             batch_size: 256,
@@ -576,6 +616,13 @@ impl Config {
                 self.server.max_body_bytes
             ));
         }
+        tls::check_pair(
+            "server.tls_cert_file",
+            self.server.tls_cert_file.as_deref(),
+            "server.tls_key_file",
+            self.server.tls_key_file.as_deref(),
+            &mut errs,
+        );
         if self.server.max_connections_per_worker == 0 {
             errs.push("server.max_connections_per_worker must be at least 1".into());
         }
@@ -683,6 +730,8 @@ impl Config {
                 self.redis.key_prefix
             ));
         }
+        self.redis
+            .validate_deploy(self.backend == BackendKind::Redis, &mut errs);
         if self.redis.command_timeout_ms == 0 || self.redis.connect_timeout_ms == 0 {
             errs.push(
                 "redis.command_timeout_ms and redis.connect_timeout_ms must be at least 1".into(),

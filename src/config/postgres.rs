@@ -1,6 +1,8 @@
 //! `[postgres]`: PostgreSQL as the system of record for history (the persister), privacy
 //! operations and retention. Off by default, so that the gateway runs without a database.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +81,116 @@ pub fn valid_schema(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// libpq's `sslmode`, with libpq's meaning (the default is `prefer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS when the server offers it, plain otherwise; the certificate is not checked.
+    Prefer,
+    /// TLS or nothing; the certificate is not checked, unless `sslrootcert` is given (then
+    /// as `VerifyCa`, as libpq does).
+    Require,
+    /// TLS, the certificate signed by a trusted CA; any host name.
+    VerifyCa,
+    /// TLS, the certificate signed by a trusted CA and naming the host connected to.
+    VerifyFull,
+}
+
+/// Where the CA certificates of `verify-ca` / `verify-full` come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCerts {
+    /// `sslrootcert` absent or `sslrootcert=system`: the operating system's roots.
+    System,
+    File(PathBuf),
+}
+
+/// The TLS parameters of `postgres.url` (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`),
+/// which tokio-postgres does not read itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTls {
+    pub mode: SslMode,
+    /// Whether `sslrootcert` was given (libpq's `require` then verifies the CA).
+    pub root_given: bool,
+    pub root: RootCerts,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl PgTls {
+    /// What is checked of the server's certificate: (CA, host name).
+    pub fn verifies(&self) -> (bool, bool) {
+        match self.mode {
+            SslMode::Disable | SslMode::Prefer => (false, false),
+            SslMode::Require => (self.root_given, false),
+            SslMode::VerifyCa => (true, false),
+            SslMode::VerifyFull => (true, true),
+        }
+    }
+}
+
+const TLS_PARAMS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// Splits `postgres.url` into the URL tokio-postgres reads (the TLS parameters removed, the
+/// rest untouched) and its TLS parameters; an error names the parameter to fix.
+pub fn split_tls(url: &str) -> Result<(String, PgTls), String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (url, ""),
+    };
+    let mut kept = Vec::new();
+    let mut tls = PgTls {
+        mode: SslMode::Prefer,
+        root_given: false,
+        root: RootCerts::System,
+        cert: None,
+        key: None,
+    };
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let name = part.split_once('=').map_or(part, |(k, _)| k);
+        if !TLS_PARAMS.contains(&name) {
+            kept.push(part);
+            continue;
+        }
+        let value = url::form_urlencoded::parse(part.as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        match name {
+            "sslmode" => {
+                tls.mode = match value.as_str() {
+                    "disable" => SslMode::Disable,
+                    "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(format!(
+                            "postgres.url: sslmode={other:?} is not supported: use disable, prefer, require, verify-ca or verify-full"
+                        ))
+                    }
+                }
+            }
+            "sslrootcert" => {
+                tls.root_given = true;
+                tls.root = if value == "system" {
+                    RootCerts::System
+                } else {
+                    RootCerts::File(PathBuf::from(value))
+                };
+            }
+            "sslcert" => tls.cert = Some(PathBuf::from(value)),
+            _ => tls.key = Some(PathBuf::from(value)),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, tls))
+}
+
 impl PostgresConfig {
     /// Checks, each naming the key. The URL and schema are checked even when disabled, so
     /// that `switchboard migrate` and a later enable do not fail on them.
@@ -90,11 +202,31 @@ impl PostgresConfig {
                 super::redact_url(&self.url)
             )),
         }
-        if self.url.parse::<tokio_postgres::Config>().is_err() {
-            errs.push(format!(
-                "postgres.url = {:?}: not a connection string PostgreSQL accepts",
-                super::redact_url(&self.url)
-            ));
+        match split_tls(&self.url) {
+            Ok((rest, tls)) => {
+                if rest.parse::<tokio_postgres::Config>().is_err() {
+                    errs.push(format!(
+                        "postgres.url = {:?}: not a connection string PostgreSQL accepts",
+                        super::redact_url(&self.url)
+                    ));
+                }
+                if let RootCerts::File(p) = &tls.root {
+                    if let Err(e) = super::tls::read_certs("postgres.url sslrootcert", p) {
+                        errs.push(e);
+                    }
+                }
+                super::tls::check_pair(
+                    "postgres.url sslcert",
+                    tls.cert.as_deref(),
+                    "postgres.url sslkey",
+                    tls.key.as_deref(),
+                    errs,
+                );
+                if tls.mode == SslMode::Disable && (tls.root_given || tls.cert.is_some()) {
+                    errs.push("postgres.url: sslmode=disable with sslrootcert/sslcert: the certificates would not be used; remove them or use sslmode=verify-full".into());
+                }
+            }
+            Err(e) => errs.push(e),
         }
         if let Some(m) = &self.migrate_url {
             let ok = url::Url::parse(m)
@@ -158,5 +290,44 @@ impl PostgresConfig {
                 )),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_parameters_are_taken_out_and_the_rest_left_as_written() {
+        let (rest, tls) = split_tls(
+            "postgres://u:p@db:5432/app?options=-c%20search_path%3Dx&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=a+b",
+        )
+        .unwrap();
+        assert_eq!(
+            rest,
+            "postgres://u:p@db:5432/app?options=-c%20search_path%3Dx&application_name=a+b"
+        );
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+        assert_eq!(tls.root, RootCerts::File(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(tls.verifies(), (true, true));
+
+        let (rest, tls) = split_tls("postgres://db/app").unwrap();
+        assert_eq!(rest, "postgres://db/app");
+        assert_eq!(tls.mode, SslMode::Prefer, "libpq's default");
+        assert_eq!(tls.verifies(), (false, false));
+
+        // libpq: require with a root certificate verifies the CA, not the name.
+        let (_, tls) = split_tls("postgres://db/app?sslmode=require&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(tls.verifies(), (true, false));
+        let (_, tls) = split_tls("postgres://db/app?sslmode=require").unwrap();
+        assert_eq!(tls.verifies(), (false, false));
+        let (_, tls) = split_tls("postgres://db/app?sslmode=verify-ca&sslrootcert=system").unwrap();
+        assert_eq!(
+            (tls.root.clone(), tls.verifies()),
+            (RootCerts::System, (true, false))
+        );
+
+        let err = split_tls("postgres://db/app?sslmode=allow").unwrap_err();
+        assert!(err.contains("sslmode"), "{err}");
     }
 }

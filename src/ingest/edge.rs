@@ -316,10 +316,14 @@ impl ConnLimiter {
 
     /// For `HttpServer::on_connect`: counts the connection against its client address.
     pub fn on_connect(self: &Arc<Self>, conn: &dyn Any, ext: &mut Extensions) {
-        let Some(peer) = conn
+        // Plain HTTP, or HTTPS (`server.tls_cert_file`): the TCP stream under the TLS one.
+        let tcp = conn
             .downcast_ref::<actix_web::rt::net::TcpStream>()
-            .and_then(|s| s.peer_addr().ok())
-        else {
+            .or_else(|| {
+                conn.downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>>()
+                    .map(|s| s.get_ref().0)
+            });
+        let Some(peer) = tcp.and_then(|s| s.peer_addr().ok()) else {
             return;
         };
         if self.trusted.contains(&peer.ip()) || self.trusted.contains(&peer.ip().to_canonical()) {

@@ -287,9 +287,15 @@ async fn readyz(state: State) -> HttpResponse {
     let backend = state.backend.name();
     if let Err(e) = state.backend.ping().await {
         tracing::warn!(backend, error = %e, "readiness check failed");
+        // What to change, when the error says (TLS, credentials); never the raw error,
+        // which can name internal hosts.
+        let message = match crate::accept::conn::hint(&e.to_string()) {
+            Some(hint) => format!("the {backend} backend does not answer: {hint}"),
+            None => format!("the {backend} backend does not answer"),
+        };
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({
             "code": "dependency_unavailable",
-            "message": format!("the {backend} backend does not answer"),
+            "message": message,
         }));
     }
     let streams = state.backend.stats().await.ok();
@@ -300,9 +306,12 @@ async fn readyz(state: State) -> HttpResponse {
         let status = crate::persist::status(pg, &state.backend).await;
         if !status.migrated {
             let message = if status.postgres == "up" {
-                "PostgreSQL migrations are pending: migrate_on_start is applying them, or run `switchboard migrate`"
+                "PostgreSQL migrations are pending: migrate_on_start is applying them, or run `switchboard migrate`".to_string()
             } else {
-                "PostgreSQL does not answer, and its schema has not been seen migrated yet"
+                match status.hint {
+                    Some(hint) => format!("PostgreSQL does not answer, and its schema has not been seen migrated yet: {hint}"),
+                    None => "PostgreSQL does not answer, and its schema has not been seen migrated yet".to_string(),
+                }
             };
             tracing::warn!(postgres = status.postgres, "not ready: {message}");
             return HttpResponse::ServiceUnavailable()

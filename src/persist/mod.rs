@@ -18,6 +18,7 @@
 pub mod migrate;
 pub mod privacy;
 pub mod roles;
+pub mod tls;
 pub mod write;
 
 use std::collections::HashMap;
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 use crate::accept::{Backend, BackendError, GroupLag, StreamEntry, PERSISTER_GROUP};
 use crate::config::postgres::PostgresConfig;
@@ -36,9 +36,9 @@ use crate::internal_events::{PersisterBatchWritten, PersisterFailed, PersisterLa
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("postgres unavailable: {0}")]
+    #[error("postgres unavailable: {}", tls::with_hint(tls::describe(.0)))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", tls::with_hint(tls::describe(.0)))]
     Db(#[from] tokio_postgres::Error),
     #[error("invalid postgres configuration: {0}")]
     Config(String),
@@ -110,7 +110,10 @@ pub struct Postgres {
     pool: Pool,
     settings: Arc<Settings>,
     /// `postgres.migrate_url` (the owner's connection), with the same session options.
-    migrate_with: Option<tokio_postgres::Config>,
+    migrate_with: Option<(
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    )>,
     /// Set once every migration of this build was seen applied in the schema.
     migrated: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -124,9 +127,13 @@ impl Postgres {
     /// `switchboard migrate --url`).
     pub fn with(pg: &PostgresConfig, config: &Config) -> Result<Postgres, PersistError> {
         let session = |url: &str, key: &str| {
+            let (url, tls_params) =
+                crate::config::postgres::split_tls(url).map_err(PersistError::Config)?;
             let mut c: tokio_postgres::Config = url
                 .parse()
                 .map_err(|_| PersistError::Config(format!("{key} is not a connection string")))?;
+            let (ssl_mode, tls) = tls::connector(&tls_params).map_err(PersistError::Config)?;
+            c.ssl_mode(ssl_mode);
             // Every session uses the configured schema; tests give each test its own.
             c.options(format!(
                 "-c search_path={} -c statement_timeout={}",
@@ -135,16 +142,16 @@ impl Postgres {
             c.connect_timeout(Duration::from_millis(pg.connect_timeout_ms));
             c.application_name("switchboard");
             c.keepalives(true);
-            Ok::<_, PersistError>(c)
+            Ok::<_, PersistError>((c, tls))
         };
-        let c = session(&pg.url, "postgres.url")?;
+        let (c, tls) = session(&pg.url, "postgres.url")?;
         let migrate_with = match &pg.migrate_url {
             Some(m) => Some(session(m, "postgres.migrate_url")?),
             None => None,
         };
         let manager = Manager::from_config(
             c,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -203,8 +210,8 @@ impl Postgres {
         let schema = &self.settings.schema;
         let role = self.settings.runtime_role.as_deref();
         match &self.migrate_with {
-            Some(cfg) => {
-                let (mut client, conn) = cfg.connect(NoTls).await?;
+            Some((cfg, tls)) => {
+                let (mut client, conn) = cfg.connect(tls.clone()).await?;
                 let task = tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "migration connection closed");
@@ -515,6 +522,9 @@ pub struct PersisterStatus {
     pub postgres: &'static str,
     /// Every migration of this build applied in the schema (seen at least once).
     pub migrated: bool,
+    /// When down for a reason the configuration can fix (TLS, credentials): what to change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<&'static str>,
     /// Events not yet stored (None before the group exists or with Redis down).
     pub lag: Option<GroupLag>,
 }
@@ -522,6 +532,10 @@ pub struct PersisterStatus {
 pub async fn status(pg: &Postgres, backend: &Backend) -> PersisterStatus {
     let up = tokio::time::timeout(Duration::from_secs(2), pg.ping()).await;
     let migrated = tokio::time::timeout(Duration::from_secs(2), pg.migrated()).await;
+    let hint = match &up {
+        Ok(Err(e)) => tls::hint(&e.to_string()),
+        _ => None,
+    };
     PersisterStatus {
         postgres: if matches!(up, Ok(Ok(()))) {
             "up"
@@ -529,6 +543,7 @@ pub async fn status(pg: &Postgres, backend: &Backend) -> PersisterStatus {
             "down"
         },
         migrated: matches!(migrated, Ok(Ok(true))),
+        hint,
         lag: backend
             .events_group_lag(PERSISTER_GROUP)
             .await

@@ -36,6 +36,7 @@ async fn backends_with(limits: impl Fn() -> Limits) -> Vec<Backend> {
         key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
+        ..RedisConfig::default()
     };
     vec![
         Backend::Memory(MemoryBackend::new(limits())),
@@ -235,6 +236,7 @@ async fn a_crashed_consumers_entries_are_claimed_again() {
         key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
+        ..RedisConfig::default()
     };
     let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100)).unwrap()));
     b.accept(batch(&["evt_a", "evt_b"], &[])).await.unwrap();
@@ -279,6 +281,7 @@ async fn redis_dedup_keys_expire_with_the_configured_ttl() {
         key_prefix: prefix.clone(),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
+        ..RedisConfig::default()
     };
     let b = RedisBackend::new(&cfg, limits(100)).unwrap();
     b.accept(batch(&["evt_ttl"], &[])).await.unwrap();
@@ -356,6 +359,7 @@ async fn redis_dedup_keys_of_the_previous_version_still_catch_redeliveries() {
         key_prefix: prefix.clone(),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
+        ..RedisConfig::default()
     };
     let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100)).unwrap()));
     for old in ["evt_old", "dl_old", "evt_relayed"] {

@@ -33,6 +33,7 @@ async fn backends() -> Vec<Backend> {
         key_prefix: format!("grp-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
+        ..RedisConfig::default()
     };
     vec![
         Backend::Memory(MemoryBackend::new(limits())),
@@ -210,6 +211,7 @@ async fn a_redis_restart_after_an_aof_rewrite_does_not_inflate_the_persister_bac
         key_prefix: format!("lag-{}", uuid::Uuid::new_v4().simple()),
         command_timeout_ms: 2000,
         connect_timeout_ms: 1000,
+        ..RedisConfig::default()
     };
     let mut lim = limits();
     lim.events_max_len = 0;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 /// Bottom (0) to top. Modules on one layer may not use each other.
 const LAYERS: &[&[&str]] = &[
     &["error", "event", "crypto"],
-    &["config"],
-    &["telemetry", "internal_events", "limits", "accept"],
+    &["config", "internal_events"],
+    &["telemetry", "limits", "accept", "https"],
     &["verify"],
     &["normalize"],
     &["route"],

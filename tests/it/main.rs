@@ -27,6 +27,8 @@ mod privacy;
 mod props;
 mod providers;
 mod readiness;
+mod replicas;
 mod routing;
 mod routing_store;
+mod tls;
 mod webhook;

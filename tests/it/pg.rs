@@ -178,6 +178,12 @@ fn as_server_user(program: &std::path::Path) -> Command {
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        Self::start_with(|_| {})
+    }
+
+    /// Like [`Self::start`], with `setup` run on the data directory (as this process's
+    /// user) between initdb and the first start: certificates, postgresql.conf, pg_hba.conf.
+    pub fn start_with(setup: impl FnOnce(&std::path::Path)) -> PrivatePostgres {
         let bin = pg_bin();
         let dir =
             std::env::temp_dir().join(format!("switchboard-pg-{}", uuid::Uuid::new_v4().simple()));
@@ -203,6 +209,13 @@ impl PrivatePostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        setup(&dir.join("data"));
+        if is_root() {
+            let _ = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.join("data"))
+                .status();
+        }
         let mut pg = PrivatePostgres {
             port: free_port(),
             dir,
