@@ -17,5 +17,6 @@ mod privacy;
 mod props;
 mod providers;
 mod routing;
+mod routing_queues;
 mod routing_store;
 mod webhook;

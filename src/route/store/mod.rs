@@ -98,6 +98,9 @@ pub struct AgentLive {
     pub channel_load: HashMap<String, u32>,
     /// Last time a conversation was assigned to them (ms; 0 = never).
     pub last_ms: u64,
+    /// Their teams (from the rule set), to report the team of a sticky assignment.
+    #[serde(skip)]
+    pub teams: Vec<String>,
 }
 
 /// A conversation's live state.
@@ -117,11 +120,18 @@ pub struct ConvLive {
     pub strategy: String,
     pub priority: u8,
     pub channel: String,
-    /// When it was queued / assigned / closed (ms; 0 = not applicable).
+    /// When it began waiting for an agent (queued, or routed and assigned at once; a
+    /// requeue keeps it) / was assigned / closed (ms; 0 = not applicable).
     pub queued_ms: u64,
     pub opened_ms: u64,
     pub closed_ms: u64,
     pub seq: u64,
+    /// The target it waits for or was last routed to (`rule:<id>`, `rule:<id>:fallback`,
+    /// `default`, `team:<id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The contact's last message (ms; 0 = none).
+    pub last_message_ms: u64,
 }
 
 /// A queued conversation, as seen by a drain.
@@ -133,6 +143,10 @@ pub struct QueuedConv {
     pub queued_ms: u64,
     pub channel: String,
     pub last_agent: Option<String>,
+    /// The target it waits for ([`crate::route::model::Target::key`]); None for a
+    /// conversation queued before targets were recorded.
+    pub target: Option<String>,
+    pub rule: Option<String>,
 }
 
 /// What a snapshot should contain.
@@ -185,11 +199,17 @@ pub struct RouteItem {
     pub meta: String,
     pub mode: RouteMode,
     pub rule: Option<String>,
+    /// The target's key ([`crate::route::model::Target::key`]), kept with the conversation
+    /// while it waits so that it is served with that target's requirements.
+    pub target: String,
     pub queue: String,
     pub team: Option<String>,
     pub strategy: String,
     pub priority: u8,
+    /// The fallback's queue (which is also its target key), team and strategy.
     pub fallback_queue: Option<String>,
+    pub fallback_team: Option<String>,
+    pub fallback_strategy: String,
     pub overflow_ms: u64,
     /// "rule vip-es → team es-sales, least_loaded"
     pub reason: String,
@@ -294,6 +314,7 @@ pub struct AgentSpec {
     pub capacity: u32,
     pub channel_capacity: Vec<(String, u32)>,
     pub initial_presence: Presence,
+    pub teams: Vec<String>,
 }
 
 /// A rule set write lost a race: the version in the store is now this one.
