@@ -18,5 +18,6 @@ mod props;
 mod providers;
 mod routing;
 mod routing_queues;
+mod routing_sim;
 mod routing_store;
 mod webhook;

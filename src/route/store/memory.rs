@@ -945,14 +945,16 @@ impl MemoryStore {
     pub fn sweep(&self, tenant: &str, settings: &Settings, now_ms: u64) -> SweepReport {
         self.with(tenant, |t| {
             let mut report = SweepReport::default();
-            // Offline agents past their grace period.
-            let due: Vec<String> = t
+            // Offline agents past their grace period, earliest due first (as the script's
+            // ZRANGEBYSCORE: due time, then id).
+            let mut due: Vec<(u64, String)> = t
                 .grace
                 .iter()
                 .filter(|(_, d)| **d <= now_ms)
-                .map(|(a, _)| a.clone())
+                .map(|(a, d)| (*d, a.clone()))
                 .collect();
-            for agent in due {
+            due.sort();
+            for (_, agent) in due {
                 t.grace.remove(&agent);
                 let offline = t
                     .agents
