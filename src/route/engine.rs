@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use super::model::{Agent, Presence, RoutingConfig, Ruleset, Target};
 use super::rules::{self, EventView};
 use super::store::{
-    AgentLive, AgentSpec, ConvState, Decided, DequeueItem, QueueDepth, RouteItem, RouteMode,
+    AgentLive, AgentSpec, ConvState, Decided, DequeueItem, Listed, QueueDepth, RouteItem, RouteMode,
     RoutingStore, RulesetRecord, Settings, SnapshotRequest, SweepReport, TransferRefused,
     VersionConflict,
 };
@@ -55,6 +55,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A listing cursor `<number>/<conversation>`.
+fn parse_cursor(s: &str) -> Result<(u64, String), OpError> {
+    s.split_once('/')
+        .and_then(|(n, c)| Some((n.parse().ok()?, c.to_string())))
+        .filter(|(_, c)| !c.is_empty())
+        .ok_or_else(|| OpError::BadCursor(s.to_string()))
+}
+
 /// Why a rule set was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesetError {
@@ -81,6 +89,8 @@ pub enum OpError {
     UnknownConversation(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("after = {0:?} is not a cursor from a previous page's next_after")]
+    BadCursor(String),
     #[error(transparent)]
     Transfer(#[from] TransferRefused),
     #[error(transparent)]
@@ -1200,6 +1210,52 @@ impl Engine {
         }
         .emit();
         Ok(d)
+    }
+
+    /// An agent's open conversations, oldest assignment first, `limit` after the cursor
+    /// `after` (`<since ms>/<conversation>`, as the previous page's `next_after`).
+    pub async fn agent_conversations(
+        &self,
+        tenant: &str,
+        agent: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Listed)>, OpError> {
+        let rs = self.require(tenant)?;
+        if rs.agent(agent).is_none() {
+            return Err(OpError::UnknownAgent(agent.to_string()));
+        }
+        let after = after.map(parse_cursor).transpose()?;
+        let mut open = self.store.open_of(tenant, agent).await?;
+        open.sort_by(|a, b| (a.live.opened_ms, &a.conv).cmp(&(b.live.opened_ms, &b.conv)));
+        Ok(open
+            .into_iter()
+            .filter(|l| {
+                after
+                    .as_ref()
+                    .is_none_or(|(ms, c)| (l.live.opened_ms, &l.conv) > (*ms, c))
+            })
+            .take(limit)
+            .map(|l| (format!("{}/{}", l.live.opened_ms, l.conv), l))
+            .collect())
+    }
+
+    /// The conversations waiting in `queue`, in service order, `limit` after the cursor
+    /// `after` (`<sort key>/<conversation>`, as the previous page's `next_after`).
+    pub async fn queue_conversations(
+        &self,
+        tenant: &str,
+        queue: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Listed)>, OpError> {
+        self.require(tenant)?;
+        let after = after.map(parse_cursor).transpose()?;
+        let listed = self.store.queued_in(tenant, queue, after, limit).await?;
+        Ok(listed
+            .into_iter()
+            .map(|l| (format!("{}/{}", l.score.unwrap_or(0), l.conv), l))
+            .collect())
     }
 
     pub async fn queues(&self, tenant: &str) -> Result<Vec<QueueDepth>, OpError> {

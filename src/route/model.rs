@@ -457,6 +457,17 @@ impl Ruleset {
         None
     }
 
+    /// Whether conversations can wait in `queue` under this rule set.
+    pub fn has_queue(&self, queue: &str) -> bool {
+        self.default.queue == queue
+            || queue
+                .strip_prefix("team:")
+                .is_some_and(|t| self.config.teams.contains_key(t))
+            || self.rules.iter().any(|r| {
+                r.target.queue == queue || r.fallback.as_ref().is_some_and(|f| f.queue == queue)
+            })
+    }
+
     /// A target for a transfer to a team (any team of the tenant).
     pub fn team_target(&self, team: &str) -> Option<Target> {
         if !self.config.teams.contains_key(team) {

@@ -241,6 +241,20 @@ const MATRIX: &[(&str, &str, &str, char, u16)] = &[
         200,
     ),
     ("GET", "/v1/tenants/{tenant}/queues", "OAGV", 't', 200),
+    (
+        "GET",
+        "/v1/tenants/{tenant}/queues/{queue}/conversations",
+        "OAGV",
+        't',
+        200,
+    ),
+    (
+        "GET",
+        "/v1/tenants/{tenant}/agents/{agent}/conversations",
+        "OAGV",
+        't',
+        200,
+    ),
     // No such conversation: 404 to read or reopen, 409 to close or transfer.
     (
         "GET",
@@ -553,6 +567,7 @@ async fn request_for(
         .replace("{source}", &format!("src_{tenant}"))
         .replace("{agent}", "alice")
         .replace("{conv}", "conv_nope")
+        .replace("{queue}", "team:sales")
         .replace("{contact}", "34600000009")
         .replace("{version}", &versions[tenant].to_string());
     let body = match (method, pattern) {

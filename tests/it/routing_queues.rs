@@ -337,3 +337,167 @@ async fn a_sticky_assignment_reports_the_agents_own_team() {
     a.stop().await;
     b.stop().await;
 }
+
+async fn get_as(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
+    let res = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Every item of a listing, `limit` per page, following `next_after`.
+async fn pages(app: &TestApp, token: &str, path: &str, limit: usize) -> Vec<Vec<Value>> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{path}?limit={limit}");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={}", urlencode(a)));
+        }
+        let (status, v) = get_as(app, token, &url).await;
+        assert_eq!(status, 200, "{url}: {v}");
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        if items.is_empty() {
+            return out;
+        }
+        after = v["next_after"].as_str().map(str::to_string);
+        out.push(items);
+        assert!(out.len() < 50, "paging does not end");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('/', "%2F").replace(':', "%3A")
+}
+
+#[tokio::test]
+async fn operators_list_an_agents_open_conversations_and_a_queue_in_service_order() {
+    // Keys live in PostgreSQL.
+    let mut c = config();
+    let pg = crate::pg::pg_config(BackendKind::Redis, &crate::pg::pg_url());
+    c.postgres = pg.postgres;
+    let master = std::env::temp_dir().join(format!("sb-master-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &master,
+        format!(
+            "k1:{}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                uuid::Uuid::new_v4().as_bytes().repeat(2)
+            )
+        ),
+    )
+    .unwrap();
+    c.api.master_key_file = Some(master);
+    c.api.reload_interval_ms = 200;
+    c.api.key_requests_per_sec = 100_000;
+    c.api.key_burst = 100_000;
+    let _pg = crate::pg::migrated(&c).await;
+    let a = spawn_with(c.clone()).await;
+    let b = spawn_with(c).await;
+    presence(&a, "ben", "online").await;
+    // ben takes the first; three wait in team:support, the VIP-less default queue.
+    for (i, contact) in ["15550004001", "15550004002", "15550004003", "15550004004"]
+        .into_iter()
+        .enumerate()
+    {
+        let app = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(app.post(&wa_messages(&[(contact, "hi")])).await.status(), 200);
+        until(&a, |ev| of(ev, contact).len() == 1).await;
+    }
+    // ben's open conversations, on the other replica.
+    let (status, v) = get_as(&b, API_TOKEN, "/v1/tenants/acme/agents/ben/conversations").await;
+    assert_eq!(status, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    assert_eq!(items[0]["contact"]["id"], "15550004001");
+    assert_eq!(items[0]["channel"], "whatsapp");
+    assert!(items[0]["since"].is_string() && items[0]["last_activity"].is_string(), "{v}");
+    assert_eq!(items[0]["team"], "support");
+    // The queue in service order, one per page: positions 1, 2, 3, oldest first.
+    let q = "/v1/tenants/acme/queues/team:support/conversations";
+    let got = pages(&a, API_TOKEN, q, 1).await;
+    assert_eq!(got.len(), 3, "{got:#?}");
+    let order: Vec<(u64, &str)> = got
+        .iter()
+        .map(|p| {
+            (
+                p[0]["position"].as_u64().unwrap(),
+                p[0]["contact"]["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [(1, "15550004002"), (2, "15550004003"), (3, "15550004004")]
+    );
+    assert_eq!(got[0][0]["priority"], 0);
+    assert!(got[0][0]["waited_secs"].is_u64());
+    assert_eq!(got[0][0]["target"], "default");
+    let all = pages(&b, API_TOKEN, q, 10).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].len(), 3);
+    // Unknown queues and agents, and bad cursors, are refused with catalogue codes.
+    let (status, v) = get_as(&a, API_TOKEN, "/v1/tenants/acme/queues/team:nope/conversations").await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("unknown_queue")));
+    let (status, v) = get_as(&a, API_TOKEN, "/v1/tenants/acme/agents/nobody/conversations").await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("unknown_agent")));
+    let (status, v) = get_as(&a, API_TOKEN, &format!("{q}?after=zzz")).await;
+    assert_eq!((status, v["code"].as_str()), (400, Some("bad_request")));
+
+    // Role scope: a viewer sees no contact; an agent key sees its own conversations and
+    // the queues it serves, nobody else's.
+    let key = |body: Value| {
+        let a = &a;
+        async move {
+            let res = a
+                .client
+                .post(a.url("/v1/api-keys"))
+                .bearer_auth(API_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+            let v: Value = res.json().await.unwrap();
+            v["token"].as_str().unwrap().to_string()
+        }
+    };
+    let viewer = key(json!({"role": "viewer", "tenant": "acme"})).await;
+    let ben = key(json!({"role": "agent", "tenant": "acme", "agent": "ben"})).await;
+    let sam = key(json!({"role": "agent", "tenant": "acme", "agent": "sam"})).await;
+    // Keys are read by every replica (b reloads them).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, v) = loop {
+        let r = get_as(&b, &viewer, q).await;
+        if r.0 != 401 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for it in items {
+        assert!(it.get("contact").is_none(), "a viewer sees a contact: {it}");
+        assert!(!it.to_string().contains("1555000400"), "{it}");
+    }
+    let (status, v) = get_as(&a, &viewer, "/v1/tenants/acme/agents/ben/conversations").await;
+    assert_eq!(status, 200);
+    assert!(v["items"][0].get("contact").is_none(), "{v}");
+    let (status, _) = get_as(&a, &ben, "/v1/tenants/acme/agents/ben/conversations").await;
+    assert_eq!(status, 200);
+    let (status, _) = get_as(&a, &ben, q).await;
+    assert_eq!(status, 200, "ben serves team:support");
+    let (status, v) = get_as(&a, &sam, "/v1/tenants/acme/agents/ben/conversations").await;
+    assert_eq!((status, v["code"].as_str()), (403, Some("forbidden")));
+    let (status, v) = get_as(&a, &sam, q).await;
+    assert_eq!((status, v["code"].as_str()), (403, Some("forbidden")));
+    a.stop().await;
+    b.stop().await;
+}

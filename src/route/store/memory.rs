@@ -1070,6 +1070,63 @@ impl MemoryStore {
         Some((c.live()?, c.history.iter().cloned().collect()))
     }
 
+    pub fn open_of(&self, tenant: &str, agent: &str) -> Vec<Listed> {
+        let g = self.lock();
+        let Some(t) = g.get(tenant) else {
+            return Vec::new();
+        };
+        t.open
+            .get(agent)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let c = t.convs.get(id)?;
+                (c.agent.as_deref() == Some(agent)).then_some(())?;
+                Some(Listed {
+                    conv: id.clone(),
+                    live: c.live()?,
+                    meta: c.meta.clone(),
+                    position: None,
+                    score: None,
+                })
+            })
+            .collect()
+    }
+
+    pub fn queued_in(
+        &self,
+        tenant: &str,
+        queue: &str,
+        after: Option<(u64, String)>,
+        limit: usize,
+    ) -> Vec<Listed> {
+        let g = self.lock();
+        let Some(set) = g.get(tenant).and_then(|t| t.queues.get(queue).map(|q| (t, q))) else {
+            return Vec::new();
+        };
+        let (t, set) = set;
+        set.iter()
+            .enumerate()
+            .map(|(i, (inv, at, conv))| (i, queue_score(100 - inv, *at) as u64, conv))
+            .filter(|(_, score, conv)| {
+                after
+                    .as_ref()
+                    .is_none_or(|(s, c)| (*score, conv.as_str()) > (*s, c.as_str()))
+            })
+            .take(limit.max(1))
+            .filter_map(|(i, score, conv)| {
+                let c = t.convs.get(conv)?;
+                Some(Listed {
+                    conv: conv.clone(),
+                    live: c.live()?,
+                    meta: c.meta.clone(),
+                    position: Some(i as u64 + 1),
+                    score: Some(score),
+                })
+            })
+            .collect()
+    }
+
     pub fn outbox(&self, tenant: &str, max: usize) -> Vec<OutboxEntry> {
         let g = self.lock();
         g.get(tenant)

@@ -149,6 +149,19 @@ pub struct QueuedConv {
     pub rule: Option<String>,
 }
 
+/// A conversation in a listing (an agent's open ones, a queue's waiting ones).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub conv: String,
+    pub live: ConvLive,
+    /// Its parties: JSON `{source, provider, channel, contact, business}`.
+    pub meta: String,
+    /// In a queue: its position in service order, from 1.
+    pub position: Option<u64>,
+    /// In a queue: its sort key ([`queue_score`]), the paging cursor.
+    pub score: Option<u64>,
+}
+
 /// What a snapshot should contain.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotRequest {
@@ -452,6 +465,23 @@ impl RoutingStore {
         conv: &str,
     ) -> Result<Option<(ConvLive, Vec<String>)>, BackendError> {
         dispatch!(self, s => s.conversation(tenant, conv))
+    }
+
+    /// An agent's open conversations (any order).
+    pub async fn open_of(&self, tenant: &str, agent: &str) -> Result<Vec<Listed>, BackendError> {
+        dispatch!(self, s => s.open_of(tenant, agent))
+    }
+
+    /// Up to `limit` conversations waiting in `queue`, in service order, after the cursor
+    /// `(score, conv)` when given.
+    pub async fn queued_in(
+        &self,
+        tenant: &str,
+        queue: &str,
+        after: Option<(u64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, BackendError> {
+        dispatch!(self, s => s.queued_in(tenant, queue, after, limit))
     }
 
     pub async fn outbox(&self, tenant: &str, max: usize) -> Result<Vec<OutboxEntry>, BackendError> {

@@ -11,7 +11,7 @@ use ::redis::{RedisError, Script, Value};
 
 use super::outcome;
 use super::{
-    AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, OutboxEntry, QueueDepth,
+    AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, Listed, OutboxEntry, QueueDepth,
     QueuedConv, RouteItem, RulesetRecord, Settings, Snapshot, SnapshotRequest, SweepReport,
     TransferRefused, VersionConflict,
 };
@@ -616,6 +616,58 @@ impl RedisStore {
                 .collect();
             (live, entries)
         }))
+    }
+
+    pub async fn open_of(&self, tenant: &str, agent: &str) -> Result<Vec<Listed>, BackendError> {
+        let reply = self
+            .call(tenant, "open_of", None, 0, |inv| {
+                inv.arg(agent);
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("open_of reply"))?;
+        Ok(v.chunks(3)
+            .filter_map(|c| {
+                Some(Listed {
+                    conv: text(c.first()?)?,
+                    live: unpack_state(&text(c.get(1)?)?)?,
+                    meta: text(c.get(2)?).unwrap_or_default(),
+                    position: None,
+                    score: None,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn queued_in(
+        &self,
+        tenant: &str,
+        queue: &str,
+        after: Option<(u64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, BackendError> {
+        let reply = self
+            .call(tenant, "queued_in", None, 0, |inv| {
+                inv.arg(queue);
+                match &after {
+                    Some((score, conv)) => inv.arg(score.to_string()).arg(conv),
+                    None => inv.arg("").arg(""),
+                };
+                inv.arg(limit.max(1));
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("queued_in reply"))?;
+        Ok(v.chunks(5)
+            .filter_map(|c| {
+                let score: f64 = text(c.get(1)?)?.parse().ok()?;
+                Some(Listed {
+                    conv: text(c.first()?)?,
+                    score: Some(score as u64),
+                    position: Some(int(c.get(2)?)? as u64 + 1),
+                    live: unpack_state(&text(c.get(3)?)?)?,
+                    meta: text(c.get(4)?).unwrap_or_default(),
+                })
+            })
+            .collect())
     }
 
     pub async fn outbox(&self, tenant: &str, max: usize) -> Result<Vec<OutboxEntry>, BackendError> {

@@ -1077,6 +1077,50 @@ local function op_conversation()
   return {state, history}
 end
 
+-- open_of: ARGV[10] agent. Reply: conv, packed state, meta ... for each open conversation.
+local function op_open_of()
+  local res = {}
+  for _, conv in ipairs(redis.call('SMEMBERS', base .. 'o:' .. ARGV[10])) do
+    local c = load(conv)
+    if c.st == 'open' and c.ag == ARGV[10] then
+      res[#res + 1] = conv
+      res[#res + 1] = pack_state(c)
+      res[#res + 1] = BOOK[c].meta
+    end
+  end
+  return res
+end
+
+-- queued_in: ARGV[10] queue, ARGV[11] after score ('' = from the head), ARGV[12] after conv,
+-- ARGV[13] limit. Reply: conv, score, rank (0-based), packed state, meta ... in service order.
+local function op_queued_in()
+  local key = base .. 'q:' .. ARGV[10]
+  local limit = tonumber(ARGV[13])
+  local res = {}
+  local z
+  if ARGV[11] == '' then
+    z = redis.call('ZRANGE', key, 0, limit - 1, 'WITHSCORES')
+  else
+    -- Members from the cursor's score on; those up to the cursor itself are skipped.
+    z = redis.call('ZRANGEBYSCORE', key, ARGV[11], '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 64)
+  end
+  local n = 0
+  for j = 1, #z, 2 do
+    local conv, sc = z[j], z[j + 1]
+    local skip = ARGV[11] ~= '' and tonumber(sc) == tonumber(ARGV[11]) and conv <= ARGV[12]
+    if not skip and n < limit then
+      local c = load(conv)
+      res[#res + 1] = conv
+      res[#res + 1] = sc
+      res[#res + 1] = redis.call('ZRANK', key, conv)
+      res[#res + 1] = pack_state(c)
+      res[#res + 1] = BOOK[c].meta
+      n = n + 1
+    end
+  end
+  return res
+end
+
 if op == 'route' then
   return op_route()
 elseif op == 'dequeue' then
@@ -1097,5 +1141,9 @@ elseif op == 'queues' then
   return op_queues()
 elseif op == 'conversation' then
   return op_conversation()
+elseif op == 'open_of' then
+  return op_open_of()
+elseif op == 'queued_in' then
+  return op_queued_in()
 end
 return redis.error_reply('unknown routing operation ' .. tostring(op))
