@@ -326,6 +326,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Tenant,
         ALL,
     )),
+    own_agent(e(
+        "GET",
+        "/v1/tenants/{tenant}/agents/{agent}/stream",
+        "routing",
+        "Server-Sent Events of an agent's assignments, transfers and closes (an agent key: its own)",
+        Tenant,
+        &[Owner, Admin, Agent],
+    )),
     e(
         "PUT",
         "/v1/tenants/{tenant}/agents/{agent}/capacity",

@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod openapi;
 pub mod privacy;
 pub mod routing;
+pub mod stream;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
@@ -22,6 +23,7 @@ use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routing::configure(cfg);
+    stream::configure(cfg);
     privacy::configure(cfg);
     admin::configure(cfg);
     openapi::configure(cfg);

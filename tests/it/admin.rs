@@ -250,6 +250,13 @@ const MATRIX: &[(&str, &str, &str, char, u16)] = &[
     ),
     (
         "GET",
+        "/v1/tenants/{tenant}/agents/{agent}/stream",
+        "OAG",
+        't',
+        200,
+    ),
+    (
+        "GET",
         "/v1/tenants/{tenant}/agents/{agent}/conversations",
         "OAGV",
         't',
@@ -570,6 +577,10 @@ async fn request_for(
         .replace("{queue}", "team:sales")
         .replace("{contact}", "34600000009")
         .replace("{version}", &versions[tenant].to_string());
+    if pattern.ends_with("/stream") {
+        // An endless event stream otherwise.
+        path.push_str("?max_secs=0");
+    }
     let body = match (method, pattern) {
         ("POST", "/v1/tenants") => Some(json!({"id": format!("t{uniq}")})),
         ("DELETE", "/v1/tenants/{tenant}") => {

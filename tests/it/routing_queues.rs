@@ -501,3 +501,138 @@ async fn operators_list_an_agents_open_conversations_and_a_queue_in_service_orde
     a.stop().await;
     b.stop().await;
 }
+
+/// An open SSE connection: frames (`id`, `event`, `data`) and comments as they arrive.
+struct Sse {
+    res: reqwest::Response,
+    buf: String,
+}
+
+impl Sse {
+    async fn open(app: &TestApp, path: &str, last_id: Option<&str>) -> Result<Sse, (u16, Value)> {
+        let mut req = app.client.get(app.url(path)).bearer_auth(API_TOKEN);
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = req.send().await.unwrap();
+        if res.status() != 200 {
+            let s = res.status().as_u16();
+            return Err((s, res.json().await.unwrap_or(Value::Null)));
+        }
+        assert_eq!(
+            res.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Ok(Sse {
+            res,
+            buf: String::new(),
+        })
+    }
+
+    /// The next block (frame or comment), within 10 s.
+    async fn next(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(p) = self.buf.find("\n\n") {
+                let block = self.buf[..p].to_string();
+                self.buf.drain(..p + 2);
+                return block;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.res.chunk()).await {
+                Ok(Ok(Some(c))) => self.buf.push_str(&String::from_utf8_lossy(&c)),
+                other => panic!("stream ended or stalled: {other:?} (buffer {:?})", self.buf),
+            }
+        }
+    }
+
+    /// The next event frame: (id, event, data), skipping comments.
+    async fn event(&mut self) -> (String, String, Value) {
+        loop {
+            let block = self.next().await;
+            if block.starts_with(':') {
+                continue;
+            }
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let data = serde_json::from_str(&field("data")).unwrap();
+            return (field("id"), field("event"), data);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_agents_app_follows_its_work_over_server_sent_events_on_any_replica() {
+    let mut c = config();
+    c.routing.stream_heartbeat_ms = 100;
+    c.routing.stream_poll_ms = 20;
+    c.routing.stream_max_per_key = 2;
+    let a = spawn_with(c.clone()).await;
+    let b = spawn_with(c).await;
+    presence(&a, "ben", "online").await;
+    let path = "/v1/tenants/acme/agents/ben/stream";
+    let mut s = Sse::open(&b, path, None).await.unwrap();
+    assert_eq!(s.next().await, ": connected");
+    // A conversation for ben, posted to the other replica; sam's is not sent.
+    presence(&a, "sam", "online").await;
+    assert_eq!(
+        a.post(&wa_messages(&[("15550005001", "hi"), ("15550005002", "deal")]))
+            .await
+            .status(),
+        200
+    );
+    let (id1, kind, ev) = s.event().await;
+    assert_eq!(kind, "message");
+    assert_eq!(ev["assignment"]["action"], "assigned");
+    assert_eq!(ev["assignment"]["agent"], "ben");
+    assert_eq!(ev["contact"]["id"], "15550005001");
+    // Idle: heartbeats keep the connection open.
+    let block = s.next().await;
+    assert_eq!(block, ": heartbeat");
+    // Closed through the API on replica a: ben's stream on b says so.
+    let conv = ev["conversation_id"].as_str().unwrap().to_string();
+    let (status, _) = a
+        .api(
+            reqwest::Method::POST,
+            &format!("/v1/tenants/acme/conversations/{conv}/close"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (id2, kind, ev) = s.event().await;
+    assert_eq!(kind, "assignment");
+    assert_eq!(ev["assignment"]["action"], "closed");
+    assert_eq!(ev["assignment"]["previous_agent"], "ben");
+    drop(s);
+    // Reconnecting with Last-Event-ID resumes after that event: the close again only when
+    // resuming from before it.
+    let mut again = Sse::open(&a, path, Some(&id1)).await.unwrap();
+    let (id, _, ev) = again.event().await;
+    assert_eq!((id.as_str(), ev["assignment"]["action"].as_str()), (id2.as_str(), Some("closed")));
+    // At most two streams per key on a replica.
+    let second = Sse::open(&a, path, Some(&id2)).await.unwrap();
+    let (status, v) = Sse::open(&a, path, None).await.err().unwrap();
+    assert_eq!((status, v["code"].as_str()), (429, Some("rate_limited")));
+    drop(again);
+    // Released when a client goes away.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Sse::open(&a, path, None).await {
+            Ok(_) => break,
+            Err((429, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let (status, v) = get_as(&a, API_TOKEN, "/v1/tenants/acme/agents/nobody/stream").await;
+    assert_eq!((status, v["code"].as_str()), (404, Some("unknown_agent")));
+    drop(second);
+    a.stop().await;
+    b.stop().await;
+}
