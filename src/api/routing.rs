@@ -10,13 +10,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{authorize, json_body};
+use crate::admin::{KeyRole, Principal};
 use crate::error::ApiError;
 use crate::ingest::http::State;
 use crate::route::engine::{OpError, RulesetError};
 use crate::route::model::{Presence, RoutingConfig};
 use crate::route::store::{Decided, TransferRefused};
 use crate::route::Engine;
-use crate::admin::{KeyRole, Principal};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/routing/reload", web::post().to(reload))

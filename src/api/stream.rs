@@ -113,7 +113,9 @@ fn valid_id(id: &str) -> bool {
 /// Whether `event` (of the events stream) is `agent`'s, in `tenant`.
 fn concerns(event: &Value, tenant: &str, agent: &str) -> bool {
     let a = &event["assignment"];
-    event["tenant"] == tenant && a.is_object() && (a["agent"] == agent || a["previous_agent"] == agent)
+    event["tenant"] == tenant
+        && a.is_object()
+        && (a["agent"] == agent || a["previous_agent"] == agent)
 }
 
 fn frame(id: &str, kind: &str, data: &str) -> Bytes {
@@ -160,7 +162,11 @@ async fn agent_stream(
             ));
         }
     }
-    let key = format!("{}:{}", who.prefix, who.key_id.as_deref().unwrap_or("config"));
+    let key = format!(
+        "{}:{}",
+        who.prefix,
+        who.key_id.as_deref().unwrap_or("config")
+    );
     let slot = state
         .agent_streams
         .enter(key)
@@ -196,9 +202,7 @@ async fn agent_stream(
         tx,
     ));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, actix_web::Error>(b), rx))
+        rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -223,7 +227,11 @@ async fn follow(
     let _slot = slot;
     // The response starts at once (headers and a first comment), so clients know they
     // are connected.
-    if tx.send(Bytes::from_static(b": connected\n\n")).await.is_err() {
+    if tx
+        .send(Bytes::from_static(b": connected\n\n"))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut last_sent = Instant::now();
@@ -257,7 +265,11 @@ async fn follow(
             last_sent = Instant::now();
         }
         if last_sent.elapsed() >= streams.heartbeat {
-            if tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
+            if tx
+                .send(Bytes::from_static(b": heartbeat\n\n"))
+                .await
+                .is_err()
+            {
                 return;
             }
             last_sent = Instant::now();
@@ -283,9 +295,7 @@ mod tests {
 
     #[test]
     fn an_event_is_the_agents_when_they_hold_or_held_it() {
-        let ev = |agent: &str, prev: Option<&str>| {
-            json!({"tenant": "acme", "assignment": {"agent": agent, "previous_agent": prev}})
-        };
+        let ev = |agent: &str, prev: Option<&str>| json!({"tenant": "acme", "assignment": {"agent": agent, "previous_agent": prev}});
         assert!(concerns(&ev("bob", None), "acme", "bob"));
         assert!(concerns(&ev("ana", Some("bob")), "acme", "bob"));
         assert!(!concerns(&ev("ana", None), "acme", "bob"));

@@ -25,9 +25,9 @@ use sha2::{Digest, Sha256};
 use super::model::{Agent, Presence, RoutingConfig, Ruleset, Target};
 use super::rules::{self, EventView};
 use super::store::{
-    AgentLive, AgentSpec, ConvState, Decided, DequeueItem, Listed, QueueDepth, RouteItem, RouteMode,
-    RoutingStore, RulesetRecord, Settings, SnapshotRequest, SweepReport, TransferRefused,
-    VersionConflict,
+    AgentLive, AgentSpec, ConvState, Decided, DequeueItem, Listed, QueueDepth, RouteItem,
+    RouteMode, RoutingStore, RulesetRecord, Settings, SnapshotRequest, SweepReport,
+    TransferRefused, VersionConflict,
 };
 use super::strategy::{Candidate, RankContext, Strategies};
 use crate::accept::{Backend, BackendError, Item, StreamEntry};
@@ -750,7 +750,9 @@ impl Engine {
                 priority: plan.priority,
                 fallback_queue: fallback.map(|(t, _)| t.queue.clone()),
                 fallback_team: fallback.and_then(|(t, _)| t.team.clone()),
-                fallback_strategy: fallback.map(|(t, _)| t.strategy.clone()).unwrap_or_default(),
+                fallback_strategy: fallback
+                    .map(|(t, _)| t.strategy.clone())
+                    .unwrap_or_default(),
                 overflow_ms: fallback.map_or(0, |(_, ms)| ms),
                 reason: reason_prefix(plan.rule_id(), plan.target, rs),
                 candidates,
@@ -810,7 +812,10 @@ impl Engine {
                     .as_deref()
                     .and_then(|k| rs.target_by_key(k))
                     .unwrap_or_else(|| rs.target_for_queue(&q.queue));
-                let rule = q.rule.as_deref().filter(|_| target.key.starts_with("rule:"));
+                let rule = q
+                    .rule
+                    .as_deref()
+                    .filter(|_| target.key.starts_with("rule:"));
                 let ranked = rank(
                     &rs,
                     &self.strategies,
@@ -840,8 +845,11 @@ impl Engine {
                                 reason_prefix(rule, &target, &rs).replacen(" → ", " fallback → ", 1)
                             }
                             Some(_) => reason_prefix(rule, &target, &rs),
-                            None => reason_prefix(None, &target, &rs)
-                                .replacen("default → ", "queue → ", 1),
+                            None => reason_prefix(None, &target, &rs).replacen(
+                                "default → ",
+                                "queue → ",
+                                1
+                            ),
                         }
                     ),
                     candidates,

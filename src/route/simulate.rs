@@ -100,8 +100,13 @@ pub struct Report {
 
 enum Action {
     Message(String),
-    Presence { agent: String, presence: Presence },
-    Close { conv: String },
+    Presence {
+        agent: String,
+        presence: Presence,
+    },
+    Close {
+        conv: String,
+    },
     Transfer {
         conv: String,
         agent: Option<String>,
@@ -200,11 +205,7 @@ fn parse_line(n: usize, line: &str, opts: &SimOptions) -> Result<Item, SimError>
                 }
                 Action::Transfer { conv, agent, team }
             };
-            Ok(Item {
-                at,
-                tenant,
-                action,
-            })
+            Ok(Item { at, tenant, action })
         }
         Some(other) => Err(err(format!(
             "unknown action {other:?} (presence, close, transfer, or none for a message)"

@@ -134,7 +134,10 @@ async fn freed_capacity_serves_each_waiting_conversation_with_its_own_rule() {
         (&a, ("15550001001", "buy")),
         (&b, ("15550001002", "buy")),
     ] {
-        assert_eq!(app.post(&wa_messages(&[(contact, text)])).await.status(), 200);
+        assert_eq!(
+            app.post(&wa_messages(&[(contact, text)])).await.status(),
+            200
+        );
         // One at a time, so their ages are in this order.
         until(&a, |ev| of(ev, contact).len() == 1).await;
     }
@@ -300,7 +303,10 @@ async fn a_sticky_assignment_reports_the_agents_own_team() {
     );
     let ev = until(&b, |ev| assigned(ev, "15550003001").is_some()).await;
     let first = assigned(&ev, "15550003001").unwrap();
-    assert_eq!((first["agent"].as_str(), first["team"].as_str()), (Some("sam"), Some("sales")));
+    assert_eq!(
+        (first["agent"].as_str(), first["team"].as_str()),
+        (Some("sam"), Some("sales"))
+    );
     let conv = ev[0]["conversation_id"].as_str().unwrap().to_string();
     let (status, _) = b
         .api(
@@ -333,7 +339,10 @@ async fn a_sticky_assignment_reports_the_agents_own_team() {
     assert_eq!(back["agent"], "sam", "{back}");
     assert_eq!(back["strategy"], "sticky_owner");
     assert_eq!(back["team"], "sales", "{back}");
-    assert!(back["reason"].as_str().unwrap().contains("sticky"), "{back}");
+    assert!(
+        back["reason"].as_str().unwrap().contains("sticky"),
+        "{back}"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -407,7 +416,10 @@ async fn operators_list_an_agents_open_conversations_and_a_queue_in_service_orde
         .enumerate()
     {
         let app = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(app.post(&wa_messages(&[(contact, "hi")])).await.status(), 200);
+        assert_eq!(
+            app.post(&wa_messages(&[(contact, "hi")])).await.status(),
+            200
+        );
         until(&a, |ev| of(ev, contact).len() == 1).await;
     }
     // ben's open conversations, on the other replica.
@@ -417,7 +429,10 @@ async fn operators_list_an_agents_open_conversations_and_a_queue_in_service_orde
     assert_eq!(items.len(), 1, "{v}");
     assert_eq!(items[0]["contact"]["id"], "15550004001");
     assert_eq!(items[0]["channel"], "whatsapp");
-    assert!(items[0]["since"].is_string() && items[0]["last_activity"].is_string(), "{v}");
+    assert!(
+        items[0]["since"].is_string() && items[0]["last_activity"].is_string(),
+        "{v}"
+    );
     assert_eq!(items[0]["team"], "support");
     // The queue in service order, one per page: positions 1, 2, 3, oldest first.
     let q = "/v1/tenants/acme/queues/team:support/conversations";
@@ -443,9 +458,19 @@ async fn operators_list_an_agents_open_conversations_and_a_queue_in_service_orde
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].len(), 3);
     // Unknown queues and agents, and bad cursors, are refused with catalogue codes.
-    let (status, v) = get_as(&a, API_TOKEN, "/v1/tenants/acme/queues/team:nope/conversations").await;
+    let (status, v) = get_as(
+        &a,
+        API_TOKEN,
+        "/v1/tenants/acme/queues/team:nope/conversations",
+    )
+    .await;
     assert_eq!((status, v["code"].as_str()), (404, Some("unknown_queue")));
-    let (status, v) = get_as(&a, API_TOKEN, "/v1/tenants/acme/agents/nobody/conversations").await;
+    let (status, v) = get_as(
+        &a,
+        API_TOKEN,
+        "/v1/tenants/acme/agents/nobody/conversations",
+    )
+    .await;
     assert_eq!((status, v["code"].as_str()), (404, Some("unknown_agent")));
     let (status, v) = get_as(&a, API_TOKEN, &format!("{q}?after=zzz")).await;
     assert_eq!((status, v["code"].as_str()), (400, Some("bad_request")));
@@ -581,9 +606,12 @@ async fn an_agents_app_follows_its_work_over_server_sent_events_on_any_replica()
     // A conversation for ben, posted to the other replica; sam's is not sent.
     presence(&a, "sam", "online").await;
     assert_eq!(
-        a.post(&wa_messages(&[("15550005001", "hi"), ("15550005002", "deal")]))
-            .await
-            .status(),
+        a.post(&wa_messages(&[
+            ("15550005001", "hi"),
+            ("15550005002", "deal")
+        ]))
+        .await
+        .status(),
         200
     );
     let (id1, kind, ev) = s.event().await;
@@ -613,7 +641,10 @@ async fn an_agents_app_follows_its_work_over_server_sent_events_on_any_replica()
     // resuming from before it.
     let mut again = Sse::open(&a, path, Some(&id1)).await.unwrap();
     let (id, _, ev) = again.event().await;
-    assert_eq!((id.as_str(), ev["assignment"]["action"].as_str()), (id2.as_str(), Some("closed")));
+    assert_eq!(
+        (id.as_str(), ev["assignment"]["action"].as_str()),
+        (id2.as_str(), Some("closed"))
+    );
     // At most two streams per key on a replica.
     let second = Sse::open(&a, path, Some(&id2)).await.unwrap();
     let (status, v) = Sse::open(&a, path, None).await.err().unwrap();

@@ -105,11 +105,21 @@ fn traffic(steps: &[(u64, Step)]) -> String {
     for (gap, s) in steps {
         t += gap;
         let line = match s {
-            Step::Message(c, x) => json!({"t_ms": t, "tenant": "acme", "contact": contact(*c), "text": TEXTS[*x]}),
-            Step::Close(c) => json!({"t_ms": t, "action": "close", "tenant": "acme", "contact": contact(*c)}),
-            Step::Presence(a, p) => json!({"t_ms": t, "action": "presence", "tenant": "acme", "agent": AGENTS[*a], "presence": PRESENCE[*p]}),
-            Step::TransferAgent(c, a) => json!({"t_ms": t, "action": "transfer", "tenant": "acme", "contact": contact(*c), "agent": AGENTS[*a]}),
-            Step::TransferTeam(c, s) => json!({"t_ms": t, "action": "transfer", "tenant": "acme", "contact": contact(*c), "team": if *s { "sales" } else { "support" }}),
+            Step::Message(c, x) => {
+                json!({"t_ms": t, "tenant": "acme", "contact": contact(*c), "text": TEXTS[*x]})
+            }
+            Step::Close(c) => {
+                json!({"t_ms": t, "action": "close", "tenant": "acme", "contact": contact(*c)})
+            }
+            Step::Presence(a, p) => {
+                json!({"t_ms": t, "action": "presence", "tenant": "acme", "agent": AGENTS[*a], "presence": PRESENCE[*p]})
+            }
+            Step::TransferAgent(c, a) => {
+                json!({"t_ms": t, "action": "transfer", "tenant": "acme", "contact": contact(*c), "agent": AGENTS[*a]})
+            }
+            Step::TransferTeam(c, s) => {
+                json!({"t_ms": t, "action": "transfer", "tenant": "acme", "contact": contact(*c), "team": if *s { "sales" } else { "support" }})
+            }
         };
         lines.push(line.to_string());
     }

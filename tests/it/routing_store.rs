@@ -395,7 +395,10 @@ conform!(
         let q = s.queues("acme").await.unwrap();
         assert_eq!(q[0].depth, 2);
         // They keep their place: the time they first began waiting, not the requeue's.
-        assert_eq!(q[0].oldest_ms, T0, "a requeue keeps the original enqueue time");
+        assert_eq!(
+            q[0].oldest_ms, T0,
+            "a requeue keeps the original enqueue time"
+        );
         let ob = s.outbox("acme", 10).await.unwrap();
         assert_eq!(ob.len(), 2);
         for e in &ob {

@@ -1101,7 +1101,10 @@ impl MemoryStore {
         limit: usize,
     ) -> Vec<Listed> {
         let g = self.lock();
-        let Some(set) = g.get(tenant).and_then(|t| t.queues.get(queue).map(|q| (t, q))) else {
+        let Some(set) = g
+            .get(tenant)
+            .and_then(|t| t.queues.get(queue).map(|q| (t, q)))
+        else {
             return Vec::new();
         };
         let (t, set) = set;

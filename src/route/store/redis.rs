@@ -11,9 +11,9 @@ use ::redis::{RedisError, Script, Value};
 
 use super::outcome;
 use super::{
-    AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, Listed, OutboxEntry, QueueDepth,
-    QueuedConv, RouteItem, RulesetRecord, Settings, Snapshot, SnapshotRequest, SweepReport,
-    TransferRefused, VersionConflict,
+    AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, Listed, OutboxEntry,
+    QueueDepth, QueuedConv, RouteItem, RulesetRecord, Settings, Snapshot, SnapshotRequest,
+    SweepReport, TransferRefused, VersionConflict,
 };
 use crate::accept::BackendError;
 use crate::route::model::Presence;
