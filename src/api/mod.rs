@@ -10,11 +10,13 @@ pub mod admin;
 pub mod openapi;
 pub mod privacy;
 pub mod routing;
+pub mod stream;
 
 use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routing::configure(cfg);
+    stream::configure(cfg);
     privacy::configure(cfg);
     admin::configure(cfg);
     openapi::configure(cfg);

@@ -88,6 +88,14 @@ fn error_response(what: &str) -> ResponseBuilder {
 }
 
 /// The whole document.
+/// Listings paged with `limit` and `after`, answering `{items, next_after}`.
+const PAGED: &[&str] = &[
+    "/v1/events",
+    "/v1/deadletters",
+    "/v1/tenants/{tenant}/agents/{agent}/conversations",
+    "/v1/tenants/{tenant}/queues/{queue}/conversations",
+];
+
 pub fn document() -> OpenApi {
     let mut paths = PathsBuilder::new();
     for e in ENDPOINTS {
@@ -104,6 +112,25 @@ pub fn document() -> OpenApi {
                         .parameter_in(ParameterIn::Path)
                         .required(Required::True)
                         .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+                );
+            }
+        }
+        if e.method == "GET" && PAGED.contains(&e.path) {
+            for (name, what) in [
+                ("limit", "items per page, 1..=1000 (default 10)"),
+                ("after", "the previous page's next_after"),
+            ] {
+                op = op.parameter(
+                    ParameterBuilder::new()
+                        .name(name)
+                        .parameter_in(ParameterIn::Query)
+                        .required(Required::False)
+                        .description(Some(what))
+                        .schema(Some(ObjectBuilder::new().schema_type(if name == "limit" {
+                            Type::Integer
+                        } else {
+                            Type::String
+                        }))),
                 );
             }
         }

@@ -9,6 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::admin::{KeyRole, Principal};
 use crate::config::routing::{Presence, RoutingConfig};
 use crate::error::ApiError;
 use crate::http::State;
@@ -30,7 +31,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1/tenants/{tenant}/agents/{agent}/capacity",
             web::put().to(capacity),
         )
+        .route(
+            "/v1/tenants/{tenant}/agents/{agent}/conversations",
+            web::get().to(agent_conversations),
+        )
         .route("/v1/tenants/{tenant}/queues", web::get().to(queues))
+        .route(
+            "/v1/tenants/{tenant}/queues/{queue}/conversations",
+            web::get().to(queue_conversations),
+        )
         .route(
             "/v1/tenants/{tenant}/conversations/{conv}",
             web::get().to(conversation),
@@ -79,6 +88,7 @@ fn op_error(e: OpError) -> ApiError {
             ),
         },
         OpError::Conflict(m) => ApiError::Conflict(m),
+        e @ OpError::BadCursor(_) => ApiError::BadRequest(e.to_string()),
         OpError::Transfer(TransferRefused::NotActive) => {
             ApiError::Conflict("the conversation is not open or queued".into())
         }
@@ -274,6 +284,152 @@ async fn capacity(
     Ok(HttpResponse::Ok().json(json!({
         "agent": agent, "capacity": b.capacity, "version": version
     })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `limit` (1..=1000, default 10) and `after`, as `/v1/events` takes them.
+fn page(req: &HttpRequest) -> Result<(usize, Option<String>), ApiError> {
+    let q = web::Query::<PageQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?
+        .into_inner();
+    let limit = q.limit.unwrap_or(10);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::BadRequest("limit must be 1..=1000".into()));
+    }
+    Ok((limit, q.after))
+}
+
+fn ms_text(ms: u64) -> Option<String> {
+    (ms > 0).then(|| {
+        crate::event::rfc3339(
+            time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        )
+    })
+}
+
+/// The parties of a listed conversation: the contact (id, name, phone...) only for keys
+/// that may see contact content (not viewers).
+fn parties(item: &mut serde_json::Map<String, Value>, meta: &str, who: &Principal) {
+    let meta: Value = serde_json::from_str(meta).unwrap_or(Value::Null);
+    if let Some(b) = meta.get("business").and_then(|b| b.get("id")) {
+        item.insert("business".into(), b.clone());
+    }
+    if let Some(p) = meta.get("provider") {
+        item.insert("provider".into(), p.clone());
+    }
+    if who.role != KeyRole::Viewer {
+        if let Some(c) = meta.get("contact").filter(|c| c.is_object()) {
+            item.insert("contact".into(), c.clone());
+        }
+    }
+}
+
+fn listing(items: Vec<Value>, last: Option<String>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "items": items, "next_after": last }))
+}
+
+async fn agent_conversations(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let who = authorize(&state, &req)?;
+    let (tenant, agent) = path.into_inner();
+    let engine = engine(&state, &tenant)?;
+    let (limit, after) = page(&req)?;
+    let listed = engine
+        .agent_conversations(&tenant, &agent, after.as_deref(), limit)
+        .await
+        .map_err(op_error)?;
+    let last = listed.last().map(|(c, _)| c.clone());
+    let items = listed
+        .into_iter()
+        .map(|(_, l)| {
+            let mut item = serde_json::Map::new();
+            item.insert("conversation_id".into(), l.conv.into());
+            item.insert("channel".into(), l.live.channel.into());
+            item.insert("since".into(), json!(ms_text(l.live.opened_ms)));
+            item.insert(
+                "last_activity".into(),
+                json!(ms_text(l.live.last_message_ms.max(l.live.opened_ms))),
+            );
+            item.insert("rule".into(), json!(l.live.rule));
+            item.insert("team".into(), json!(l.live.team));
+            item.insert("strategy".into(), l.live.strategy.into());
+            item.insert("priority".into(), l.live.priority.into());
+            item.insert("seq".into(), l.live.seq.into());
+            parties(&mut item, &l.meta, &who);
+            Value::Object(item)
+        })
+        .collect();
+    Ok(listing(items, last))
+}
+
+async fn queue_conversations(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let who = authorize(&state, &req)?;
+    let (tenant, queue) = path.into_inner();
+    let engine = engine(&state, &tenant)?;
+    let rs = engine
+        .ruleset(&tenant)
+        .ok_or_else(|| ApiError::RoutingNotConfigured(tenant.clone()))?;
+    if !rs.has_queue(&queue) {
+        return Err(ApiError::NotFoundResource {
+            code: "unknown_queue",
+            message: format!("no queue {queue:?} in this tenant's routing (`default`, `team:<id>`, `rule:<id>`, `rule:<id>:fallback`)"),
+        });
+    }
+    // An agent key sees the queues it serves.
+    if who.role == KeyRole::Agent {
+        let serves = who.agent.as_deref().is_some_and(|a| {
+            rs.agent_index
+                .get(a)
+                .is_some_and(|i| rs.target_for_queue(&queue).members.contains(i))
+        });
+        if !serves {
+            return Err(ApiError::Forbidden(
+                "an agent key may only list the queues it serves".into(),
+            ));
+        }
+    }
+    let (limit, after) = page(&req)?;
+    let listed = engine
+        .queue_conversations(&tenant, &queue, after.as_deref(), limit)
+        .await
+        .map_err(op_error)?;
+    let now = engine.now();
+    let last = listed.last().map(|(c, _)| c.clone());
+    let items = listed
+        .into_iter()
+        .map(|(_, l)| {
+            let mut item = serde_json::Map::new();
+            item.insert("position".into(), json!(l.position));
+            item.insert("conversation_id".into(), l.conv.into());
+            item.insert("channel".into(), l.live.channel.into());
+            item.insert("priority".into(), l.live.priority.into());
+            item.insert(
+                "waited_secs".into(),
+                (now.saturating_sub(l.live.queued_ms) / 1000).into(),
+            );
+            item.insert("queued_at".into(), json!(ms_text(l.live.queued_ms)));
+            item.insert("rule".into(), json!(l.live.rule));
+            item.insert("target".into(), json!(l.live.target));
+            item.insert("last_agent".into(), json!(l.live.last_agent));
+            parties(&mut item, &l.meta, &who);
+            Value::Object(item)
+        })
+        .collect();
+    Ok(listing(items, last))
 }
 
 async fn queues(

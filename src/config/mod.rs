@@ -262,6 +262,13 @@ pub struct RoutingSection {
     /// How often offline grace periods, overflow timeouts and idle conversations are
     /// checked, queues drained and rule set changes from other replicas picked up.
     pub sweep_interval_ms: u64,
+    /// Agents' event streams (`GET /v1/tenants/{t}/agents/{a}/stream`): a heartbeat
+    /// comment this often...
+    pub stream_heartbeat_ms: u64,
+    /// ...new events looked for this often...
+    pub stream_poll_ms: u64,
+    /// ...and at most this many open at once per API key (per replica).
+    pub stream_max_per_key: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -508,6 +515,9 @@ fn defaults() -> Defaults {
         routing: RoutingSection {
             enabled: true,
             sweep_interval_ms: 1000,
+            stream_heartbeat_ms: 15_000,
+            stream_poll_ms: 250,
+            stream_max_per_key: 4,
         },
         api: BTreeMap::new(),
         postgres: postgres::defaults(),
@@ -755,6 +765,15 @@ impl Config {
         }
         if self.routing.sweep_interval_ms < 50 || self.routing.sweep_interval_ms > 60_000 {
             errs.push("routing.sweep_interval_ms must be 50..=60000".into());
+        }
+        if self.routing.stream_heartbeat_ms < 10 || self.routing.stream_heartbeat_ms > 300_000 {
+            errs.push("routing.stream_heartbeat_ms must be 10..=300000".into());
+        }
+        if self.routing.stream_poll_ms < 10 || self.routing.stream_poll_ms > 10_000 {
+            errs.push("routing.stream_poll_ms must be 10..=10000".into());
+        }
+        if self.routing.stream_max_per_key == 0 || self.routing.stream_max_per_key > 1000 {
+            errs.push("routing.stream_max_per_key must be 1..=1000".into());
         }
         for (id, t) in &self.tenants {
             if !valid_id(id) {

@@ -330,8 +330,13 @@ impl Agent {
 /// Who a conversation may go to, and how the choice is made.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The queue conversations wait in when nobody is eligible: `team:<id>`, or
-    /// `rule:<id>` / `rule:<id>:fallback` / `default` for lists of agents.
+    /// Which target this is, recorded with a waiting conversation so that whoever serves
+    /// the queue matches it against this target's requirements: `default`, `rule:<id>`,
+    /// `rule:<id>:fallback`, or `team:<id>` (a transfer to a team).
+    pub key: String,
+    /// The queue conversations wait in when nobody is eligible: `team:<id>` (a rule or the
+    /// default naming a team), `rule:<id>` / `default` for lists of agents, and
+    /// `rule:<id>:fallback` for every fallback.
     pub queue: String,
     pub team: Option<String>,
     /// Indexes into [`Ruleset::agents`].
@@ -406,9 +411,9 @@ impl Ruleset {
             .is_none_or(|c| self.calendars[c].is_open(now_ms))
     }
 
-    /// The target behind a queue name (a rule may have been removed or changed since the
-    /// conversation was queued: a team queue then still serves the team, anything else
-    /// falls back to the tenant default).
+    /// The target behind a queue name, for a waiting conversation whose target
+    /// ([`Ruleset::target_by_key`]) is gone (its rule was removed since it was queued): a
+    /// team queue then still serves the team, anything else falls back to the default.
     pub fn target_for_queue(&self, queue: &str) -> std::borrow::Cow<'_, Target> {
         use std::borrow::Cow;
         if self.default.queue == queue {
@@ -431,12 +436,45 @@ impl Ruleset {
         }
     }
 
+    /// The target a waiting conversation was queued for (its key, see [`Target::key`]),
+    /// with this rule set's requirements; None when that rule is gone.
+    pub fn target_by_key(&self, key: &str) -> Option<std::borrow::Cow<'_, Target>> {
+        use std::borrow::Cow;
+        if key == self.default.key {
+            return Some(Cow::Borrowed(&self.default));
+        }
+        if let Some(t) = key.strip_prefix("team:") {
+            return self.team_target(t).map(Cow::Owned);
+        }
+        for r in &self.rules {
+            if r.target.key == key {
+                return Some(Cow::Borrowed(&r.target));
+            }
+            if let Some(fb) = r.fallback.as_ref().filter(|fb| fb.key == key) {
+                return Some(Cow::Borrowed(fb));
+            }
+        }
+        None
+    }
+
+    /// Whether conversations can wait in `queue` under this rule set.
+    pub fn has_queue(&self, queue: &str) -> bool {
+        self.default.queue == queue
+            || queue
+                .strip_prefix("team:")
+                .is_some_and(|t| self.config.teams.contains_key(t))
+            || self.rules.iter().any(|r| {
+                r.target.queue == queue || r.fallback.as_ref().is_some_and(|f| f.queue == queue)
+            })
+    }
+
     /// A target for a transfer to a team (any team of the tenant).
     pub fn team_target(&self, team: &str) -> Option<Target> {
         if !self.config.teams.contains_key(team) {
             return None;
         }
         Some(Target {
+            key: format!("team:{team}"),
             queue: format!("team:{team}"),
             team: Some(team.to_string()),
             members: self.team_members(team),
@@ -581,6 +619,7 @@ impl Ruleset {
         );
 
         let build_target = |key: &str,
+                            target_key: String,
                             queue: String,
                             team: &Option<String>,
                             list: &[String],
@@ -623,9 +662,10 @@ impl Ruleset {
             };
             Target {
                 queue: match team {
-                    Some(t) => format!("team:{t}"),
-                    None => queue,
+                    Some(t) if !target_key.ends_with(":fallback") => format!("team:{t}"),
+                    _ => queue,
                 },
+                key: target_key,
                 team: team.clone(),
                 members,
                 strategy: strategy.to_string(),
@@ -636,6 +676,7 @@ impl Ruleset {
 
         let default = build_target(
             &format!("{at}.default_team/default_agents"),
+            "default".into(),
             "default".into(),
             &c.default_team,
             &c.default_agents,
@@ -673,6 +714,7 @@ impl Ruleset {
             let target = build_target(
                 &key,
                 format!("rule:{}", r.id),
+                format!("rule:{}", r.id),
                 &r.team,
                 &r.agents,
                 &strategy,
@@ -684,13 +726,16 @@ impl Ruleset {
             let fallback = if has_fallback {
                 let fs = r.fallback_strategy.clone().unwrap_or(strategy.clone());
                 strategy_ok(format!("{key}.fallback_strategy"), &fs, &mut errs);
+                // Its own queue (`rule:<id>:fallback`, even for a team), served with the
+                // fallback strategy and the rule's skills and languages.
                 Some(build_target(
                     &format!("{key} fallback"),
+                    format!("rule:{}:fallback", r.id),
                     format!("rule:{}:fallback", r.id),
                     &r.fallback_team,
                     &r.fallback_agents,
                     &fs,
-                    &[],
+                    &r.skills,
                     &r.languages,
                     &mut errs,
                 ))

@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 
 use super::rules::{self, EventView};
 use super::store::{
-    AgentLive, AgentSpec, ConvState, Decided, DequeueItem, QueueDepth, RouteItem, RouteMode,
-    RoutingStore, RulesetRecord, Settings, SnapshotRequest, SweepReport, TransferRefused,
-    VersionConflict,
+    AgentLive, AgentSpec, ConvState, Decided, DequeueItem, Listed, QueueDepth, RouteItem,
+    RouteMode, RoutingStore, RulesetRecord, Settings, SnapshotRequest, SweepReport,
+    TransferRefused, VersionConflict,
 };
 use super::strategy::{Candidate, RankContext, Strategies};
 use crate::accept::{Backend, BackendError, Item, StreamEntry};
@@ -47,20 +47,20 @@ const MAX_CANDIDATES: usize = 4;
 /// Decisions per store call: a call is atomic, so others wait for it; this bounds each
 /// decision's latency (about 30 µs of Redis time each).
 const MAX_DECISIONS_PER_CALL: usize = 32;
-/// How long the agents' live state read for ranking may be reused.
-const LIVE_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
-
-struct LiveCache {
-    version: u64,
-    read: Instant,
-    agents: HashMap<String, AgentLive>,
-}
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A listing cursor `<number>/<conversation>`.
+fn parse_cursor(s: &str) -> Result<(u64, String), OpError> {
+    s.split_once('/')
+        .and_then(|(n, c)| Some((n.parse().ok()?, c.to_string())))
+        .filter(|(_, c)| !c.is_empty())
+        .ok_or_else(|| OpError::BadCursor(s.to_string()))
 }
 
 /// Why a rule set was not taken.
@@ -89,6 +89,8 @@ pub enum OpError {
     UnknownConversation(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("after = {0:?} is not a cursor from a previous page's next_after")]
+    BadCursor(String),
     #[error(transparent)]
     Transfer(#[from] TransferRefused),
     #[error(transparent)]
@@ -124,7 +126,6 @@ pub struct Engine {
     /// The configuration file's routing per tenant (what `reload` re-reads is passed in).
     file: RwLock<HashMap<String, RoutingConfig>>,
     rulesets: RwLock<HashMap<String, Arc<Ruleset>>>,
-    live: std::sync::Mutex<HashMap<String, LiveCache>>,
 }
 
 fn digest(cfg: &RoutingConfig) -> String {
@@ -159,6 +160,7 @@ fn agent_specs(rs: &Ruleset) -> Vec<AgentSpec> {
                 v
             },
             initial_presence: a.initial_presence,
+            teams: a.teams.clone(),
         })
         .collect()
 }
@@ -318,7 +320,6 @@ impl Engine {
             tenants: RwLock::new(tenants),
             file: RwLock::new(HashMap::new()),
             rulesets: RwLock::new(HashMap::new()),
-            live: std::sync::Mutex::new(HashMap::new()),
         };
         // Validate the file first: a bad file is a configuration error at start.
         let mut errs = Vec::new();
@@ -662,79 +663,6 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// The live state of a tenant's agents as this engine last saw it: read from the store
-    /// when older than [`LIVE_MAX_AGE`] (or after a rule set change), kept current in
-    /// between with this engine's own decisions. Only ranking reads it; the store re-checks
-    /// everything when it decides, so staleness costs balance, never correctness.
-    async fn live(&self, rs: &Ruleset) -> Result<HashMap<String, AgentLive>, BackendError> {
-        {
-            let g = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = g.get(&rs.tenant) {
-                if c.version == rs.version && c.read.elapsed() < LIVE_MAX_AGE {
-                    return Ok(c.agents.clone());
-                }
-            }
-        }
-        let snap = self
-            .store
-            .snapshot(
-                &rs.tenant,
-                &SnapshotRequest {
-                    agents: rs.agents.iter().map(|a| a.id.clone()).collect(),
-                    convs: Vec::new(),
-                    queue_heads: 0,
-                },
-            )
-            .await?;
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            rs.tenant.clone(),
-            LiveCache {
-                version: rs.version,
-                read: Instant::now(),
-                agents: snap.agents.clone(),
-            },
-        );
-        Ok(snap.agents)
-    }
-
-    /// Applies decisions to the cached live state (loads up and down, last assignment).
-    fn observe(&self, rs: &Ruleset, channels: &[&str], decided: &[Decided], now: u64) {
-        #[derive(serde::Deserialize)]
-        struct Who {
-            #[serde(default)]
-            action: String,
-            #[serde(default)]
-            agent: Option<String>,
-            #[serde(default)]
-            previous_agent: Option<String>,
-        }
-        let mut g = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(cache) = g.get_mut(&rs.tenant).filter(|c| c.version == rs.version) else {
-            return;
-        };
-        for (d, ch) in decided.iter().zip(channels) {
-            if !matches!(d.action.as_str(), "assigned" | "transferred") && !d.freed {
-                continue;
-            }
-            let Ok(who) = serde_json::from_str::<Who>(&d.assignment) else {
-                continue;
-            };
-            if d.freed {
-                if let Some(l) = who.previous_agent.and_then(|p| cache.agents.get_mut(&p)) {
-                    l.load = l.load.saturating_sub(1);
-                    if let Some(c) = l.channel_load.get_mut(*ch) {
-                        *c = c.saturating_sub(1);
-                    }
-                }
-            }
-            if matches!(who.action.as_str(), "assigned" | "transferred") {
-                if let Some(a) = who.agent {
-                    simulate_assign(&mut cache.agents, &a, ch, now);
-                }
-            }
-        }
-    }
-
     /// Agents who must not get a conversation now, even as its last agent.
     fn excluded(rs: &Ruleset, now: u64) -> Vec<String> {
         rs.agents
@@ -751,11 +679,38 @@ impl Engine {
         now: u64,
         calls: &mut Vec<(usize, std::time::Duration)>,
     ) -> Result<Vec<Decided>, BackendError> {
-        let mut live = self.live(rs).await?;
+        let plans: Vec<rules::Plan<'_>> =
+            views.iter().map(|(_, v)| rules::plan(rs, v, now)).collect();
+        // The live state of every agent these plans may rank, read now: decisions depend
+        // only on the store's state, never on how recently this replica looked at it.
+        let mut wanted = vec![false; rs.agents.len()];
+        for p in &plans {
+            for &i in &p.target.members {
+                wanted[i] = true;
+            }
+        }
+        let agents: Vec<String> = rs
+            .agents
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, w)| **w)
+            .map(|(a, _)| a.id.clone())
+            .collect();
+        let mut live = self
+            .store
+            .snapshot(
+                &rs.tenant,
+                &SnapshotRequest {
+                    agents,
+                    convs: Vec::new(),
+                    queue_heads: 0,
+                },
+            )
+            .await?
+            .agents;
         let excluded = Self::excluded(rs, now);
         let mut items = Vec::with_capacity(views.len());
-        for (_, v) in views {
-            let plan = rules::plan(rs, v, now);
+        for ((_, v), plan) in views.iter().zip(&plans) {
             let conv = v.conversation_id.clone().unwrap_or_default();
             let channel = v.channel.as_str();
             let ranked = rank(
@@ -776,8 +731,7 @@ impl Engine {
             let considered = ranked.len() as u32;
             drop(ranked);
             // As if the first candidate takes it, so that the rest of the batch spreads
-            // (a follow-up in an open conversation over-counts here until the store's
-            // answer corrects the cache).
+            // (a follow-up in an open conversation over-counts here; the store decides).
             if let Some(a) = candidates.first() {
                 simulate_assign(&mut live, a, channel, now);
             }
@@ -789,11 +743,16 @@ impl Engine {
                 meta: conv_meta(v),
                 mode: RouteMode::Message,
                 rule: plan.rule_id().map(str::to_string),
+                target: plan.target.key.clone(),
                 queue: plan.target.queue.clone(),
                 team: plan.target.team.clone(),
                 strategy: plan.target.strategy.clone(),
                 priority: plan.priority,
                 fallback_queue: fallback.map(|(t, _)| t.queue.clone()),
+                fallback_team: fallback.and_then(|(t, _)| t.team.clone()),
+                fallback_strategy: fallback
+                    .map(|(t, _)| t.strategy.clone())
+                    .unwrap_or_default(),
                 overflow_ms: fallback.map_or(0, |(_, ms)| ms),
                 reason: reason_prefix(plan.rule_id(), plan.target, rs),
                 candidates,
@@ -815,8 +774,6 @@ impl Engine {
             }
             .emit();
             calls.push((decided.len(), elapsed));
-            let channels: Vec<&str> = chunk.iter().map(|i| i.channel.as_str()).collect();
-            self.observe(rs, &channels, &decided, now);
             out.extend(decided);
         }
         Ok(out)
@@ -848,7 +805,17 @@ impl Engine {
             let mut live = snap.agents;
             let mut items = Vec::new();
             for q in &snap.queued {
-                let target = rs.target_for_queue(&q.queue);
+                // Served with the requirements of the target it waits for (its rule's
+                // skills and strategy, or its fallback's), whoever shares its queue.
+                let target = q
+                    .target
+                    .as_deref()
+                    .and_then(|k| rs.target_by_key(k))
+                    .unwrap_or_else(|| rs.target_for_queue(&q.queue));
+                let rule = q
+                    .rule
+                    .as_deref()
+                    .filter(|_| target.key.starts_with("rule:"));
                 let ranked = rank(
                     &rs,
                     &self.strategies,
@@ -873,7 +840,17 @@ impl Engine {
                     strategy: target.strategy.clone(),
                     reason: format!(
                         "capacity freed; {}",
-                        reason_prefix(None, &target, &rs).replacen("default → ", "queue → ", 1)
+                        match rule {
+                            Some(_) if target.key.ends_with(":fallback") => {
+                                reason_prefix(rule, &target, &rs).replacen(" → ", " fallback → ", 1)
+                            }
+                            Some(_) => reason_prefix(rule, &target, &rs),
+                            None => reason_prefix(None, &target, &rs).replacen(
+                                "default → ",
+                                "queue → ",
+                                1
+                            ),
+                        }
                     ),
                     candidates,
                     considered,
@@ -1080,9 +1057,7 @@ impl Engine {
             Some(r) => (
                 &r.target,
                 r.priority,
-                r.fallback
-                    .as_ref()
-                    .map(|f| (f.queue.clone(), r.overflow_after_ms)),
+                r.fallback.as_ref().map(|f| (f, r.overflow_after_ms)),
             ),
             None => (&rs.default, 0, None),
         };
@@ -1185,7 +1160,7 @@ impl Engine {
         rule: Option<&str>,
         target: &Target,
         priority: u8,
-        fallback: Option<(String, u64)>,
+        fallback: Option<(&Target, u64)>,
         last_agent: Option<String>,
         now: u64,
     ) -> Result<Decided, BackendError> {
@@ -1226,11 +1201,14 @@ impl Engine {
             meta: String::new(),
             mode,
             rule: rule.map(str::to_string),
+            target: target.key.clone(),
             queue: target.queue.clone(),
             team: target.team.clone(),
             strategy: target.strategy.clone(),
             priority,
-            fallback_queue: fallback.as_ref().map(|f| f.0.clone()),
+            fallback_queue: fallback.map(|f| f.0.queue.clone()),
+            fallback_team: fallback.and_then(|f| f.0.team.clone()),
+            fallback_strategy: fallback.map(|f| f.0.strategy.clone()).unwrap_or_default(),
             overflow_ms: fallback.map_or(0, |f| f.1),
             reason: match mode {
                 RouteMode::Transfer => format!(
@@ -1257,6 +1235,52 @@ impl Engine {
         }
         .emit();
         Ok(d)
+    }
+
+    /// An agent's open conversations, oldest assignment first, `limit` after the cursor
+    /// `after` (`<since ms>/<conversation>`, as the previous page's `next_after`).
+    pub async fn agent_conversations(
+        &self,
+        tenant: &str,
+        agent: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Listed)>, OpError> {
+        let rs = self.require(tenant)?;
+        if rs.agent(agent).is_none() {
+            return Err(OpError::UnknownAgent(agent.to_string()));
+        }
+        let after = after.map(parse_cursor).transpose()?;
+        let mut open = self.store.open_of(tenant, agent).await?;
+        open.sort_by(|a, b| (a.live.opened_ms, &a.conv).cmp(&(b.live.opened_ms, &b.conv)));
+        Ok(open
+            .into_iter()
+            .filter(|l| {
+                after
+                    .as_ref()
+                    .is_none_or(|(ms, c)| (l.live.opened_ms, &l.conv) > (*ms, c))
+            })
+            .take(limit)
+            .map(|l| (format!("{}/{}", l.live.opened_ms, l.conv), l))
+            .collect())
+    }
+
+    /// The conversations waiting in `queue`, in service order, `limit` after the cursor
+    /// `after` (`<sort key>/<conversation>`, as the previous page's `next_after`).
+    pub async fn queue_conversations(
+        &self,
+        tenant: &str,
+        queue: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Listed)>, OpError> {
+        self.require(tenant)?;
+        let after = after.map(parse_cursor).transpose()?;
+        let listed = self.store.queued_in(tenant, queue, after, limit).await?;
+        Ok(listed
+            .into_iter()
+            .map(|l| (format!("{}/{}", l.score.unwrap_or(0), l.conv), l))
+            .collect())
     }
 
     pub async fn queues(&self, tenant: &str) -> Result<Vec<QueueDepth>, OpError> {

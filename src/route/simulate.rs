@@ -18,7 +18,13 @@
 //! - an agent's presence: `{"t_ms": 60000, "action": "presence", "tenant": "demo",
 //!   "agent": "alice", "presence": "offline"}`;
 //! - a close: `{"t_ms": 90000, "action": "close", "tenant": "demo", "contact": "...",
-//!   "channel": "whatsapp", "business": "..."}` (or `"conversation": "conv_..."`).
+//!   "channel": "whatsapp", "business": "..."}` (or `"conversation": "conv_..."`);
+//! - a transfer: `{"t_ms": 95000, "action": "transfer", "tenant": "demo", "contact": "...",
+//!   "agent": "bob"}` (or `"team": "sales"`), as `POST .../transfer` does it.
+//!
+//! [`run_on`] replays the same traffic on engines the caller built (the live Redis store,
+//! several replicas taking turns): decisions depend only on the store's state and the
+//! clock, so they are the same as the simulation's (a property test holds them to it).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -94,9 +100,23 @@ pub struct Report {
 
 enum Action {
     Message(String),
-    Presence { agent: String, presence: Presence },
-    Close { conv: String },
+    Presence {
+        agent: String,
+        presence: Presence,
+    },
+    Close {
+        conv: String,
+    },
+    Transfer {
+        conv: String,
+        agent: Option<String>,
+        team: Option<String>,
+    },
 }
+
+/// Every decision of a replay, in order: the conversation and its `assignment` object
+/// (message decisions, then the assignment events each step published).
+pub type Trace = Vec<(String, Value)>;
 
 struct Item {
     at: u64,
@@ -169,20 +189,26 @@ fn parse_line(n: usize, line: &str, opts: &SimOptions) -> Result<Item, SimError>
                 action: Action::Presence { agent, presence },
             })
         }
-        Some("close") => {
+        Some(what @ ("close" | "transfer")) => {
             let conv = match (str_field(&v, "conversation"), str_field(&v, "contact")) {
                 (Some(c), _) => c.to_string(),
                 (None, Some(contact)) => conversation_id(&tenant, channel, &business, contact),
-                _ => return Err(err("close needs `conversation` or `contact`".into())),
+                _ => return Err(err(format!("{what} needs `conversation` or `contact`"))),
             };
-            Ok(Item {
-                at,
-                tenant,
-                action: Action::Close { conv },
-            })
+            let action = if what == "close" {
+                Action::Close { conv }
+            } else {
+                let agent = str_field(&v, "agent").map(str::to_string);
+                let team = str_field(&v, "team").map(str::to_string);
+                if agent.is_some() == team.is_some() {
+                    return Err(err("transfer needs one of `agent` and `team`".into()));
+                }
+                Action::Transfer { conv, agent, team }
+            };
+            Ok(Item { at, tenant, action })
         }
         Some(other) => Err(err(format!(
-            "unknown action {other:?} (presence, close, or none for a message)"
+            "unknown action {other:?} (presence, close, transfer, or none for a message)"
         ))),
         None => {
             let contact =
@@ -240,13 +266,7 @@ struct Tally {
     unrouted: u64,
 }
 
-/// Replays `traffic` (JSON lines) through the tenants' rules of `config`.
-pub async fn run(
-    config: &Config,
-    strategies: Strategies,
-    traffic: &str,
-    opts: &SimOptions,
-) -> Result<Report, SimError> {
+fn parse_traffic(traffic: &str, opts: &SimOptions) -> Result<Vec<Item>, SimError> {
     let mut items = Vec::new();
     for (i, line) in traffic.lines().enumerate() {
         let line = line.trim();
@@ -256,6 +276,27 @@ pub async fn run(
         items.push(parse_line(i + 1, line, opts)?);
     }
     items.sort_by_key(|it| it.at);
+    Ok(items)
+}
+
+/// Replays `traffic` (JSON lines) through the tenants' rules of `config`.
+pub async fn run(
+    config: &Config,
+    strategies: Strategies,
+    traffic: &str,
+    opts: &SimOptions,
+) -> Result<Report, SimError> {
+    Ok(run_traced(config, strategies, traffic, opts).await?.0)
+}
+
+/// [`run`], with every decision it made.
+pub async fn run_traced(
+    config: &Config,
+    strategies: Strategies,
+    traffic: &str,
+    opts: &SimOptions,
+) -> Result<(Report, Trace), SimError> {
+    let items = parse_traffic(traffic, opts)?;
     let first = items.first().map_or(opts.start_ms, |it| it.at);
     let clock = Arc::new(AtomicU64::new(first));
     let c2 = clock.clone();
@@ -278,7 +319,36 @@ pub async fn run(
     )
     .await
     .map_err(|e| SimError::Setup(e.to_string()))?;
+    replay(&[Arc::new(engine)], &backend, &clock, items, opts).await
+}
 
+/// Replays `traffic` on `engines` (built by the caller on any store, all reading `clock`,
+/// publishing to `backend`), which take turns: step `i` (a line, a close, a tick) runs on
+/// engine `i % n`. The clock is set to each step's time.
+pub async fn run_on(
+    engines: &[Arc<Engine>],
+    backend: &Backend,
+    clock: &Arc<AtomicU64>,
+    traffic: &str,
+    opts: &SimOptions,
+) -> Result<(Report, Trace), SimError> {
+    if engines.is_empty() {
+        return Err(SimError::Setup("no engine to replay on".into()));
+    }
+    let items = parse_traffic(traffic, opts)?;
+    replay(engines, backend, clock, items, opts).await
+}
+
+async fn replay(
+    engines: &[Arc<Engine>],
+    backend: &Backend,
+    clock: &Arc<AtomicU64>,
+    items: Vec<Item>,
+    opts: &SimOptions,
+) -> Result<(Report, Trace), SimError> {
+    let first = items.first().map_or(opts.start_ms, |it| it.at);
+    let mut turn = 0usize;
+    let mut trace: Trace = Vec::new();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let mut closes: BinaryHeap<Reverse<(u64, String, String)>> = BinaryHeap::new();
     let mut cursor: Option<String> = None;
@@ -289,10 +359,12 @@ pub async fn run(
     let collect = |engine: &Engine,
                    tallies: &mut BTreeMap<String, Tally>,
                    closes: &mut BinaryHeap<Reverse<(u64, String, String)>>,
+                   trace: &mut Trace,
                    tenant: &str,
                    conv: &str,
                    a: &Value,
                    from_message: bool| {
+        trace.push((conv.to_string(), a.clone()));
         let t = tallies.entry(tenant.to_string()).or_default();
         let action = a["action"].as_str().unwrap_or("");
         if from_message {
@@ -360,6 +432,8 @@ pub async fn run(
     loop {
         let next_item = queue.peek().map(|it| it.at);
         let next_close = closes.peek().map(|Reverse((at, _, _))| *at);
+        let engine: &Engine = &engines[turn % engines.len()];
+        turn += 1;
         let candidates = [next_item, next_close, Some(next_tick)];
         let now = candidates
             .iter()
@@ -402,9 +476,10 @@ pub async fn run(
                         (ev["conversation_id"].as_str(), ev["assignment"].is_object())
                     {
                         collect(
-                            &engine,
+                            engine,
                             &mut tallies,
                             &mut closes,
+                            &mut trace,
                             &it.tenant,
                             conv,
                             &ev["assignment"],
@@ -423,6 +498,14 @@ pub async fn run(
                 Action::Close { conv } => {
                     let _ = engine.close(&it.tenant, &conv).await;
                 }
+                Action::Transfer { conv, agent, team } => {
+                    if let Err(e) = engine
+                        .transfer(&it.tenant, &conv, agent.as_deref(), team.as_deref())
+                        .await
+                    {
+                        tracing::debug!(conv, error = %e, "simulated transfer refused");
+                    }
+                }
             }
         } else if next_close == Some(now) {
             let Reverse((_, tenant, conv)) = closes.pop().expect("peeked");
@@ -431,15 +514,16 @@ pub async fn run(
             engine.maintain(now).await.map_err(backend_err)?;
             next_tick = now + opts.tick_ms;
         }
-        for e in relayed(&backend, &mut cursor).await.map_err(backend_err)? {
+        for e in relayed(backend, &mut cursor).await.map_err(backend_err)? {
             let (Some(tenant), Some(conv)) = (e["tenant"].as_str(), e["conversation_id"].as_str())
             else {
                 continue;
             };
             collect(
-                &engine,
+                engine,
                 &mut tallies,
                 &mut closes,
+                &mut trace,
                 tenant,
                 conv,
                 &e["assignment"],
@@ -470,7 +554,7 @@ pub async fn run(
             unrouted: t.unrouted,
             ..Default::default()
         };
-        if let Some(rs) = engine.ruleset(&tenant) {
+        if let Some(rs) = engines[0].ruleset(&tenant) {
             for a in rs.agents.iter().filter(|a| a.assignable()) {
                 tr.agents.insert(
                     a.id.clone(),
@@ -504,14 +588,14 @@ pub async fn run(
         tr.wait_p99_ms = pct(0.99);
         tr.wait_max_ms = t.waits.last().copied().unwrap_or(0);
         tr.waited = t.waits.iter().filter(|w| **w > 0).count() as u64;
-        tr.still_waiting = engine
+        tr.still_waiting = engines[0]
             .queues(&tenant)
             .await
             .map(|q| q.iter().map(|q| q.depth).sum())
             .unwrap_or(0);
         report.tenants.insert(tenant, tr);
     }
-    Ok(report)
+    Ok((report, trace))
 }
 
 impl Report {

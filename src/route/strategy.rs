@@ -241,6 +241,7 @@ mod tests {
 
     fn target() -> Target {
         Target {
+            key: "default".into(),
             queue: "default".into(),
             team: None,
             members: vec![],

@@ -244,6 +244,27 @@ const MATRIX: &[(&str, &str, &str, char, u16)] = &[
         200,
     ),
     ("GET", "/v1/tenants/{tenant}/queues", "OAGV", 't', 200),
+    (
+        "GET",
+        "/v1/tenants/{tenant}/queues/{queue}/conversations",
+        "OAGV",
+        't',
+        200,
+    ),
+    (
+        "GET",
+        "/v1/tenants/{tenant}/agents/{agent}/stream",
+        "OAG",
+        't',
+        200,
+    ),
+    (
+        "GET",
+        "/v1/tenants/{tenant}/agents/{agent}/conversations",
+        "OAGV",
+        't',
+        200,
+    ),
     // No such conversation: 404 to read or reopen, 409 to close or transfer.
     (
         "GET",
@@ -556,8 +577,13 @@ async fn request_for(
         .replace("{source}", &format!("src_{tenant}"))
         .replace("{agent}", "alice")
         .replace("{conv}", "conv_nope")
+        .replace("{queue}", "team:sales")
         .replace("{contact}", "34600000009")
         .replace("{version}", &versions[tenant].to_string());
+    if pattern.ends_with("/stream") {
+        // An endless event stream otherwise.
+        path.push_str("?max_secs=0");
+    }
     let body = match (method, pattern) {
         ("POST", "/v1/tenants") => Some(json!({"id": format!("t{uniq}")})),
         ("DELETE", "/v1/tenants/{tenant}") => {

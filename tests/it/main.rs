@@ -29,6 +29,8 @@ mod providers;
 mod readiness;
 mod replicas;
 mod routing;
+mod routing_queues;
+mod routing_sim;
 mod routing_store;
 mod tls;
 mod webhook;

@@ -336,14 +336,14 @@ async fn a_vip_waiting_past_its_timeout_overflows_to_the_fallback_team() {
     };
     let (ev, served) = overflowed;
     assert!(
-        ev.iter()
-            .any(|e| assignment(e)["action"] == "overflowed"
-                && assignment(e)["queue"] == "team:support"),
+        ev.iter().any(|e| assignment(e)["action"] == "overflowed"
+            && assignment(e)["queue"] == "rule:vip:fallback"
+            && assignment(e)["team"] == "support"),
         "{ev:#?}"
     );
     let agent = assignment(&served)["agent"].as_str().unwrap();
     assert!(["alice", "bob"].contains(&agent), "{served}");
-    assert_eq!(assignment(&served)["queue"], "team:support");
+    assert_eq!(assignment(&served)["queue"], "rule:vip:fallback");
     assert_eq!(assignment(&served)["rule"], "vip");
     app.stop().await;
 }

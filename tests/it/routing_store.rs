@@ -50,6 +50,7 @@ fn spec(id: &str, capacity: u32, channel: &[(&str, u32)]) -> AgentSpec {
         capacity,
         channel_capacity: channel.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
         initial_presence: Presence::Online,
+        teams: vec!["support".into()],
     }
 }
 
@@ -78,11 +79,14 @@ fn item(event: &str, conv: &str, candidates: &[&str]) -> RouteItem {
         meta: r#"{"source":"meta_test","provider":"meta","channel":"whatsapp","contact":{"id":"c"},"business":{"id":"b"}}"#.into(),
         mode: RouteMode::Message,
         rule: Some("r1".into()),
+        target: "rule:r1".into(),
         queue: "team:support".into(),
         team: Some("support".into()),
         strategy: "least_loaded".into(),
         priority: 0,
         fallback_queue: None,
+        fallback_team: None,
+        fallback_strategy: String::new(),
         overflow_ms: 0,
         reason: "rule r1 → team support, least_loaded".into(),
         candidates: candidates.iter().map(|c| c.to_string()).collect(),
@@ -292,7 +296,9 @@ conform!(
 conform!(
     a_returning_contact_goes_back_to_the_last_agent_within_the_window,
     |s| {
-        setup(&s, &[spec("a", 5, &[]), spec("b", 5, &[])]).await;
+        let mut b = spec("b", 5, &[]);
+        b.teams = vec!["sales".into()];
+        setup(&s, &[spec("a", 5, &[]), b]).await;
         let st = settings();
         let mut out = Vec::new();
         let d = s
@@ -309,6 +315,9 @@ conform!(
             .unwrap();
         assert_eq!(v(&d[0])["agent"], "b");
         assert_eq!(d[0].strategy, "sticky_owner");
+        // The agent's own team, not the rule's.
+        assert_eq!(v(&d[0])["team"], "sales");
+        assert!(v(&d[0])["reason"].as_str().unwrap().contains("sticky"));
         out.push(v(&d[0]));
         // Past the window: the ranking decides.
         s.close("acme", &st, T0 + 61_000, "c1", "done")
@@ -385,6 +394,11 @@ conform!(
         assert_eq!(load(&s, "a").await, 0);
         let q = s.queues("acme").await.unwrap();
         assert_eq!(q[0].depth, 2);
+        // They keep their place: the time they first began waiting, not the requeue's.
+        assert_eq!(
+            q[0].oldest_ms, T0,
+            "a requeue keeps the original enqueue time"
+        );
         let ob = s.outbox("acme", 10).await.unwrap();
         assert_eq!(ob.len(), 2);
         for e in &ob {
@@ -433,7 +447,9 @@ conform!(waiting_too_long_overflows_to_the_fallback_queue, |s| {
     setup(&s, &[spec("a", 0, &[])]).await;
     let st = settings();
     let mut it = item("e1", "c1", &[]);
-    it.fallback_queue = Some("team:overflow".into());
+    it.fallback_queue = Some("rule:r1:fallback".into());
+    it.fallback_team = Some("overflow".into());
+    it.fallback_strategy = "round_robin".into();
     it.overflow_ms = 30_000;
     let d = s.route("acme", &st, T0, &[], &[it]).await.unwrap();
     assert_eq!(d[0].action, "queued");
@@ -447,11 +463,26 @@ conform!(waiting_too_long_overflows_to_the_fallback_queue, |s| {
     );
     let q = s.queues("acme").await.unwrap();
     assert_eq!(q.len(), 1);
-    assert_eq!(q[0].queue, "team:overflow");
+    assert_eq!(q[0].queue, "rule:r1:fallback");
     assert_eq!(q[0].oldest_ms, T0, "keeps its age");
     let ob = s.outbox("acme", 10).await.unwrap();
     let a: Value = serde_json::from_str(&ob[0].assignment).unwrap();
     assert_eq!(a["action"], "overflowed");
+    assert_eq!(a["team"], "overflow");
+    assert_eq!(a["strategy"], "round_robin");
+    // It now waits for the fallback target, which the engine serves with its requirements.
+    let snap = s
+        .snapshot(
+            "acme",
+            &SnapshotRequest {
+                queue_heads: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(snap.queued[0].target.as_deref(), Some("rule:r1:fallback"));
+    assert_eq!(snap.queued[0].rule.as_deref(), Some("r1"));
     vec![v(&d[0]), a]
 });
 

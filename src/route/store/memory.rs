@@ -63,7 +63,12 @@ struct Conv {
     meta: String,
     seq: u64,
     fallback_queue: Option<String>,
+    fallback_team: Option<String>,
+    fallback_strategy: Option<String>,
     overflow_due: Option<u64>,
+    /// The target it waits for (see `Target::key`).
+    target: Option<String>,
+    last_message_ms: u64,
     history: VecDeque<String>,
     decisions: VecDeque<(String, Decided)>,
     expires_ms: Option<u64>,
@@ -87,7 +92,11 @@ impl Conv {
             meta: String::new(),
             seq: 0,
             fallback_queue: None,
+            fallback_team: None,
+            fallback_strategy: None,
             overflow_due: None,
+            target: None,
+            last_message_ms: 0,
             history: VecDeque::new(),
             decisions: VecDeque::new(),
             expires_ms: None,
@@ -109,6 +118,8 @@ impl Conv {
             opened_ms: self.opened_ms,
             closed_ms: self.closed_ms,
             seq: self.seq,
+            target: self.target.clone(),
+            last_message_ms: self.last_message_ms,
         })
     }
 }
@@ -139,6 +150,16 @@ impl Tenant {
             }
         }
         Some((a.load, a.capacity))
+    }
+
+    /// The team to report for `agent` taking a conversation planned for `team`: that team
+    /// when they are in it, else their first team.
+    fn team_of(&self, agent: &str, team: Option<&str>) -> Option<String> {
+        let teams = &self.agents.get(agent)?.teams;
+        match team {
+            Some(t) if teams.iter().any(|x| x == t) => Some(t.to_string()),
+            _ => teams.first().cloned(),
+        }
     }
 
     fn owner_available(&self, agent: &str, now: u64, s: &Settings) -> bool {
@@ -348,6 +369,9 @@ impl Tenant {
             c.meta = it.meta.clone();
         }
         c.channel = it.channel.clone();
+        if it.mode == RouteMode::Message {
+            c.last_message_ms = now;
+        }
         let state = c.state;
         let owner = c.agent.clone();
         let queue_now = c.queue.clone();
@@ -415,6 +439,11 @@ impl Tenant {
             _ => {}
         }
 
+        // Routed afresh: it begins waiting for an agent now.
+        self.convs
+            .get_mut(&it.conv)
+            .expect("conversation exists")
+            .queued_ms = now;
         let prefix = match &previous {
             Some(p) if message => format!("owner {p} is offline; {}", it.reason),
             _ => it.reason.clone(),
@@ -461,6 +490,7 @@ impl Tenant {
                 let (load, cap) = self.assign(&it.conv, sticky, now);
                 a.action = assigned_action.into();
                 a.agent = Some(sticky.clone());
+                a.team = self.team_of(sticky, it.team.as_deref());
                 a.strategy = "sticky_owner".into();
                 o.why = Why::Sticky { load, cap };
                 return self.finish(s, now, it, o, freed);
@@ -530,12 +560,17 @@ impl Tenant {
         let c = self.convs.get_mut(conv_id).expect("conversation exists");
         c.team = it.team.clone();
         c.rule = it.rule.clone();
+        c.target = Some(it.target.clone()).filter(|t| !t.is_empty());
         c.strategy = it.strategy.clone();
         c.fallback_queue = None;
+        c.fallback_team = None;
+        c.fallback_strategy = None;
         if let Some(fb) = &it.fallback_queue {
             if it.overflow_ms > 0 {
                 let due = now + it.overflow_ms;
                 c.fallback_queue = Some(fb.clone());
+                c.fallback_team = it.fallback_team.clone();
+                c.fallback_strategy = Some(it.fallback_strategy.clone()).filter(|s| !s.is_empty());
                 c.overflow_due = Some(due);
                 self.timers.insert((due, conv_id.to_string()));
             }
@@ -553,8 +588,9 @@ impl Tenant {
         let a = &o.a;
         let c = self.convs.get_mut(&it.conv).expect("conversation exists");
         if a.agent.is_some() {
-            c.team = it.team.clone();
+            c.team = a.team.clone();
             c.rule = it.rule.clone();
+            c.target = Some(it.target.clone()).filter(|t| !t.is_empty());
             c.strategy = a.strategy.clone();
             c.queue = Some(it.queue.clone());
             c.priority = it.priority;
@@ -623,7 +659,9 @@ impl Tenant {
         let c = &self.convs[conv_id];
         let queue = c.queue.clone().unwrap_or_else(|| "default".into());
         let priority = c.priority;
-        self.enqueue(conv_id, &queue, priority, now);
+        // Keeps its place: the time it first began waiting for an agent.
+        let at = if c.queued_ms > 0 { c.queued_ms } else { now };
+        self.enqueue(conv_id, &queue, priority, at);
         let c = &self.convs[conv_id];
         let mut o = Outcome {
             a: Assignment {
@@ -693,6 +731,7 @@ impl MemoryStore {
                     });
                 a.capacity = spec.capacity;
                 a.channel_capacity = spec.channel_capacity.iter().cloned().collect();
+                a.teams = spec.teams.clone();
             }
             t.roster = roster;
             t.ruleset = Some(record.clone());
@@ -744,6 +783,8 @@ impl MemoryStore {
                                 queued_ms: *at,
                                 channel: c.channel.clone(),
                                 last_agent: c.last_agent.clone(),
+                                target: c.target.clone(),
+                                rule: c.rule.clone(),
                             },
                         ));
                     }
@@ -904,14 +945,16 @@ impl MemoryStore {
     pub fn sweep(&self, tenant: &str, settings: &Settings, now_ms: u64) -> SweepReport {
         self.with(tenant, |t| {
             let mut report = SweepReport::default();
-            // Offline agents past their grace period.
-            let due: Vec<String> = t
+            // Offline agents past their grace period, earliest due first (as the script's
+            // ZRANGEBYSCORE: due time, then id).
+            let mut due: Vec<(u64, String)> = t
                 .grace
                 .iter()
                 .filter(|(_, d)| **d <= now_ms)
-                .map(|(a, _)| a.clone())
+                .map(|(a, d)| (*d, a.clone()))
                 .collect();
-            for agent in due {
+            due.sort();
+            for (_, agent) in due {
                 t.grace.remove(&agent);
                 let offline = t
                     .agents
@@ -950,10 +993,18 @@ impl MemoryStore {
                 let (priority, queued_ms) = (c.priority, c.queued_ms);
                 t.unqueue(&conv);
                 t.enqueue(&conv, &fb, priority, queued_ms);
+                // It now waits for the fallback target (its key is its queue's name).
+                let c = t.convs.get_mut(&conv).expect("conversation exists");
+                c.target = Some(fb.clone());
+                c.team = c.fallback_team.take();
+                if let Some(s) = c.fallback_strategy.take() {
+                    c.strategy = s;
+                }
                 let c = &t.convs[&conv];
                 let mut o = Outcome {
                     a: Assignment {
                         action: "overflowed".into(),
+                        team: c.team.clone(),
                         queue: Some(fb.clone()),
                         rule: c.rule.clone(),
                         strategy: c.strategy.clone(),
@@ -1048,6 +1099,66 @@ impl MemoryStore {
             out.outbox = (before - t.outbox.len()) as u64;
             out
         })
+    }
+
+    pub fn open_of(&self, tenant: &str, agent: &str) -> Vec<Listed> {
+        let g = self.lock();
+        let Some(t) = g.get(tenant) else {
+            return Vec::new();
+        };
+        t.open
+            .get(agent)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let c = t.convs.get(id)?;
+                (c.agent.as_deref() == Some(agent)).then_some(())?;
+                Some(Listed {
+                    conv: id.clone(),
+                    live: c.live()?,
+                    meta: c.meta.clone(),
+                    position: None,
+                    score: None,
+                })
+            })
+            .collect()
+    }
+
+    pub fn queued_in(
+        &self,
+        tenant: &str,
+        queue: &str,
+        after: Option<(u64, String)>,
+        limit: usize,
+    ) -> Vec<Listed> {
+        let g = self.lock();
+        let Some(set) = g
+            .get(tenant)
+            .and_then(|t| t.queues.get(queue).map(|q| (t, q)))
+        else {
+            return Vec::new();
+        };
+        let (t, set) = set;
+        set.iter()
+            .enumerate()
+            .map(|(i, (inv, at, conv))| (i, queue_score(100 - inv, *at) as u64, conv))
+            .filter(|(_, score, conv)| {
+                after
+                    .as_ref()
+                    .is_none_or(|(s, c)| (*score, conv.as_str()) > (*s, c.as_str()))
+            })
+            .take(limit.max(1))
+            .filter_map(|(i, score, conv)| {
+                let c = t.convs.get(conv)?;
+                Some(Listed {
+                    conv: conv.clone(),
+                    live: c.live()?,
+                    meta: c.meta.clone(),
+                    position: Some(i as u64 + 1),
+                    score: Some(score),
+                })
+            })
+            .collect()
     }
 
     pub fn outbox(&self, tenant: &str, max: usize) -> Vec<OutboxEntry> {

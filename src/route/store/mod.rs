@@ -98,6 +98,9 @@ pub struct AgentLive {
     pub channel_load: HashMap<String, u32>,
     /// Last time a conversation was assigned to them (ms; 0 = never).
     pub last_ms: u64,
+    /// Their teams (from the rule set), to report the team of a sticky assignment.
+    #[serde(skip)]
+    pub teams: Vec<String>,
 }
 
 /// A conversation's live state.
@@ -117,11 +120,18 @@ pub struct ConvLive {
     pub strategy: String,
     pub priority: u8,
     pub channel: String,
-    /// When it was queued / assigned / closed (ms; 0 = not applicable).
+    /// When it began waiting for an agent (queued, or routed and assigned at once; a
+    /// requeue keeps it) / was assigned / closed (ms; 0 = not applicable).
     pub queued_ms: u64,
     pub opened_ms: u64,
     pub closed_ms: u64,
     pub seq: u64,
+    /// The target it waits for or was last routed to (`rule:<id>`, `rule:<id>:fallback`,
+    /// `default`, `team:<id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The contact's last message (ms; 0 = none).
+    pub last_message_ms: u64,
 }
 
 /// A queued conversation, as seen by a drain.
@@ -133,6 +143,23 @@ pub struct QueuedConv {
     pub queued_ms: u64,
     pub channel: String,
     pub last_agent: Option<String>,
+    /// The target it waits for ([`crate::config::routing::Target::key`]); None for a
+    /// conversation queued before targets were recorded.
+    pub target: Option<String>,
+    pub rule: Option<String>,
+}
+
+/// A conversation in a listing (an agent's open ones, a queue's waiting ones).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub conv: String,
+    pub live: ConvLive,
+    /// Its parties: JSON `{source, provider, channel, contact, business}`.
+    pub meta: String,
+    /// In a queue: its position in service order, from 1.
+    pub position: Option<u64>,
+    /// In a queue: its sort key ([`queue_score`]), the paging cursor.
+    pub score: Option<u64>,
 }
 
 /// What a snapshot should contain.
@@ -185,11 +212,17 @@ pub struct RouteItem {
     pub meta: String,
     pub mode: RouteMode,
     pub rule: Option<String>,
+    /// The target's key ([`crate::config::routing::Target::key`]), kept with the conversation
+    /// while it waits so that it is served with that target's requirements.
+    pub target: String,
     pub queue: String,
     pub team: Option<String>,
     pub strategy: String,
     pub priority: u8,
+    /// The fallback's queue (which is also its target key), team and strategy.
     pub fallback_queue: Option<String>,
+    pub fallback_team: Option<String>,
+    pub fallback_strategy: String,
     pub overflow_ms: u64,
     /// "rule vip-es → team es-sales, least_loaded"
     pub reason: String,
@@ -294,6 +327,7 @@ pub struct AgentSpec {
     pub capacity: u32,
     pub channel_capacity: Vec<(String, u32)>,
     pub initial_presence: Presence,
+    pub teams: Vec<String>,
 }
 
 /// What [`RoutingStore::erase`] removed.
@@ -457,6 +491,23 @@ impl RoutingStore {
         convs: &[String],
     ) -> Result<RoutingErased, BackendError> {
         dispatch!(self, s => s.erase(tenant, now_ms, convs))
+    }
+
+    /// An agent's open conversations (any order).
+    pub async fn open_of(&self, tenant: &str, agent: &str) -> Result<Vec<Listed>, BackendError> {
+        dispatch!(self, s => s.open_of(tenant, agent))
+    }
+
+    /// Up to `limit` conversations waiting in `queue`, in service order, after the cursor
+    /// `(score, conv)` when given.
+    pub async fn queued_in(
+        &self,
+        tenant: &str,
+        queue: &str,
+        after: Option<(u64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, BackendError> {
+        dispatch!(self, s => s.queued_in(tenant, queue, after, limit))
     }
 
     pub async fn outbox(&self, tenant: &str, max: usize) -> Result<Vec<OutboxEntry>, BackendError> {

@@ -11,9 +11,9 @@ use ::redis::{RedisError, Script, Value};
 
 use super::outcome;
 use super::{
-    AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, OutboxEntry, QueueDepth,
-    QueuedConv, RouteItem, RoutingErased, RulesetRecord, Settings, Snapshot, SnapshotRequest,
-    SweepReport, TransferRefused, VersionConflict,
+    AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, Listed, OutboxEntry,
+    QueueDepth, QueuedConv, RouteItem, RoutingErased, RulesetRecord, Settings, Snapshot,
+    SnapshotRequest, SweepReport, TransferRefused, VersionConflict,
 };
 use crate::accept::BackendError;
 use crate::config::routing::Presence;
@@ -91,6 +91,15 @@ fn agent_live(m: HashMap<String, String>) -> AgentLive {
         capacity: num("cap") as u32,
         load: num("l") as u32,
         last_ms: num("last"),
+        teams: m
+            .get("tms")
+            .map(|t| {
+                t.split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
         ..Default::default()
     };
     for (k, v) in &m {
@@ -105,7 +114,8 @@ fn agent_live(m: HashMap<String, String>) -> AgentLive {
 }
 
 /// A conversation's packed state (`route.lua`, STATE): '|'-separated fields in the order
-/// st, ag, la, cl, q, tm, ru, sg, pr, qt, seq, ch, fbq, od, tch, op. None without a state.
+/// st, ag, la, cl, q, tm, ru, sg, pr, qt, seq, ch, fbq, od, tch, op, dn, hn, tk, fbt, fbs, lm.
+/// None without a state.
 fn unpack_state(s: &str) -> Option<ConvLive> {
     let f: Vec<&str> = s.split('|').collect();
     let get = |i: usize| f.get(i).filter(|v| !v.is_empty()).map(|v| v.to_string());
@@ -124,6 +134,8 @@ fn unpack_state(s: &str) -> Option<ConvLive> {
         seq: num(10),
         channel: get(11).unwrap_or_default(),
         opened_ms: num(15),
+        target: get(18),
+        last_message_ms: num(21),
     })
 }
 
@@ -221,6 +233,7 @@ impl RedisStore {
                     inv.arg(&a.id)
                         .arg(a.capacity)
                         .arg(a.initial_presence.as_str())
+                        .arg(a.teams.join(","))
                         .arg(a.channel_capacity.len());
                     for (ch, n) in &a.channel_capacity {
                         inv.arg(ch).arg(*n);
@@ -309,7 +322,7 @@ impl RedisStore {
         }
         let heads = array(heads).unwrap_or(&[]);
         let mut queued: Vec<(f64, QueuedConv)> = heads
-            .chunks(5)
+            .chunks(7)
             .filter_map(|h| {
                 let score: f64 = text(&h[2])?.parse().ok()?;
                 let inv = (score / 10_000_000_000_000.0).floor();
@@ -323,6 +336,8 @@ impl RedisStore {
                         queued_ms,
                         channel: text(&h[3]).unwrap_or_default(),
                         last_agent: none_if_empty(text(&h[4])),
+                        target: none_if_empty(text(&h[5])),
+                        rule: none_if_empty(text(&h[6])),
                     },
                 ))
             })
@@ -361,6 +376,9 @@ impl RedisStore {
                     && p.fallback_queue == it.fallback_queue
                     && p.overflow_ms == it.overflow_ms
                     && p.reason == it.reason
+                    && p.target == it.target
+                    && p.fallback_team == it.fallback_team
+                    && p.fallback_strategy == it.fallback_strategy
             };
             match plans.iter().position(same) {
                 Some(i) => plan_of.push(i + 1),
@@ -386,7 +404,10 @@ impl RedisStore {
                         .arg(p.priority)
                         .arg(opt(&p.fallback_queue))
                         .arg(p.overflow_ms)
-                        .arg(&p.reason);
+                        .arg(&p.reason)
+                        .arg(&p.target)
+                        .arg(opt(&p.fallback_team))
+                        .arg(&p.fallback_strategy);
                 }
                 inv.arg(items.len());
                 for (it, plan) in items.iter().zip(&plan_of) {
@@ -621,6 +642,58 @@ impl RedisStore {
                 .collect();
             (live, entries)
         }))
+    }
+
+    pub async fn open_of(&self, tenant: &str, agent: &str) -> Result<Vec<Listed>, BackendError> {
+        let reply = self
+            .call(tenant, "open_of", None, 0, |inv| {
+                inv.arg(agent);
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("open_of reply"))?;
+        Ok(v.chunks(3)
+            .filter_map(|c| {
+                Some(Listed {
+                    conv: text(c.first()?)?,
+                    live: unpack_state(&text(c.get(1)?)?)?,
+                    meta: text(c.get(2)?).unwrap_or_default(),
+                    position: None,
+                    score: None,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn queued_in(
+        &self,
+        tenant: &str,
+        queue: &str,
+        after: Option<(u64, String)>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, BackendError> {
+        let reply = self
+            .call(tenant, "queued_in", None, 0, |inv| {
+                inv.arg(queue);
+                match &after {
+                    Some((score, conv)) => inv.arg(score.to_string()).arg(conv),
+                    None => inv.arg("").arg(""),
+                };
+                inv.arg(limit.max(1));
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("queued_in reply"))?;
+        Ok(v.chunks(5)
+            .filter_map(|c| {
+                let score: f64 = text(c.get(1)?)?.parse().ok()?;
+                Some(Listed {
+                    conv: text(c.first()?)?,
+                    score: Some(score as u64),
+                    position: Some(int(c.get(2)?)? as u64 + 1),
+                    live: unpack_state(&text(c.get(3)?)?)?,
+                    meta: text(c.get(4)?).unwrap_or_default(),
+                })
+            })
+            .collect())
     }
 
     pub async fn outbox(&self, tenant: &str, max: usize) -> Result<Vec<OutboxEntry>, BackendError> {

@@ -10,7 +10,8 @@
 -- ARGV[10..] the operation's arguments (see each function).
 --
 -- Keys under the base:
---   a:<agent>   hash   p presence, ps since, cap, cc:<ch> channel cap, l load, l:<ch>, last
+--   a:<agent>   hash   p presence, ps since, cap, cc:<ch> channel cap, l load, l:<ch>, last,
+--                      tms teams (comma-separated)
 --   roster      set    agents of the current rule set
 --   c:<conv>    string the conversation, four sections separated by \30: its state (JSON of
 --                      the STATE fields), its parties (JSON, for the assignment events it
@@ -48,8 +49,13 @@ local TOUCH_EVERY_MS = 60000
 
 -- A conversation's state. Replies to the Rust side pack it as these fields joined by '|'
 -- (ids, queue names, strategies and numbers never contain one).
+-- qt: when it began waiting for an agent (queued, or routed and assigned at once); a
+-- requeue keeps it. tk: the target it waits for (rule:<id>, rule:<id>:fallback, default,
+-- team:<id>), whose requirements the engine applies when it serves the queue. fbq, fbt,
+-- fbs: the fallback queue (= its target key), team and strategy after od. lm: last
+-- message from the contact.
 local STATE = {'st', 'ag', 'la', 'cl', 'q', 'tm', 'ru', 'sg', 'pr', 'qt', 'seq', 'ch', 'fbq',
-  'od', 'tch', 'op', 'dn', 'hn'}
+  'od', 'tch', 'op', 'dn', 'hn', 'tk', 'fbt', 'fbs', 'lm'}
 local RS, US = '\30', '\31'
 
 local function nz(s)
@@ -103,6 +109,8 @@ local function agent(id)
       a.cap = int(v)
     elseif k == 'l' then
       a.l = int(v)
+    elseif k == 'tms' then
+      a.tms = v
     elseif string.sub(k, 1, 3) == 'cc:' then
       a.cc[string.sub(k, 4)] = int(v)
     elseif string.sub(k, 1, 2) == 'l:' then
@@ -125,6 +133,23 @@ local function check(id, ch)
     return nil
   end
   return a.l, a.cap
+end
+
+-- The team to report for `id` taking a conversation planned for `team`: that team when
+-- they are in it, else their first team (nil: none).
+local function team_of(id, team)
+  local tms = agent(id).tms
+  if tms == nil or tms == '' then
+    return nil
+  end
+  local first = nil
+  for t in string.gmatch(tms, '[^,]+') do
+    if t == team then
+      return t
+    end
+    first = first or t
+  end
+  return first
 end
 
 local function owner_available(id)
@@ -495,6 +520,9 @@ local function route_one(it, res, excluded)
   end
   c.ch = it.channel
   local message = it.mode == 'message'
+  if message then
+    c.lm = now_text
+  end
   touch(c, conv, message)
   local freed, previous = false, nil
   if c.st == 'open' then
@@ -534,6 +562,8 @@ local function route_one(it, res, excluded)
     unqueue(c, conv)
   end
 
+  -- Routed afresh: it begins waiting for an agent now.
+  c.qt = now_text
   local prefix = it.reason
   if previous ~= nil and message then
     prefix = 'owner ' .. previous .. ' is offline; ' .. it.reason
@@ -550,8 +580,9 @@ local function route_one(it, res, excluded)
 
   local function finish()
     if a.agent ~= nil then
-      c.tm = nz(it.team)
+      c.tm = a.team
       c.ru = nz(it.rule)
+      c.tk = nz(it.target)
       c.sg = a.strategy
       c.q = it.queue
       c.pr = it.priority_text
@@ -571,6 +602,7 @@ local function route_one(it, res, excluded)
       local l = assign(c, conv, la)
       a.action = assigned_action
       a.agent = la
+      a.team = team_of(la, it.team)
       a.strategy = 'sticky_owner'
       a.why, a.load, a.cap = 'sticky', l, cap
       finish()
@@ -617,10 +649,13 @@ local function route_one(it, res, excluded)
   enqueue(c, conv, it.queue, it.priority, now)
   c.tm = nz(it.team)
   c.ru = nz(it.rule)
+  c.tk = nz(it.target)
   c.sg = it.strategy
-  c.fbq = nil
+  c.fbq, c.fbt, c.fbs = nil, nil, nil
   if nz(it.fallback) and it.overflow > 0 then
     c.fbq = it.fallback
+    c.fbt = nz(it.fallback_team)
+    c.fbs = nz(it.fallback_strategy)
     c.od = string.format('%d', now + it.overflow)
     redis.call('ZADD', base .. 'timers', c.od, conv)
   end
@@ -638,7 +673,8 @@ end
 
 -- route: ARGV[10] = m, then m agents not assignable now (outside working hours, removed,
 -- viewers: never sticky targets); then p plans, each: mode, rule, queue, team, strategy,
--- priority, fallback queue, overflow ms, reason; then n items, each: event_id, conv,
+-- priority, fallback queue, overflow ms, reason, target key, fallback team, fallback
+-- strategy; then n items, each: event_id, conv,
 -- channel, meta, plan (1-based), considered, sticky (0/1), k, k candidates.
 local function op_route()
   local m = tonumber(ARGV[10])
@@ -649,15 +685,16 @@ local function op_route()
   local i = 11 + m
   local plans = {}
   for j = 1, tonumber(ARGV[i]) do
-    local b = i + 1 + (j - 1) * 9
+    local b = i + 1 + (j - 1) * 12
     plans[j] = {
       mode = ARGV[b], rule = ARGV[b + 1], queue = ARGV[b + 2], team = ARGV[b + 3],
       strategy = ARGV[b + 4], priority = tonumber(ARGV[b + 5]), priority_text = ARGV[b + 5],
       fallback = ARGV[b + 6],
-      overflow = tonumber(ARGV[b + 7]), reason = ARGV[b + 8],
+      overflow = tonumber(ARGV[b + 7]), reason = ARGV[b + 8], target = ARGV[b + 9],
+      fallback_team = ARGV[b + 10], fallback_strategy = ARGV[b + 11],
     }
   end
-  i = i + 1 + #plans * 9
+  i = i + 1 + #plans * 12
   local n = tonumber(ARGV[i])
   i = i + 1
   local res = {}
@@ -887,7 +924,12 @@ local function op_sweep()
         if release(c, conv) ~= nil then
           local queue = c.q or 'default'
           local priority = int(c.pr)
-          enqueue(c, conv, queue, priority, now)
+          -- Keeps its place: the time it first began waiting for an agent.
+          local at = int(c.qt)
+          if at <= 0 then
+            at = now
+          end
+          enqueue(c, conv, queue, priority, at)
           local rec = {
             action = 'requeued', previous_agent = id, team = c.tm, queue = queue, rule = c.ru,
             strategy = c.sg or '',
@@ -914,8 +956,13 @@ local function op_sweep()
         local priority, queued_ms = int(c.pr), int(c.qt)
         unqueue(c, conv)
         enqueue(c, conv, fb, priority, queued_ms)
+        -- It now waits for the fallback target (its key is its queue's name).
+        c.tk = fb
+        c.tm = c.fbt
+        c.sg = c.fbs or c.sg
+        c.fbt, c.fbs = nil, nil
         local rec = {
-          action = 'overflowed', queue = fb, rule = c.ru, strategy = c.sg or '',
+          action = 'overflowed', team = c.tm, queue = fb, rule = c.ru, strategy = c.sg or '',
           why = 'overflowed', ms = math.max(now - queued_ms, 0), from = from,
           queued = true, priority = priority,
         }
@@ -941,7 +988,7 @@ end
 
 -- apply_ruleset: ARGV[10] expected version (-1: any), ARGV[11] version, ARGV[12] json,
 -- ARGV[13] origin, ARGV[14] file digest, ARGV[15] n agents, then per agent: id, capacity,
--- initial presence, m, m pairs channel/capacity. Reply: {0} or {-1, current version}.
+-- initial presence, teams (comma-separated), m, m pairs channel/capacity. Reply: {0} or {-1, current version}.
 local function op_apply_ruleset()
   local rkey = KEYS[1]
   local current = int(redis.call('HGET', rkey, 'version'))
@@ -960,19 +1007,19 @@ local function op_apply_ruleset()
     end
   end
   for _ = 1, n do
-    local id, cap, presence = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-    local m = tonumber(ARGV[i + 3])
+    local id, cap, presence, teams = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    local m = tonumber(ARGV[i + 4])
     roster[id] = true
     local key = akey(id)
     if redis.call('HEXISTS', key, 'p') == 0 then
       redis.call('HSET', key, 'p', presence, 'ps', now)
     end
     drop_channel_caps(key)
-    redis.call('HSET', key, 'cap', cap)
+    redis.call('HSET', key, 'cap', cap, 'tms', teams)
     for j = 1, m do
-      redis.call('HSET', key, 'cc:' .. ARGV[i + 2 + 2 * j], ARGV[i + 3 + 2 * j])
+      redis.call('HSET', key, 'cc:' .. ARGV[i + 3 + 2 * j], ARGV[i + 4 + 2 * j])
     end
-    i = i + 4 + 2 * m
+    i = i + 5 + 2 * m
   end
   for _, old in ipairs(redis.call('SMEMBERS', base .. 'roster')) do
     if not roster[old] then
@@ -992,7 +1039,7 @@ end
 
 -- snapshot: ARGV[10] queue head count, ARGV[11] n agents, agents..., then m convs, convs...
 -- Reply: {agents: flat hashes}, {convs: packed states ('' = unknown)},
--- {heads: queue, conv, score, channel, last agent, ...}
+-- {heads: queue, conv, score, channel, last agent, target key, rule, ...}
 local function op_snapshot()
   local heads_n = tonumber(ARGV[10])
   local n = tonumber(ARGV[11])
@@ -1025,6 +1072,8 @@ local function op_snapshot()
         heads[#heads + 1] = z[j + 1]
         heads[#heads + 1] = c.ch or ''
         heads[#heads + 1] = c.la or ''
+        heads[#heads + 1] = c.tk or ''
+        heads[#heads + 1] = c.ru or ''
       end
     end
   end
@@ -1069,6 +1118,50 @@ local function op_conversation()
   return {state, history}
 end
 
+-- open_of: ARGV[10] agent. Reply: conv, packed state, meta ... for each open conversation.
+local function op_open_of()
+  local res = {}
+  for _, conv in ipairs(redis.call('SMEMBERS', base .. 'o:' .. ARGV[10])) do
+    local c = load(conv)
+    if c.st == 'open' and c.ag == ARGV[10] then
+      res[#res + 1] = conv
+      res[#res + 1] = pack_state(c)
+      res[#res + 1] = BOOK[c].meta
+    end
+  end
+  return res
+end
+
+-- queued_in: ARGV[10] queue, ARGV[11] after score ('' = from the head), ARGV[12] after conv,
+-- ARGV[13] limit. Reply: conv, score, rank (0-based), packed state, meta ... in service order.
+local function op_queued_in()
+  local key = base .. 'q:' .. ARGV[10]
+  local limit = tonumber(ARGV[13])
+  local res = {}
+  local z
+  if ARGV[11] == '' then
+    z = redis.call('ZRANGE', key, 0, limit - 1, 'WITHSCORES')
+  else
+    -- Members from the cursor's score on; those up to the cursor itself are skipped.
+    z = redis.call('ZRANGEBYSCORE', key, ARGV[11], '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 64)
+  end
+  local n = 0
+  for j = 1, #z, 2 do
+    local conv, sc = z[j], z[j + 1]
+    local skip = ARGV[11] ~= '' and tonumber(sc) == tonumber(ARGV[11]) and conv <= ARGV[12]
+    if not skip and n < limit then
+      local c = load(conv)
+      res[#res + 1] = conv
+      res[#res + 1] = sc
+      res[#res + 1] = redis.call('ZRANK', key, conv)
+      res[#res + 1] = pack_state(c)
+      res[#res + 1] = BOOK[c].meta
+      n = n + 1
+    end
+  end
+  return res
+end
+
 if op == 'route' then
   return op_route()
 elseif op == 'dequeue' then
@@ -1091,5 +1184,9 @@ elseif op == 'queues' then
   return op_queues()
 elseif op == 'conversation' then
   return op_conversation()
+elseif op == 'open_of' then
+  return op_open_of()
+elseif op == 'queued_in' then
+  return op_queued_in()
 end
 return redis.error_reply('unknown routing operation ' .. tostring(op))
