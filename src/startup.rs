@@ -96,10 +96,13 @@ impl Application {
         let data = state.clone();
         let edge = web::Data::new(Edge::from_config(&config));
         let connections = edge.connections.clone();
+        // Agents' open event streams, counted per key on this replica.
+        let agent_streams = web::Data::new(crate::api::stream::Streams::from_config(&config));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(edge.clone())
+                .app_data(agent_streams.clone())
                 .wrap(from_fn(guard))
                 .wrap(from_fn(observe))
                 .configure(crate::ingest::http::configure)

@@ -34,8 +34,6 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// API keys, API tenants and API sources (see `crate::admin`).
     pub admin: Arc<crate::admin::Admin>,
-    /// Agents' open event streams (`crate::api::stream`).
-    pub agent_streams: Arc<crate::api::stream::Streams>,
 }
 
 impl AppState {
@@ -62,7 +60,6 @@ impl AppState {
             api_token: config.api.token.clone(),
             metrics,
             admin: Arc::new(crate::admin::Admin::from_config(config)),
-            agent_streams: Arc::new(crate::api::stream::Streams::from_config(config)),
         })
     }
 

@@ -125,6 +125,7 @@ fn frame(id: &str, kind: &str, data: &str) -> Bytes {
 
 async fn agent_stream(
     state: State,
+    streams: web::Data<Streams>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -167,13 +168,11 @@ async fn agent_stream(
         who.prefix,
         who.key_id.as_deref().unwrap_or("config")
     );
-    let slot = state
-        .agent_streams
-        .enter(key)
-        .ok_or(ApiError::RateLimited {
-            scope: "API key (open agent streams)",
-            retry_after_secs: 5,
-        })?;
+    let streams = streams.into_inner();
+    let slot = streams.enter(key).ok_or(ApiError::RateLimited {
+        scope: "API key (open agent streams)",
+        retry_after_secs: 5,
+    })?;
     // Where to start: after the client's last event, else after the newest event now.
     let cursor = match resume {
         Some(id) => id,
@@ -189,7 +188,6 @@ async fn agent_stream(
             .map_or_else(|| "0-0".to_string(), |e| e.id),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFER);
-    let streams = state.agent_streams.clone();
     let until = q.max_secs.map(|s| Instant::now() + Duration::from_secs(s));
     tokio::spawn(follow(
         state.backend.clone(),
