@@ -150,6 +150,11 @@ enum RoutingCommand {
         /// Virtual interval of the periodic work (overflow, grace, idle close, drains).
         #[arg(long, default_value_t = 1000)]
         tick_ms: u64,
+        /// With offers (a rule's offer_timeout_secs): agents accept each offer this many
+        /// seconds after it is made. Absent: only the traffic's accept/reject lines answer
+        /// offers, the rest expire.
+        #[arg(long)]
+        accept_offers_after_secs: Option<u64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -204,9 +209,20 @@ fn main() -> anyhow::Result<()> {
                     start,
                     handle_secs,
                     tick_ms,
+                    accept_offers_after_secs,
                     json,
                 },
-        } => simulate(config, traffic, start, handle_secs, tick_ms, json),
+        } => simulate(
+            config,
+            traffic,
+            start,
+            SimFlags {
+                handle_secs,
+                tick_ms,
+                accept_offers_after_secs,
+            },
+            json,
+        ),
         Command::Migrate { status } => migrate(config, status),
         Command::DbRoles { owner, runtime } => {
             let url: tokio_postgres::Config = config
@@ -477,12 +493,18 @@ fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
+/// `routing simulate`'s timing flags.
+struct SimFlags {
+    handle_secs: Option<u64>,
+    tick_ms: u64,
+    accept_offers_after_secs: Option<u64>,
+}
+
 fn simulate(
     config: Config,
     traffic: PathBuf,
     start: String,
-    handle_secs: Option<u64>,
-    tick_ms: u64,
+    flags: SimFlags,
     json: bool,
 ) -> anyhow::Result<()> {
     use switchboard::route::simulate::{run, SimOptions};
@@ -492,8 +514,9 @@ fn simulate(
         .with_context(|| format!("cannot read {}", traffic.display()))?;
     let opts = SimOptions {
         start_ms: (start.unix_timestamp_nanos() / 1_000_000) as u64,
-        handle_ms: handle_secs.map(|s| s * 1000),
-        tick_ms: tick_ms.max(1),
+        handle_ms: flags.handle_secs.map(|s| s * 1000),
+        tick_ms: flags.tick_ms.max(1),
+        accept_offers_ms: flags.accept_offers_after_secs.map(|s| s * 1000),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::http::State;
 use crate::http::{authorize, json_body};
 use crate::route::engine::{OpError, RulesetError};
-use crate::route::store::{Decided, TransferRefused};
+use crate::route::store::{AnswerRefused, Answer, Decided, TransferRefused};
 use crate::route::Engine;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -55,6 +55,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/tenants/{tenant}/conversations/{conv}/transfer",
             web::post().to(transfer),
+        )
+        .route(
+            "/v1/tenants/{tenant}/conversations/{conv}/accept",
+            web::post().to(accept),
+        )
+        .route(
+            "/v1/tenants/{tenant}/conversations/{conv}/reject",
+            web::post().to(reject),
         );
 }
 
@@ -93,6 +101,12 @@ fn op_error(e: OpError) -> ApiError {
             ApiError::Conflict("the conversation is not open or queued".into())
         }
         OpError::Transfer(t) => ApiError::AgentUnavailable(t.to_string()),
+        OpError::Answer(AnswerRefused::NoOffer) => {
+            ApiError::Conflict("the conversation has no pending offer (answered, expired or withdrawn)".into())
+        }
+        OpError::Answer(AnswerRefused::NotYours) => {
+            ApiError::Forbidden("the conversation is offered to another agent".into())
+        }
         OpError::Ruleset(r) => ruleset_error(r),
         OpError::Backend(e) => {
             tracing::error!(error = %e, "routing store call failed");
@@ -519,4 +533,43 @@ async fn transfer(
         .await
         .map_err(op_error)?;
     Ok(HttpResponse::Ok().json(decision(&d)))
+}
+
+/// `POST .../accept` and `.../reject`: an agent key answers its own offers; owner and admin
+/// keys answer for whichever agent holds the offer.
+async fn answer(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    answer: Answer,
+) -> Result<HttpResponse, ApiError> {
+    let who = authorize(&state, &req)?;
+    let (tenant, conv) = path.into_inner();
+    let agent = match who.role {
+        KeyRole::Agent => Some(who.agent.clone().ok_or_else(|| {
+            ApiError::Forbidden("this agent key names no agent".into())
+        })?),
+        _ => None,
+    };
+    let d = engine(&state, &tenant)?
+        .answer(&tenant, &conv, agent.as_deref(), answer)
+        .await
+        .map_err(op_error)?;
+    Ok(HttpResponse::Ok().json(decision(&d)))
+}
+
+async fn accept(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    answer(state, req, path, Answer::Accept).await
+}
+
+async fn reject(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    answer(state, req, path, Answer::Reject).await
 }

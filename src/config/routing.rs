@@ -231,6 +231,15 @@ pub struct RuleConfig {
     pub fallback_strategy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflow_after_secs: Option<u64>,
+    /// Offer each conversation this rule (or its fallback) routes to the chosen agent, who
+    /// has this long to accept or reject it (a slot of theirs is held meanwhile); without an
+    /// answer it goes to the next candidate. Absent: assigned at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_timeout_secs: Option<u64>,
+    /// With offers: after this many offers missed in a row an agent is set `away`
+    /// (default 3; 0 never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_missed_offers: Option<u32>,
 }
 
 /// Conditions of a rule. All that are set must hold; within a list, any value matches.
@@ -344,7 +353,23 @@ pub struct Target {
     pub strategy: String,
     pub skills: Vec<String>,
     pub languages: Vec<String>,
+    /// Conversations for this target are offered rather than assigned (its rule's
+    /// `offer_timeout_secs`).
+    pub offer: Option<Offer>,
 }
+
+/// How a rule offers conversations (see [`RuleConfig::offer_timeout_secs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub timeout_ms: u64,
+    /// Missed in a row before the agent goes `away` (0: never).
+    pub max_missed: u32,
+}
+
+/// Default of [`RuleConfig::max_missed_offers`].
+pub const DEFAULT_MAX_MISSED_OFFERS: u32 = 3;
+/// Longest offer timeout a rule may set.
+pub const MAX_OFFER_TIMEOUT_SECS: u64 = 3600;
 
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -481,6 +506,7 @@ impl Ruleset {
             strategy: self.config.default_strategy.clone(),
             skills: Vec::new(),
             languages: Vec::new(),
+            offer: None,
         })
     }
 
@@ -671,6 +697,7 @@ impl Ruleset {
                 strategy: strategy.to_string(),
                 skills: skills.to_vec(),
                 languages: languages.iter().map(|l| l.to_ascii_lowercase()).collect(),
+                offer: None,
             }
         };
 
@@ -711,7 +738,29 @@ impl Ruleset {
                     r.id
                 ));
             }
-            let target = build_target(
+            let offer = match (r.offer_timeout_secs, r.max_missed_offers) {
+                (Some(s), _) if s == 0 || s > MAX_OFFER_TIMEOUT_SECS => {
+                    errs.push(format!(
+                        "{key}.offer_timeout_secs = {s}: use 1..={MAX_OFFER_TIMEOUT_SECS}"
+                    ));
+                    None
+                }
+                (Some(s), m) => Some(Offer {
+                    timeout_ms: s * 1000,
+                    max_missed: m.unwrap_or(DEFAULT_MAX_MISSED_OFFERS),
+                }),
+                (None, Some(_)) => {
+                    errs.push(format!(
+                        "{key}.max_missed_offers: only with offer_timeout_secs (offers are off)"
+                    ));
+                    None
+                }
+                (None, None) => None,
+            };
+            if r.max_missed_offers.is_some_and(|m| m > 1000) {
+                errs.push(format!("{key}.max_missed_offers: use 0..=1000"));
+            }
+            let mut target = build_target(
                 &key,
                 format!("rule:{}", r.id),
                 format!("rule:{}", r.id),
@@ -723,12 +772,13 @@ impl Ruleset {
                 &mut errs,
             );
             let has_fallback = r.fallback_team.is_some() || !r.fallback_agents.is_empty();
+            target.offer = offer;
             let fallback = if has_fallback {
                 let fs = r.fallback_strategy.clone().unwrap_or(strategy.clone());
                 strategy_ok(format!("{key}.fallback_strategy"), &fs, &mut errs);
                 // Its own queue (`rule:<id>:fallback`, even for a team), served with the
                 // fallback strategy and the rule's skills and languages.
-                Some(build_target(
+                let mut fb = build_target(
                     &format!("{key} fallback"),
                     format!("rule:{}:fallback", r.id),
                     format!("rule:{}:fallback", r.id),
@@ -738,7 +788,9 @@ impl Ruleset {
                     &r.skills,
                     &r.languages,
                     &mut errs,
-                ))
+                );
+                fb.offer = offer;
+                Some(fb)
             } else {
                 None
             };

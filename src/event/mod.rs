@@ -178,7 +178,11 @@ pub struct Assignment {
     /// What happened: `assigned` (a new owner), `kept` (the open conversation stays with its
     /// owner), `queued` (waiting for capacity), `waiting` (already queued), `transferred`,
     /// `requeued` (owner went offline), `overflowed` (moved to the fallback queue after a
-    /// wait), `closed`, `unrouted` (queues full: not queued).
+    /// wait), `closed`, `unrouted` (queues full: not queued); with offers (a rule's
+    /// `offer_timeout_secs`): `offered` (the agent holds a slot for it until they answer or
+    /// `offer_expires_at`; a message while the offer is pending repeats it with the same
+    /// `seq`), `accepted` (the agent now owns it), `rejected` and `expired` (back to its
+    /// queue for the next candidate; `previous_agent` is the agent who had the offer).
     #[serde(default)]
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,6 +216,9 @@ pub struct Assignment {
     /// Eligible candidates the strategy ranked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidates: Option<u32>,
+    /// `offered`: when the offer expires if the agent does not answer (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_expires_at: Option<String>,
     /// The conversation's change counter after this decision: it grows by one with every
     /// change (assigned, queued, transferred, closed...) and stays for `kept`/`waiting`.
     /// Events of one conversation can reach the stream out of order when several routers
@@ -386,6 +393,14 @@ pub fn short_hash(bytes: &[u8]) -> String {
 }
 
 /// RFC 3339 in UTC with second precision or better, e.g. `2025-06-08T20:59:43Z`.
+/// Milliseconds since the epoch as RFC 3339 (UTC).
+pub fn ms_rfc3339(ms: u64) -> String {
+    rfc3339(
+        OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+    )
+}
+
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)
         .format(&time::format_description::well_known::Rfc3339)

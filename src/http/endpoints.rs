@@ -390,6 +390,22 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Tenant,
         MANAGE,
     ),
+    e(
+        "POST",
+        "/v1/tenants/{tenant}/conversations/{conv}/accept",
+        "routing",
+        "Accept the conversation's pending offer (an agent key: only its own offers)",
+        Tenant,
+        &[Owner, Admin, Agent],
+    ),
+    e(
+        "POST",
+        "/v1/tenants/{tenant}/conversations/{conv}/reject",
+        "routing",
+        "Reject the conversation's pending offer: it goes to the next candidate (an agent key: only its own offers)",
+        Tenant,
+        &[Owner, Admin, Agent],
+    ),
     // Privacy.
     e(
         "DELETE",

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::rules::{self, EventView};
 use super::store::{
-    AgentLive, AgentSpec, ConvState, Decided, DequeueItem, Listed, QueueDepth, RouteItem,
+    AgentLive, AgentSpec, Answer, AnswerRefused, ConvState, Decided, DequeueItem, Listed, QueueDepth, RouteItem,
     RouteMode, RoutingStore, RulesetRecord, Settings, SnapshotRequest, SweepReport,
     TransferRefused, VersionConflict,
 };
@@ -93,6 +93,8 @@ pub enum OpError {
     BadCursor(String),
     #[error(transparent)]
     Transfer(#[from] TransferRefused),
+    #[error(transparent)]
+    Answer(#[from] AnswerRefused),
     #[error(transparent)]
     Ruleset(#[from] RulesetError),
     #[error(transparent)]
@@ -758,6 +760,7 @@ impl Engine {
                 candidates,
                 considered,
                 sticky: true,
+                offer: plan.target.offer,
             });
         }
         let mut out = Vec::with_capacity(items.len());
@@ -829,7 +832,13 @@ impl Engine {
                 if ranked.is_empty() {
                     continue;
                 }
-                let candidates: Vec<String> = ranked.iter().map(|c| c.agent.id.clone()).collect();
+                // Who declined it (rejected, or let its offer expire) comes last: offered
+                // again only when no one else qualifies.
+                let (mut candidates, declined): (Vec<String>, Vec<String>) = ranked
+                    .iter()
+                    .map(|c| c.agent.id.clone())
+                    .partition(|a| !q.declined.contains(a));
+                candidates.extend(declined);
                 let considered = ranked.len() as u32;
                 drop(ranked);
                 simulate_assign(&mut live, &candidates[0], &q.channel, now);
@@ -854,6 +863,7 @@ impl Engine {
                     ),
                     candidates,
                     considered,
+                    offer: target.offer,
                 });
             }
             if items.is_empty() {
@@ -904,6 +914,7 @@ impl Engine {
                     requeued = report.requeued,
                     overflowed = report.overflowed,
                     closed = report.closed,
+                    expired_offers = report.expired,
                     "routing sweep"
                 );
             }
@@ -1003,6 +1014,34 @@ impl Engine {
         Err(OpError::Conflict(
             "the rule set kept changing; try again".into(),
         ))
+    }
+
+    /// An agent's answer to a conversation's pending offer (`agent`: the answering agent,
+    /// who must hold the offer; None: whoever holds it). A rejected conversation goes to
+    /// the next candidate at once.
+    pub async fn answer(
+        &self,
+        tenant: &str,
+        conv: &str,
+        agent: Option<&str>,
+        answer: Answer,
+    ) -> Result<Decided, OpError> {
+        let rs = self.require(tenant)?;
+        let now = self.now();
+        let d = self
+            .store
+            .answer(tenant, &settings(&rs), now, conv, agent, answer)
+            .await??;
+        RoutingDecided {
+            strategy: &d.strategy,
+            action: &d.action,
+        }
+        .emit();
+        if d.freed {
+            self.drain(tenant, now).await?;
+        }
+        self.relay(tenant).await?;
+        Ok(d)
     }
 
     pub async fn close(&self, tenant: &str, conv: &str) -> Result<Decided, OpError> {
@@ -1220,6 +1259,7 @@ impl Engine {
             candidates,
             considered,
             sticky: true,
+            offer: target.offer,
         };
         let excluded = Self::excluded(rs, now);
         let mut d = self
@@ -1322,6 +1362,7 @@ impl Engine {
                     "channel_load": l.channel_load,
                     "channel_capacity": l.channel_capacity,
                     "last_assigned_ms": l.last_ms,
+                    "missed_offers": l.missed_offers,
                 })
             })
             .collect())

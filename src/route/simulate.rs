@@ -20,7 +20,13 @@
 //! - a close: `{"t_ms": 90000, "action": "close", "tenant": "demo", "contact": "...",
 //!   "channel": "whatsapp", "business": "..."}` (or `"conversation": "conv_..."`);
 //! - a transfer: `{"t_ms": 95000, "action": "transfer", "tenant": "demo", "contact": "...",
-//!   "agent": "bob"}` (or `"team": "sales"`), as `POST .../transfer` does it.
+//!   "agent": "bob"}` (or `"team": "sales"`), as `POST .../transfer` does it;
+//! - an answer to an offer (rules with `offer_timeout_secs`): `{"t_ms": 96000, "action":
+//!   "accept", "tenant": "demo", "contact": "..."}` (or `"reject"`; `"agent"` to answer as
+//!   that agent only), as `POST .../accept` and `.../reject` do it.
+//!
+//! Offers nobody answers expire on the virtual clock like in production; with
+//! [`SimOptions::accept_offers_ms`] every offer is accepted that long after it is made.
 //!
 //! [`run_on`] replays the same traffic on engines the caller built (the live Redis store,
 //! several replicas taking turns): decisions depend only on the store's state and the
@@ -37,7 +43,7 @@ use time::OffsetDateTime;
 
 use super::engine::Engine;
 use super::store::memory::MemoryStore;
-use super::store::RoutingStore;
+use super::store::{Answer, RoutingStore};
 use super::strategy::Strategies;
 use crate::accept::memory::MemoryBackend;
 use crate::accept::{Backend, Limits, StreamEntry, StreamName};
@@ -55,6 +61,9 @@ pub struct SimOptions {
     pub handle_ms: Option<u64>,
     /// Virtual interval of the periodic work.
     pub tick_ms: u64,
+    /// Agents accept every offer this long after it is made (None: only the traffic's
+    /// `accept`/`reject` lines answer offers; the rest expire).
+    pub accept_offers_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +97,11 @@ pub struct TenantReport {
     pub wait_max_ms: u64,
     pub still_waiting: u64,
     pub unrouted: u64,
+    /// Offers made, and how they ended.
+    pub offers: u64,
+    pub offers_accepted: u64,
+    pub offers_rejected: u64,
+    pub offers_expired: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -111,6 +125,11 @@ enum Action {
         conv: String,
         agent: Option<String>,
         team: Option<String>,
+    },
+    Answer {
+        conv: String,
+        agent: Option<String>,
+        answer: Answer,
     },
 }
 
@@ -189,7 +208,7 @@ fn parse_line(n: usize, line: &str, opts: &SimOptions) -> Result<Item, SimError>
                 action: Action::Presence { agent, presence },
             })
         }
-        Some(what @ ("close" | "transfer")) => {
+        Some(what @ ("close" | "transfer" | "accept" | "reject")) => {
             let conv = match (str_field(&v, "conversation"), str_field(&v, "contact")) {
                 (Some(c), _) => c.to_string(),
                 (None, Some(contact)) => conversation_id(&tenant, channel, &business, contact),
@@ -197,6 +216,16 @@ fn parse_line(n: usize, line: &str, opts: &SimOptions) -> Result<Item, SimError>
             };
             let action = if what == "close" {
                 Action::Close { conv }
+            } else if what == "accept" || what == "reject" {
+                Action::Answer {
+                    conv,
+                    agent: str_field(&v, "agent").map(str::to_string),
+                    answer: if what == "accept" {
+                        Answer::Accept
+                    } else {
+                        Answer::Reject
+                    },
+                }
             } else {
                 let agent = str_field(&v, "agent").map(str::to_string);
                 let team = str_field(&v, "team").map(str::to_string);
@@ -208,7 +237,7 @@ fn parse_line(n: usize, line: &str, opts: &SimOptions) -> Result<Item, SimError>
             Ok(Item { at, tenant, action })
         }
         Some(other) => Err(err(format!(
-            "unknown action {other:?} (presence, close, transfer, or none for a message)"
+            "unknown action {other:?} (presence, close, transfer, accept, reject, or none for a message)"
         ))),
         None => {
             let contact =
@@ -264,6 +293,12 @@ struct Tally {
     assigned_convs: HashSet<String>,
     waits: Vec<u64>,
     unrouted: u64,
+    offers: u64,
+    accepted: u64,
+    rejected: u64,
+    expired: u64,
+    /// The wait before each conversation's pending offer.
+    offer_wait: HashMap<String, u64>,
 }
 
 fn parse_traffic(traffic: &str, opts: &SimOptions) -> Result<Vec<Item>, SimError> {
@@ -351,6 +386,8 @@ async fn replay(
     let mut trace: Trace = Vec::new();
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     let mut closes: BinaryHeap<Reverse<(u64, String, String)>> = BinaryHeap::new();
+    // Offers to accept (accept_offers_ms): (when, tenant, conversation, agent).
+    let mut answers: BinaryHeap<Reverse<(u64, String, String, String)>> = BinaryHeap::new();
     let mut cursor: Option<String> = None;
     let mut next_tick = first + opts.tick_ms;
     let mut messages = 0;
@@ -359,6 +396,7 @@ async fn replay(
     let collect = |engine: &Engine,
                    tallies: &mut BTreeMap<String, Tally>,
                    closes: &mut BinaryHeap<Reverse<(u64, String, String)>>,
+                   answers: &mut BinaryHeap<Reverse<(u64, String, String, String)>>,
                    trace: &mut Trace,
                    tenant: &str,
                    conv: &str,
@@ -367,9 +405,12 @@ async fn replay(
         trace.push((conv.to_string(), a.clone()));
         let t = tallies.entry(tenant.to_string()).or_default();
         let action = a["action"].as_str().unwrap_or("");
+        // A message while an offer is pending repeats `offered` ("offered to ..., waiting").
+        let new_offer =
+            action == "offered" && !a["reason"].as_str().unwrap_or("").starts_with("offered to ");
         if from_message {
             t.conversations.insert(conv.to_string());
-            if matches!(action, "assigned" | "queued" | "unrouted") {
+            if matches!(action, "assigned" | "queued" | "unrouted") || new_offer {
                 let rule = a["rule"].as_str().unwrap_or("(default)").to_string();
                 *t.rule_hits.entry(rule).or_default() += 1;
             }
@@ -380,15 +421,37 @@ async fn replay(
             }
         }
         match action {
-            "assigned" | "transferred" => {
+            "offered" if new_offer => {
+                t.offers += 1;
+                t.offer_wait
+                    .insert(conv.to_string(), a["wait_ms"].as_u64().unwrap_or(0));
+                if let (Some(ms), Some(agent)) = (opts.accept_offers_ms, a["agent"].as_str()) {
+                    answers.push(Reverse((
+                        engine.now() + ms,
+                        tenant.to_string(),
+                        conv.to_string(),
+                        agent.to_string(),
+                    )));
+                }
+            }
+            "rejected" => t.rejected += 1,
+            "expired" => t.expired += 1,
+            "assigned" | "transferred" | "accepted" => {
+                if action == "accepted" {
+                    t.accepted += 1;
+                }
                 if let Some(agent) = a["agent"].as_str() {
                     *t.assigned.entry(agent.to_string()).or_default() += 1;
                     let set = t.open.entry(agent.to_string()).or_default();
                     set.insert(conv.to_string());
                     let peak = t.peak.entry(agent.to_string()).or_default();
                     *peak = (*peak).max(set.len());
+                    let wait = match action {
+                        "accepted" => t.offer_wait.remove(conv),
+                        _ => a["wait_ms"].as_u64(),
+                    };
                     if t.assigned_convs.insert(conv.to_string()) || a["waited"] == true {
-                        t.waits.push(a["wait_ms"].as_u64().unwrap_or(0));
+                        t.waits.push(wait.unwrap_or(0));
                     }
                     if let Some(h) = opts.handle_ms {
                         closes.push(Reverse((
@@ -432,16 +495,17 @@ async fn replay(
     loop {
         let next_item = queue.peek().map(|it| it.at);
         let next_close = closes.peek().map(|Reverse((at, _, _))| *at);
+        let next_answer = answers.peek().map(|Reverse((at, _, _, _))| *at);
         let engine: &Engine = &engines[turn % engines.len()];
         turn += 1;
-        let candidates = [next_item, next_close, Some(next_tick)];
+        let candidates = [next_item, next_close, next_answer, Some(next_tick)];
         let now = candidates
             .iter()
             .flatten()
             .copied()
             .min()
             .unwrap_or(next_tick);
-        if next_item.is_none() && next_close.is_none() {
+        if next_item.is_none() && next_close.is_none() && next_answer.is_none() {
             // After the traffic: run ticks until nobody waits, bounded.
             let waiting: u64 = {
                 let mut total = 0;
@@ -479,6 +543,7 @@ async fn replay(
                             engine,
                             &mut tallies,
                             &mut closes,
+                            &mut answers,
                             &mut trace,
                             &it.tenant,
                             conv,
@@ -498,6 +563,18 @@ async fn replay(
                 Action::Close { conv } => {
                     let _ = engine.close(&it.tenant, &conv).await;
                 }
+                Action::Answer {
+                    conv,
+                    agent,
+                    answer,
+                } => {
+                    if let Err(e) = engine
+                        .answer(&it.tenant, &conv, agent.as_deref(), answer)
+                        .await
+                    {
+                        tracing::debug!(conv, error = %e, "simulated answer refused");
+                    }
+                }
                 Action::Transfer { conv, agent, team } => {
                     if let Err(e) = engine
                         .transfer(&it.tenant, &conv, agent.as_deref(), team.as_deref())
@@ -510,6 +587,12 @@ async fn replay(
         } else if next_close == Some(now) {
             let Reverse((_, tenant, conv)) = closes.pop().expect("peeked");
             let _ = engine.close(&tenant, &conv).await;
+        } else if next_answer == Some(now) {
+            let Reverse((_, tenant, conv, agent)) = answers.pop().expect("peeked");
+            // Refused when the offer was withdrawn or expired meanwhile.
+            let _ = engine
+                .answer(&tenant, &conv, Some(&agent), Answer::Accept)
+                .await;
         } else {
             engine.maintain(now).await.map_err(backend_err)?;
             next_tick = now + opts.tick_ms;
@@ -523,6 +606,7 @@ async fn replay(
                 engine,
                 &mut tallies,
                 &mut closes,
+                &mut answers,
                 &mut trace,
                 tenant,
                 conv,
@@ -552,6 +636,10 @@ async fn replay(
             conversations: t.conversations.len() as u64,
             assigned_conversations: t.assigned_convs.len() as u64,
             unrouted: t.unrouted,
+            offers: t.offers,
+            offers_accepted: t.accepted,
+            offers_rejected: t.rejected,
+            offers_expired: t.expired,
             ..Default::default()
         };
         if let Some(rs) = engines[0].ruleset(&tenant) {
@@ -635,6 +723,13 @@ impl Report {
                 t.waited,
                 t.assigned_conversations
             );
+            if t.offers > 0 {
+                let _ = writeln!(
+                    s,
+                    "  offers: {} made, {} accepted, {} rejected, {} expired",
+                    t.offers, t.offers_accepted, t.offers_rejected, t.offers_expired
+                );
+            }
             match t.fairness_max_min {
                 Some(f) => {
                     let _ = writeln!(s, "  fairness (max/min assignments per capacity): {f:.2}");

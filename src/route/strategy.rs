@@ -248,6 +248,7 @@ mod tests {
             strategy: "x".into(),
             skills: vec![],
             languages: vec![],
+            offer: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! `switchboard routing simulate` equals live: random scenarios (messages, closes,
-//! presence changes, transfers, clock steps) replayed through the simulator (memory store)
+//! presence changes, transfers, answers to offers, clock steps) replayed through the simulator (memory store)
 //! and through two engines on one Redis taking turns (two replicas) must make identical
 //! decisions, step for step.
 
@@ -60,11 +60,14 @@ when = { keywords = ["hola"] }
 team = "support"
 strategy = "skills"
 skills = ["spanish"]
+offer_timeout_secs = 10
+max_missed_offers = 3
 [[tenants.acme.routing.rules]]
 id = "buyers"
 when = { keywords = ["buy"] }
 team = "sales"
 strategy = "round_robin"
+offer_timeout_secs = 20
 "#;
 
 const AGENTS: [&str; 4] = ["ana", "ben", "cid", "dora"];
@@ -78,6 +81,7 @@ enum Step {
     Presence(usize, usize),
     TransferAgent(usize, usize),
     TransferTeam(usize, bool),
+    Answer(usize, bool),
 }
 
 fn contact(i: usize) -> String {
@@ -91,6 +95,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..4usize, 0..3usize).prop_map(|(a, p)| Step::Presence(a, p)),
         1 => (0..6usize, 0..4usize).prop_map(|(c, a)| Step::TransferAgent(c, a)),
         1 => (0..6usize, any::<bool>()).prop_map(|(c, s)| Step::TransferTeam(c, s)),
+        2 => (0..6usize, any::<bool>()).prop_map(|(c, a)| Step::Answer(c, a)),
     ]
 }
 
@@ -123,6 +128,9 @@ fn traffic(steps: &[(u64, Step)]) -> String {
             Step::TransferTeam(c, s) => {
                 json!({"t_ms": t, "action": "transfer", "tenant": "acme", "contact": contact(*c), "team": if *s { "sales" } else { "support" }})
             }
+            Step::Answer(c, accept) => {
+                json!({"t_ms": t, "action": if *accept { "accept" } else { "reject" }, "tenant": "acme", "contact": contact(*c)})
+            }
         };
         lines.push(line.to_string());
     }
@@ -150,6 +158,9 @@ fn opts() -> SimOptions {
         start_ms: START_MS,
         handle_ms: Some(120_000),
         tick_ms: 5_000,
+        // Spanish offers (10 s) expire unless the traffic answers them; buyers' (20 s) are
+        // accepted after 12 s.
+        accept_offers_ms: Some(12_000),
     }
 }
 
@@ -208,6 +219,7 @@ fn simulate_and_two_live_replicas_on_redis_decide_the_same() {
         ..ProptestConfig::default()
     });
     let strategy = proptest::collection::vec((gap(), step()), 5..40);
+    let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
     runner
         .run(&strategy, |steps| {
             let traffic = traffic(&steps);
@@ -223,6 +235,10 @@ fn simulate_and_two_live_replicas_on_redis_decide_the_same() {
                 (sim, live(&traffic).await)
             });
             prop_assert!(!sim.is_empty(), "the first message is decided");
+            seen.lock().unwrap().extend(
+                sim.iter()
+                    .filter_map(|(_, a)| a["action"].as_str().map(str::to_string)),
+            );
             prop_assert!(
                 sim == live,
                 "{}\ntraffic:\n{traffic}",
@@ -231,4 +247,12 @@ fn simulate_and_two_live_replicas_on_redis_decide_the_same() {
             Ok(())
         })
         .unwrap();
+    // The scenarios exercised what they are meant to compare.
+    let seen = seen.into_inner().unwrap();
+    for action in [
+        "assigned", "queued", "closed", "transferred", "offered", "accepted", "rejected",
+        "expired",
+    ] {
+        assert!(seen.contains(action), "no scenario made {action:?}: {seen:?}");
+    }
 }

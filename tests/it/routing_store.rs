@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard::config::routing::Presence;
+use switchboard::config::routing::{Offer, Presence};
 use switchboard::route::store::memory::MemoryStore;
 use switchboard::route::store::redis::RedisStore;
 use switchboard::route::store::{
-    AgentSpec, ConvState, Decided, DequeueItem, RouteItem, RouteMode, RoutingStore, RulesetRecord,
+    AgentSpec, Answer, AnswerRefused, ConvState, Decided, DequeueItem, RouteItem, RouteMode, RoutingStore, RulesetRecord,
     Settings, SnapshotRequest, TransferRefused, VersionConflict,
 };
 
@@ -92,6 +92,7 @@ fn item(event: &str, conv: &str, candidates: &[&str]) -> RouteItem {
         candidates: candidates.iter().map(|c| c.to_string()).collect(),
         considered: candidates.len() as u32,
         sticky: false,
+        offer: None,
     }
 }
 
@@ -262,6 +263,7 @@ conform!(
             reason: "capacity freed".into(),
             candidates: vec!["a".into()],
             considered: 1,
+            offer: None,
         };
         let r = s
             .dequeue("acme", &st, T0 + 12_000, &[deq("c3"), deq("c2")])
@@ -706,5 +708,305 @@ conform!(erase_forgets_conversations_and_frees_their_slots, |s| {
         .await
         .unwrap();
     t.push(v(&d[0]));
+    t
+});
+
+fn offering(event: &str, conv: &str, candidates: &[&str], max_missed: u32) -> RouteItem {
+    RouteItem {
+        offer: Some(Offer {
+            timeout_ms: 30_000,
+            max_missed,
+        }),
+        ..item(event, conv, candidates)
+    }
+}
+
+fn offer_deq(conv: &str, candidates: &[&str]) -> DequeueItem {
+    DequeueItem {
+        conv: conv.into(),
+        queue: "team:support".into(),
+        team: Some("support".into()),
+        strategy: "least_loaded".into(),
+        reason: "capacity freed; rule r1 → team support, least_loaded".into(),
+        candidates: candidates.iter().map(|c| c.to_string()).collect(),
+        considered: candidates.len() as u32,
+        offer: Some(Offer {
+            timeout_ms: 30_000,
+            max_missed: 3,
+        }),
+    }
+}
+
+async fn live(s: &RoutingStore, conv: &str) -> switchboard::route::store::ConvLive {
+    s.conversation("acme", conv).await.unwrap().unwrap().0
+}
+
+async fn agent_live(s: &RoutingStore, agent: &str) -> switchboard::route::store::AgentLive {
+    s.snapshot(
+        "acme",
+        &SnapshotRequest {
+            agents: vec![agent.into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .agents[agent]
+        .clone()
+}
+
+conform!(an_offer_holds_a_slot_until_it_is_answered_or_expires, |s| {
+    setup(&s, &[spec("a", 1, &[]), spec("b", 1, &[])]).await;
+    let st = settings();
+    let mut t = Vec::new();
+    let d = s
+        .route("acme", &st, T0, &[], &[offering("e1", "c1", &["a", "b"], 3)])
+        .await
+        .unwrap();
+    let offered = v(&d[0]);
+    assert_eq!(offered["action"], "offered", "{offered}");
+    assert_eq!(offered["agent"], "a");
+    assert_eq!(
+        offered["reason"],
+        "rule r1 → team support, least_loaded: offered to a, 1/1 open, 2 candidates; answer within 30 s"
+    );
+    assert_eq!(offered["offer_expires_at"], "2026-05-28T20:27:10Z");
+    assert_eq!(load(&s, "a").await, 1, "the offer holds a's slot");
+    assert_eq!(live(&s, "c1").await.state, ConvState::Offered);
+    assert_eq!(live(&s, "c1").await.offer_expires_ms, T0 + 30_000);
+    t.push(offered.clone());
+    // A message meanwhile: still offered, same seq, no change.
+    let d = s
+        .route("acme", &st, T0 + 5_000, &[], &[offering("e2", "c1", &["b"], 3)])
+        .await
+        .unwrap();
+    let pending = v(&d[0]);
+    assert_eq!(pending["action"], "offered");
+    assert_eq!(pending["agent"], "a");
+    assert_eq!(pending["seq"], offered["seq"]);
+    assert_eq!(
+        pending["reason"],
+        "offered to a, waiting for an answer (25 s left)"
+    );
+    t.push(pending);
+    // The listing of a's work shows it as offered.
+    let open = s.open_of("acme", "a").await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].live.state, ConvState::Offered);
+    // Not yet expired one millisecond before; expired at the deadline.
+    assert_eq!(
+        s.sweep("acme", &st, T0 + 29_999).await.unwrap().expired,
+        0
+    );
+    let r = s.sweep("acme", &st, T0 + 30_000).await.unwrap();
+    assert_eq!(r.expired, 1);
+    assert_eq!(load(&s, "a").await, 0, "the slot is free again");
+    let c = live(&s, "c1").await;
+    assert_eq!(c.state, ConvState::Queued);
+    assert_eq!(c.queued_ms, T0, "back in the queue at its original place");
+    assert_eq!(c.declined, ["a"]);
+    assert_eq!(c.last_agent, None, "declining does not make a its last agent");
+    assert_eq!(agent_live(&s, "a").await.missed_offers, 1);
+    let ob = s.outbox("acme", 10).await.unwrap();
+    let expired: Value = serde_json::from_str(&ob.last().unwrap().assignment).unwrap();
+    assert_eq!(expired["action"], "expired");
+    assert_eq!(expired["previous_agent"], "a");
+    assert_eq!(expired["queue"], "team:support");
+    assert_eq!(expired["queued"], true);
+    assert_eq!(
+        expired["reason"],
+        "a did not answer within 30 s: back to team:support"
+    );
+    t.push(expired);
+    let snap = s
+        .snapshot(
+            "acme",
+            &SnapshotRequest {
+                queue_heads: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(snap.queued.len(), 1);
+    assert_eq!(snap.queued[0].declined, ["a"]);
+    // Offered to the next candidate from the queue, with how long it waited.
+    let r = s
+        .dequeue("acme", &st, T0 + 31_000, &[offer_deq("c1", &["b", "a"])])
+        .await
+        .unwrap();
+    let next = v(r[0].as_ref().expect("offered to b"));
+    assert_eq!(next["action"], "offered");
+    assert_eq!(next["agent"], "b");
+    assert_eq!(next["wait_ms"], 31_000);
+    assert!(
+        next["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("offered to b, 1/1 open, 2 candidates, after waiting 31 s; answer within 30 s"),
+        "{next}"
+    );
+    t.push(next);
+    // Only the agent holding the offer may answer it.
+    let no = s
+        .answer("acme", &st, T0 + 32_000, "c1", Some("a"), Answer::Accept)
+        .await
+        .unwrap();
+    assert_eq!(no, Err(AnswerRefused::NotYours));
+    let yes = s
+        .answer("acme", &st, T0 + 33_000, "c1", Some("b"), Answer::Accept)
+        .await
+        .unwrap()
+        .unwrap();
+    let accepted = v(&yes);
+    assert_eq!(accepted["action"], "accepted");
+    assert_eq!(accepted["agent"], "b");
+    assert_eq!(accepted["reason"], "b accepted the offer after 2 s");
+    assert!(!yes.freed);
+    let c = live(&s, "c1").await;
+    assert_eq!((c.state, c.opened_ms), (ConvState::Open, T0 + 33_000));
+    assert!(c.declined.is_empty());
+    assert_eq!(load(&s, "b").await, 1);
+    t.push(accepted);
+    // Answered once: a second answer, and the old deadline, change nothing.
+    let again = s
+        .answer("acme", &st, T0 + 34_000, "c1", None, Answer::Reject)
+        .await
+        .unwrap();
+    assert_eq!(again, Err(AnswerRefused::NoOffer));
+    assert_eq!(s.sweep("acme", &st, T0 + 90_000).await.unwrap().expired, 0);
+    assert_eq!(live(&s, "c1").await.state, ConvState::Open);
+    let ob = s.outbox("acme", 10).await.unwrap();
+    let actions: Vec<String> = ob
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.assignment).unwrap()["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["expired", "offered", "accepted"]);
+    t
+});
+
+conform!(rejections_requeue_in_place_and_missed_offers_in_a_row_set_an_agent_away, |s| {
+    setup(&s, &[spec("a", 4, &[])]).await;
+    let st = settings();
+    let mut t = Vec::new();
+    let offer = |e: &str, c: &str, at: u64| {
+        let s = &s;
+        let st = &st;
+        let it = offering(e, c, &["a"], 2);
+        async move { v(&s.route("acme", st, at, &[], &[it]).await.unwrap()[0]) }
+    };
+    // c1: missed (1 in a row).
+    t.push(offer("e1", "c1", T0).await);
+    assert_eq!(s.sweep("acme", &st, T0 + 30_000).await.unwrap().expired, 1);
+    assert_eq!(agent_live(&s, "a").await.missed_offers, 1);
+    // (Closed while it waits, so the next ones do not queue behind it.)
+    s.close("acme", &st, T0 + 30_500, "c1", "done").await.unwrap();
+    // c2: rejected, which is an answer: the run of misses ends.
+    t.push(offer("e2", "c2", T0 + 31_000).await);
+    let rej = s
+        .answer("acme", &st, T0 + 32_000, "c2", Some("a"), Answer::Reject)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rej.freed, "a rejection frees the slot");
+    let r = v(&rej);
+    assert_eq!(r["action"], "rejected");
+    assert_eq!(r["previous_agent"], "a");
+    assert_eq!(r["reason"], "a rejected the offer: back to team:support");
+    t.push(r);
+    let c = live(&s, "c2").await;
+    assert_eq!((c.state, c.queued_ms), (ConvState::Queued, T0 + 31_000));
+    assert_eq!(c.declined, ["a"]);
+    assert_eq!(agent_live(&s, "a").await.missed_offers, 0);
+    assert_eq!(load(&s, "a").await, 0);
+    s.close("acme", &st, T0 + 32_500, "c2", "done").await.unwrap();
+    // c3 and c4 missed in a row: a goes away with the second.
+    t.push(offer("e3", "c3", T0 + 40_000).await);
+    t.push(offer("e4", "c4", T0 + 41_000).await);
+    assert_eq!(load(&s, "a").await, 2);
+    let r = s.sweep("acme", &st, T0 + 71_000).await.unwrap();
+    assert_eq!(r.expired, 2);
+    let a = agent_live(&s, "a").await;
+    assert_eq!((a.presence, a.missed_offers), (Presence::Away, 2));
+    assert_eq!(a.since_ms, T0 + 71_000);
+    let ob = s.outbox("acme", 20).await.unwrap();
+    let last: Value = serde_json::from_str(&ob.last().unwrap().assignment).unwrap();
+    assert_eq!(
+        last["reason"],
+        "a did not answer within 30 s: back to team:support; 2 offers missed in a row, a is now away"
+    );
+    t.push(last);
+    // Away agents get no offers; back online, the count starts again.
+    t.push(offer("e5", "c5", T0 + 72_000).await);
+    assert_eq!(t.last().unwrap()["action"], "queued");
+    s.set_presence("acme", &st, T0 + 73_000, "a", Presence::Online)
+        .await
+        .unwrap();
+    assert_eq!(agent_live(&s, "a").await.missed_offers, 0);
+    t
+});
+
+conform!(an_offered_conversation_can_be_closed_transferred_or_erased, |s| {
+    setup(&s, &[spec("a", 1, &[]), spec("b", 1, &[])]).await;
+    let st = settings();
+    let mut t = Vec::new();
+    let d = s
+        .route("acme", &st, T0, &[], &[offering("e1", "c1", &["a"], 3)])
+        .await
+        .unwrap();
+    t.push(v(&d[0]));
+    // Closing withdraws the offer and frees the slot; its deadline then does nothing.
+    let closed = s
+        .close("acme", &st, T0 + 1_000, "c1", "closed through the API")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(closed.freed);
+    assert_eq!(v(&closed)["previous_agent"], "a");
+    t.push(v(&closed));
+    assert_eq!(load(&s, "a").await, 0);
+    assert_eq!(s.sweep("acme", &st, T0 + 40_000).await.unwrap().expired, 0);
+    // Transferred by hand to another agent: theirs at once, a's slot freed.
+    let d = s
+        .route("acme", &st, T0 + 41_000, &[], &[offering("e2", "c2", &["a"], 3)])
+        .await
+        .unwrap();
+    assert_eq!(v(&d[0])["agent"], "a");
+    let tr = s
+        .transfer_agent("acme", &st, T0 + 42_000, "c2", "b", "transfer to b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(v(&tr)["action"], "transferred");
+    assert_eq!(v(&tr)["previous_agent"], "a");
+    assert_eq!(live(&s, "c2").await.state, ConvState::Open);
+    assert_eq!((load(&s, "a").await, load(&s, "b").await), (0, 1));
+    t.push(v(&tr));
+    // Transferred to the agent it is offered to: accepted on their behalf.
+    let d = s
+        .route("acme", &st, T0 + 43_000, &[], &[offering("e3", "c3", &["a"], 3)])
+        .await
+        .unwrap();
+    assert_eq!(v(&d[0])["action"], "offered");
+    let tr = s
+        .transfer_agent("acme", &st, T0 + 44_000, "c3", "a", "transfer to a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live(&s, "c3").await.state, ConvState::Open);
+    assert_eq!(load(&s, "a").await, 1);
+    t.push(v(&tr));
+    assert_eq!(s.sweep("acme", &st, T0 + 80_000).await.unwrap().expired, 0);
+    // Erasure of an offered conversation frees its slot.
+    s.close("acme", &st, T0 + 81_000, "c3", "done").await.unwrap();
+    let d = s
+        .route("acme", &st, T0 + 82_000, &[], &[offering("e4", "c4", &["a"], 3)])
+        .await
+        .unwrap();
+    assert_eq!(v(&d[0])["action"], "offered");
+    let erased = s.erase("acme", T0 + 83_000, &["c4".into()]).await.unwrap();
+    assert_eq!(erased.released, 1);
+    assert_eq!(load(&s, "a").await, 0);
+    assert_eq!(s.sweep("acme", &st, T0 + 200_000).await.unwrap().expired, 0);
     t
 });

@@ -38,6 +38,8 @@ struct Tenant {
     timers: BTreeSet<(u64, String)>,
     /// agent → due ms: requeue their open conversations.
     grace: BTreeMap<String, u64>,
+    /// (expiry ms, conv): pending offers.
+    offers: BTreeSet<(u64, String)>,
     /// (last contact activity ms, conv), and conv → its entry.
     idle: BTreeSet<(u64, String)>,
     idle_at: HashMap<String, u64>,
@@ -69,6 +71,13 @@ struct Conv {
     /// The target it waits for (see `Target::key`).
     target: Option<String>,
     last_message_ms: u64,
+    /// Offered: when the offer expires, and the missed offers before its agent goes away.
+    offer_expires: Option<u64>,
+    offer_max_missed: u32,
+    /// Agents who declined it (most recent last).
+    declined: Vec<String>,
+    /// Its rule's overflow wait, to re-arm the overflow after a declined offer.
+    overflow_ms: u64,
     history: VecDeque<String>,
     decisions: VecDeque<(String, Decided)>,
     expires_ms: Option<u64>,
@@ -97,6 +106,10 @@ impl Conv {
             overflow_due: None,
             target: None,
             last_message_ms: 0,
+            offer_expires: None,
+            offer_max_missed: 0,
+            declined: Vec::new(),
+            overflow_ms: 0,
             history: VecDeque::new(),
             decisions: VecDeque::new(),
             expires_ms: None,
@@ -120,6 +133,8 @@ impl Conv {
             seq: self.seq,
             target: self.target.clone(),
             last_message_ms: self.last_message_ms,
+            offer_expires_ms: self.offer_expires.unwrap_or(0),
+            declined: self.declined.clone(),
         })
     }
 }
@@ -189,10 +204,13 @@ impl Tenant {
         out
     }
 
-    /// Releases the owner of an open conversation; returns who it was.
+    /// Releases the owner of an open (or offered) conversation; returns who it was.
     fn release(&mut self, conv_id: &str) -> Option<String> {
         let c = self.convs.get_mut(conv_id)?;
         let agent = c.agent.take()?;
+        if let Some(due) = c.offer_expires.take() {
+            self.offers.remove(&(due, conv_id.to_string()));
+        }
         let channel = c.channel.clone();
         c.last_agent = Some(agent.clone());
         if let Some(a) = self.agents.get_mut(&agent) {
@@ -205,6 +223,63 @@ impl Tenant {
             set.remove(conv_id);
         }
         Some(agent)
+    }
+
+    /// Turns the assignment just made ([`Tenant::assign`]) into an offer that expires
+    /// after `offer.timeout_ms`; fills the decision.
+    fn make_offer(&mut self, conv_id: &str, o: &mut Outcome, offer: Offer, now: u64) {
+        let c = self.convs.get_mut(conv_id).expect("conversation exists");
+        let due = now + offer.timeout_ms;
+        c.state = Some(ConvState::Offered);
+        c.offer_expires = Some(due);
+        c.offer_max_missed = offer.max_missed;
+        self.offers.insert((due, conv_id.to_string()));
+        o.a.action = "offered".into();
+        o.a.offer_expires_at = Some(crate::event::ms_rfc3339(due));
+        let (load, cap) = match &o.why {
+            Why::Assigned { load, cap, .. }
+            | Why::Sticky { load, cap }
+            | Why::Dequeued { load, cap, .. } => (*load, *cap),
+            _ => (0, 0),
+        };
+        let text = match &o.why {
+            Why::Assigned { text, .. } | Why::Dequeued { text, .. } => text.clone(),
+            _ => format!("sticky: back to last agent {}", o.a.agent.as_deref().unwrap_or("")),
+        };
+        o.why = Why::Offered {
+            text,
+            load,
+            cap,
+            ms: offer.timeout_ms,
+        };
+    }
+
+    /// A rejected or expired offer: the agent's slot is freed and the conversation goes
+    /// back to its queue with its place, its overflow re-armed, remembering who declined
+    /// it. Returns the agent, the queue and the priority.
+    fn decline(&mut self, conv_id: &str, now: u64) -> (String, String, u8) {
+        let la = self.convs[conv_id].last_agent.clone();
+        let agent = self.release(conv_id).unwrap_or_default();
+        let c = self.convs.get_mut(conv_id).expect("conversation exists");
+        // The last agent stays whoever last served it (for sticky routing after a close).
+        c.last_agent = la;
+        c.declined.retain(|a| *a != agent);
+        c.declined.push(agent.clone());
+        if c.declined.len() > DECLINED_KEPT {
+            let extra = c.declined.len() - DECLINED_KEPT;
+            c.declined.drain(..extra);
+        }
+        let queue = c.queue.clone().unwrap_or_else(|| "default".into());
+        let priority = c.priority;
+        let at = if c.queued_ms > 0 { c.queued_ms } else { now };
+        self.enqueue(conv_id, &queue, priority, at);
+        let c = self.convs.get_mut(conv_id).expect("conversation exists");
+        if c.fallback_queue.is_some() && c.overflow_ms > 0 {
+            let due = (at + c.overflow_ms).max(now);
+            c.overflow_due = Some(due);
+            self.timers.insert((due, conv_id.to_string()));
+        }
+        (agent, queue, priority)
     }
 
     fn waiting(&self, queue: &str, channel: &str) -> u64 {
@@ -381,7 +456,31 @@ impl Tenant {
         let message = it.mode == RouteMode::Message;
         self.touch(&it.conv, now, message);
         match state {
-            Some(ConvState::Open) => {
+            Some(ConvState::Offered) if it.mode != RouteMode::Transfer => {
+                let c = &self.convs[&it.conv];
+                let due = c.offer_expires.unwrap_or(now);
+                let o = Outcome {
+                    a: Assignment {
+                        action: "offered".into(),
+                        agent: owner.clone(),
+                        team: c.team.clone(),
+                        queue: c.queue.clone(),
+                        rule: c.rule.clone(),
+                        strategy: c.strategy.clone(),
+                        priority: Some(c.priority),
+                        seq: c.seq,
+                        offer_expires_at: Some(crate::event::ms_rfc3339(due)),
+                        ..Default::default()
+                    },
+                    why: Why::Pending {
+                        ms: due.saturating_sub(now),
+                    },
+                };
+                let d = decided(&o, false);
+                self.remember(&it.conv, &it.event_id, &d, now);
+                return d;
+            }
+            Some(ConvState::Open) | Some(ConvState::Offered) => {
                 let owner = owner.unwrap_or_default();
                 let keep = match it.mode {
                     RouteMode::Message => self.owner_available(&owner, now, s),
@@ -493,6 +592,9 @@ impl Tenant {
                 a.team = self.team_of(sticky, it.team.as_deref());
                 a.strategy = "sticky_owner".into();
                 o.why = Why::Sticky { load, cap };
+                if let Some(offer) = it.offer {
+                    self.make_offer(&it.conv, &mut o, offer, now);
+                }
                 return self.finish(s, now, it, o, freed);
             }
         }
@@ -510,6 +612,9 @@ impl Tenant {
                         load,
                         cap,
                     };
+                    if let Some(offer) = it.offer {
+                        self.make_offer(&it.conv, &mut o, offer, now);
+                    }
                     return self.finish(s, now, it, o, freed);
                 }
             }
@@ -565,9 +670,12 @@ impl Tenant {
         c.fallback_queue = None;
         c.fallback_team = None;
         c.fallback_strategy = None;
+        c.overflow_ms = 0;
+        c.declined.clear();
         if let Some(fb) = &it.fallback_queue {
             if it.overflow_ms > 0 {
                 let due = now + it.overflow_ms;
+                c.overflow_ms = it.overflow_ms;
                 c.fallback_queue = Some(fb.clone());
                 c.fallback_team = it.fallback_team.clone();
                 c.fallback_strategy = Some(it.fallback_strategy.clone()).filter(|s| !s.is_empty());
@@ -594,6 +702,21 @@ impl Tenant {
             c.strategy = a.strategy.clone();
             c.queue = Some(it.queue.clone());
             c.priority = it.priority;
+            c.declined.clear();
+        }
+        if a.action == "offered" {
+            // Declined, it waits in the queue: with the fallback the rule states.
+            c.fallback_queue = None;
+            c.fallback_team = None;
+            c.fallback_strategy = None;
+            c.overflow_ms = 0;
+            if let Some(fb) = it.fallback_queue.as_ref().filter(|_| it.overflow_ms > 0) {
+                c.fallback_queue = Some(fb.clone());
+                c.fallback_team = it.fallback_team.clone();
+                c.fallback_strategy =
+                    Some(it.fallback_strategy.clone()).filter(|s| !s.is_empty());
+                c.overflow_ms = it.overflow_ms;
+            }
         }
         self.record(
             &it.conv,
@@ -647,6 +770,9 @@ impl Tenant {
                 cap,
             },
         };
+        if let Some(offer) = it.offer {
+            self.make_offer(&it.conv, &mut o, offer, now);
+        }
         self.record(&it.conv, "", &mut o, now, true);
         Some(decided(&o, false))
     }
@@ -785,6 +911,7 @@ impl MemoryStore {
                                 last_agent: c.last_agent.clone(),
                                 target: c.target.clone(),
                                 rule: c.rule.clone(),
+                                declined: c.declined.clone(),
                             },
                         ));
                     }
@@ -838,7 +965,10 @@ impl MemoryStore {
                 return Err(TransferRefused::NotActive);
             };
             let state = c.state;
-            if !matches!(state, Some(ConvState::Open) | Some(ConvState::Queued)) {
+            if !matches!(
+                state,
+                Some(ConvState::Open) | Some(ConvState::Queued) | Some(ConvState::Offered)
+            ) {
                 return Err(TransferRefused::NotActive);
             }
             let channel = c.channel.clone();
@@ -864,7 +994,15 @@ impl MemoryStore {
             let mut wait = None;
             if same {
                 previous = Some(agent.to_string());
-            } else if state == Some(ConvState::Open) {
+                if state == Some(ConvState::Offered) {
+                    // Given by hand to the agent it was offered to: theirs now.
+                    let c = t.convs.get_mut(conv).expect("conversation exists");
+                    if let Some(due) = c.offer_expires.take() {
+                        t.offers.remove(&(due, conv.to_string()));
+                    }
+                    c.state = Some(ConvState::Open);
+                }
+            } else if matches!(state, Some(ConvState::Open) | Some(ConvState::Offered)) {
                 previous = t.release(conv);
                 freed = true;
             } else {
@@ -904,6 +1042,78 @@ impl MemoryStore {
         })
     }
 
+    pub fn answer(
+        &self,
+        tenant: &str,
+        _settings: &Settings,
+        now_ms: u64,
+        conv: &str,
+        agent: Option<&str>,
+        answer: Answer,
+    ) -> Result<Decided, AnswerRefused> {
+        self.with(tenant, |t| {
+            let c = t.convs.get(conv).ok_or(AnswerRefused::NoOffer)?;
+            let holder = match (&c.state, &c.agent) {
+                (Some(ConvState::Offered), Some(a)) => a.clone(),
+                _ => return Err(AnswerRefused::NoOffer),
+            };
+            if agent.is_some_and(|a| a != holder) {
+                return Err(AnswerRefused::NotYours);
+            }
+            // An answer, either way, ends a run of missed offers.
+            if let Some(a) = t.agents.get_mut(&holder) {
+                a.missed_offers = 0;
+            }
+            match answer {
+                Answer::Accept => {
+                    let c = t.convs.get_mut(conv).expect("conversation exists");
+                    let after = now_ms.saturating_sub(c.opened_ms);
+                    if let Some(due) = c.offer_expires.take() {
+                        t.offers.remove(&(due, conv.to_string()));
+                    }
+                    c.state = Some(ConvState::Open);
+                    c.opened_ms = now_ms;
+                    c.declined.clear();
+                    let mut o = Outcome {
+                        a: Assignment {
+                            action: "accepted".into(),
+                            agent: Some(holder),
+                            team: c.team.clone(),
+                            queue: c.queue.clone(),
+                            rule: c.rule.clone(),
+                            strategy: c.strategy.clone(),
+                            priority: Some(c.priority),
+                            ..Default::default()
+                        },
+                        why: Why::Accepted { ms: after },
+                    };
+                    t.record(conv, "", &mut o, now_ms, true);
+                    Ok(decided(&o, false))
+                }
+                Answer::Reject => {
+                    let (agent, queue, priority) = t.decline(conv, now_ms);
+                    let c = &t.convs[conv];
+                    let mut o = Outcome {
+                        a: Assignment {
+                            action: "rejected".into(),
+                            previous_agent: Some(agent),
+                            team: c.team.clone(),
+                            queue: Some(queue),
+                            rule: c.rule.clone(),
+                            strategy: c.strategy.clone(),
+                            queued: true,
+                            priority: Some(priority),
+                            ..Default::default()
+                        },
+                        why: Why::Rejected,
+                    };
+                    t.record(conv, "", &mut o, now_ms, true);
+                    Ok(decided(&o, true))
+                }
+            }
+        })
+    }
+
     pub fn close(
         &self,
         tenant: &str,
@@ -929,6 +1139,10 @@ impl MemoryStore {
             if previous != presence {
                 a.presence = presence;
                 a.since_ms = now_ms;
+            }
+            if presence == Presence::Online {
+                // Back: missed offers count again from zero.
+                a.missed_offers = 0;
             }
             if presence == Presence::Offline && !settings.keep_offline {
                 if previous != Presence::Offline || !t.grace.contains_key(agent) {
@@ -972,6 +1186,54 @@ impl MemoryStore {
                     t.requeue(&conv, &agent, settings, now_ms);
                     report.requeued += 1;
                 }
+            }
+            // Offers not answered in time.
+            let due: Vec<(u64, String)> = t
+                .offers
+                .iter()
+                .take_while(|(d, _)| *d <= now_ms)
+                .cloned()
+                .collect();
+            for (d, conv) in due {
+                let offered = t.convs.get(&conv).and_then(|c| {
+                    (c.state == Some(ConvState::Offered) && c.agent.is_some())
+                        .then_some((c.offer_max_missed, d.saturating_sub(c.opened_ms)))
+                });
+                let Some((max_missed, timeout)) = offered else {
+                    t.offers.remove(&(d, conv));
+                    continue;
+                };
+                let (agent, queue, priority) = t.decline(&conv, now_ms);
+                let a = t.agents.entry(agent.clone()).or_default();
+                a.missed_offers += 1;
+                let n = a.missed_offers;
+                let away =
+                    max_missed > 0 && n >= max_missed && a.presence == Presence::Online;
+                if away {
+                    a.presence = Presence::Away;
+                    a.since_ms = now_ms;
+                }
+                let c = &t.convs[&conv];
+                let mut o = Outcome {
+                    a: Assignment {
+                        action: "expired".into(),
+                        previous_agent: Some(agent),
+                        team: c.team.clone(),
+                        queue: Some(queue),
+                        rule: c.rule.clone(),
+                        strategy: c.strategy.clone(),
+                        queued: true,
+                        priority: Some(priority),
+                        ..Default::default()
+                    },
+                    why: Why::Expired {
+                        ms: timeout,
+                        n: n as u64,
+                        away,
+                    },
+                };
+                t.record(&conv, "", &mut o, now_ms, true);
+                report.expired += 1;
             }
             // Overflow to fallback queues.
             let due: Vec<(u64, String)> = t
@@ -1078,7 +1340,9 @@ impl MemoryStore {
                     continue;
                 };
                 match state {
-                    Some(ConvState::Open) if t.release(conv).is_some() => {
+                    Some(ConvState::Open) | Some(ConvState::Offered)
+                        if t.release(conv).is_some() =>
+                    {
                         out.released += 1;
                     }
                     Some(ConvState::Queued) => {
@@ -1186,7 +1450,7 @@ fn close_in(
     let state = c.state?;
     let mut freed = false;
     let previous = match state {
-        ConvState::Open => {
+        ConvState::Open | ConvState::Offered => {
             freed = true;
             t.release(conv)
         }

@@ -16,10 +16,13 @@
 //! - `route` with an `event_id` among the conversation's last [`DECISIONS_KEPT`] decided
 //!   returns that decision unchanged and changes nothing (idempotent reprocessing after a
 //!   crash);
-//! - an agent's open conversations never exceed their capacity, in total or per channel;
-//! - a conversation is in at most one state (open with one agent, queued in one queue, or
-//!   closed); every change of state increments its `seq`, is appended to its history and,
-//!   when no message carries it, to the outbox;
+//! - an agent's open and offered conversations never exceed their capacity, in total or per
+//!   channel (an offer holds a slot until it is answered or expires);
+//! - a conversation is in at most one state (open with one agent, offered to one agent,
+//!   queued in one queue, or closed); every change of state increments its `seq`, is
+//!   appended to its history and, when no message carries it, to the outbox;
+//! - a rejected or expired offer puts the conversation back in its queue with its original
+//!   time queued, and records the agent as having declined it;
 //! - queues are served by priority (higher first), then by time queued (oldest first),
 //!   then by conversation id.
 
@@ -32,7 +35,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::accept::BackendError;
-use crate::config::routing::Presence;
+use crate::config::routing::{Offer, Presence};
 
 /// What an operation needs to know about the tenant's policies (from its rule set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +59,8 @@ pub struct Settings {
 pub const DECISIONS_KEPT: usize = 8;
 /// The idle index (auto-close) is updated at most this often per conversation on messages.
 pub const TOUCH_EVERY_MS: u64 = 60_000;
+/// Agents remembered per conversation as having declined it (the most recent).
+pub const DECLINED_KEPT: usize = 20;
 /// History entries kept per conversation (the most recent changes; the full record of
 /// assignments is on the events stream).
 pub const HISTORY_KEPT: usize = 50;
@@ -64,6 +69,8 @@ pub const HISTORY_KEPT: usize = 50;
 #[serde(rename_all = "snake_case")]
 pub enum ConvState {
     Open,
+    /// Offered to an agent (who holds a slot for it) until they answer or the offer expires.
+    Offered,
     Queued,
     Closed,
 }
@@ -72,6 +79,7 @@ impl ConvState {
     pub fn as_str(self) -> &'static str {
         match self {
             ConvState::Open => "open",
+            ConvState::Offered => "offered",
             ConvState::Queued => "queued",
             ConvState::Closed => "closed",
         }
@@ -79,6 +87,7 @@ impl ConvState {
     pub fn parse(s: &str) -> Option<ConvState> {
         match s {
             "open" => Some(ConvState::Open),
+            "offered" => Some(ConvState::Offered),
             "queued" => Some(ConvState::Queued),
             "closed" => Some(ConvState::Closed),
             _ => None,
@@ -101,6 +110,8 @@ pub struct AgentLive {
     /// Their teams (from the rule set), to report the team of a sticky assignment.
     #[serde(skip)]
     pub teams: Vec<String>,
+    /// Offers they let expire since they last answered one.
+    pub missed_offers: u32,
 }
 
 /// A conversation's live state.
@@ -132,6 +143,12 @@ pub struct ConvLive {
     pub target: Option<String>,
     /// The contact's last message (ms; 0 = none).
     pub last_message_ms: u64,
+    /// Offered: when the offer expires (ms; 0 = not offered).
+    pub offer_expires_ms: u64,
+    /// Agents who rejected it or let its offer expire (most recent last): offered again
+    /// only when no one else qualifies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub declined: Vec<String>,
 }
 
 /// A queued conversation, as seen by a drain.
@@ -147,6 +164,8 @@ pub struct QueuedConv {
     /// conversation queued before targets were recorded.
     pub target: Option<String>,
     pub rule: Option<String>,
+    /// Agents who rejected it or let its offer expire.
+    pub declined: Vec<String>,
 }
 
 /// A conversation in a listing (an agent's open ones, a queue's waiting ones).
@@ -232,6 +251,8 @@ pub struct RouteItem {
     /// Prefer the conversation's last agent when it comes back within the sticky window
     /// (the store checks the window, presence, capacity and the `excluded` list).
     pub sticky: bool,
+    /// Offer rather than assign (the target's rule has `offer_timeout_secs`).
+    pub offer: Option<Offer>,
 }
 
 /// One queued conversation to try to assign.
@@ -245,6 +266,24 @@ pub struct DequeueItem {
     pub reason: String,
     pub candidates: Vec<String>,
     pub considered: u32,
+    /// Offer rather than assign.
+    pub offer: Option<Offer>,
+}
+
+/// An agent's answer to an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Accept,
+    Reject,
+}
+
+/// Why an answer to an offer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerRefused {
+    #[error("the conversation has no pending offer")]
+    NoOffer,
+    #[error("the conversation is offered to another agent")]
+    NotYours,
 }
 
 /// The outcome of one decision.
@@ -278,11 +317,13 @@ pub struct SweepReport {
     pub requeued: u32,
     pub overflowed: u32,
     pub closed: u32,
+    /// Offers that expired unanswered (their conversations wait for the next candidate).
+    pub expired: u32,
 }
 
 impl SweepReport {
     pub fn changed(&self) -> bool {
-        self.requeued + self.overflowed + self.closed > 0
+        self.requeued + self.overflowed + self.closed + self.expired > 0
     }
 }
 
@@ -433,6 +474,20 @@ impl RoutingStore {
         reason: &str,
     ) -> Result<Result<Decided, TransferRefused>, BackendError> {
         dispatch!(self, s => s.transfer_agent(tenant, settings, now_ms, conv, agent, reason))
+    }
+
+    /// An agent's answer to the conversation's pending offer. `agent`: the answering
+    /// agent (None: whoever holds the offer, for owners and admins).
+    pub async fn answer(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        conv: &str,
+        agent: Option<&str>,
+        answer: Answer,
+    ) -> Result<Result<Decided, AnswerRefused>, BackendError> {
+        dispatch!(self, s => s.answer(tenant, settings, now_ms, conv, agent, answer))
     }
 
     pub async fn close(

@@ -40,6 +40,21 @@ pub enum Why {
     Overflowed { from: String, ms: u64 },
     /// Closed, for `text`.
     Closed { text: String },
+    /// Offered to the agent (`text`: the plan's reason), who has `ms` to answer.
+    Offered {
+        text: String,
+        load: u32,
+        cap: u32,
+        ms: u64,
+    },
+    /// A message while the offer is pending, `ms` before it expires.
+    Pending { ms: u64 },
+    /// The agent accepted, `ms` after the offer.
+    Accepted { ms: u64 },
+    /// The agent rejected it.
+    Rejected,
+    /// Not answered within `ms`; the agent's `n`th miss in a row; `away`: they were set away.
+    Expired { ms: u64, n: u64, away: bool },
 }
 
 /// A decision: the assignment (its `reason` empty) and why.
@@ -94,6 +109,35 @@ pub fn render(o: &Outcome) -> Assignment {
             format!("waited {} in {from}: overflow to {queue}", secs_text(*ms))
         }
         Why::Closed { text } => text.clone(),
+        Why::Offered { text, load, cap, ms } => {
+            let waited = if a.waited {
+                format!(", after waiting {}", secs_text(a.wait_ms.unwrap_or(0)))
+            } else {
+                String::new()
+            };
+            format!(
+                "{text}: offered to {agent}, {load}/{cap} open, {}{waited}; answer within {}",
+                cands(),
+                secs_text(*ms)
+            )
+        }
+        Why::Pending { ms } => format!(
+            "offered to {agent}, waiting for an answer ({} left)",
+            secs_text(*ms)
+        ),
+        Why::Accepted { ms } => format!("{agent} accepted the offer after {}", secs_text(*ms)),
+        Why::Rejected => format!(
+            "{} rejected the offer: back to {queue}",
+            a.previous_agent.as_deref().unwrap_or("")
+        ),
+        Why::Expired { ms, n, away } => {
+            let prev = a.previous_agent.as_deref().unwrap_or("");
+            let mut s = format!("{prev} did not answer within {}: back to {queue}", secs_text(*ms));
+            if *away {
+                s.push_str(&format!("; {n} offers missed in a row, {prev} is now away"));
+            }
+            s
+        }
     };
     Assignment {
         reason,
@@ -118,10 +162,11 @@ pub const SEP: char = '\u{1d}';
 
 /// Reads the compact form `route.lua` writes: fields separated by [`SEP`] — why, action,
 /// agent, previous agent, team, queue, rule, strategy, queued (1 or empty), waited,
-/// wait ms, priority, candidates, seq, load, cap, n, ms, from, text. Empty means absent.
+/// wait ms, priority, candidates, seq, load, cap, n, ms, from, text, offer expiry ms (absent
+/// in entries written before offers). Empty means absent.
 pub fn decode(s: &str) -> Option<Outcome> {
     let f: Vec<&str> = s.split(SEP).collect();
-    if f.len() != 20 {
+    if f.len() != 20 && f.len() != 21 {
         return None;
     }
     let opt = |i: usize| (!f[i].is_empty()).then(|| f[i].to_string());
@@ -160,6 +205,20 @@ pub fn decode(s: &str) -> Option<Outcome> {
             ms: num(17)?,
         },
         "closed" => Why::Closed { text },
+        "offered" => Why::Offered {
+            text,
+            load: n32(14),
+            cap: n32(15),
+            ms: num(17)?,
+        },
+        "pending" => Why::Pending { ms: num(17)? },
+        "accepted" => Why::Accepted { ms: num(17)? },
+        "rejected" => Why::Rejected,
+        "expired" => Why::Expired {
+            ms: num(17)?,
+            n: num(16).unwrap_or(0),
+            away: f[18] == "away",
+        },
         _ => return None,
     };
     Some(Outcome {
@@ -178,6 +237,10 @@ pub fn decode(s: &str) -> Option<Outcome> {
             priority: num(11).map(|p| p.min(100) as u8),
             candidates: num(12).map(|c| c as u32),
             seq: num(13).unwrap_or(0),
+            offer_expires_at: f
+                .get(20)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(crate::event::ms_rfc3339),
         },
         why,
     })

@@ -11,7 +11,7 @@ use ::redis::{RedisError, Script, Value};
 
 use super::outcome;
 use super::{
-    AgentLive, AgentSpec, ConvLive, ConvState, Decided, DequeueItem, Listed, OutboxEntry,
+    AgentLive, AgentSpec, Answer, AnswerRefused, ConvLive, ConvState, Decided, DequeueItem, Listed, OutboxEntry,
     QueueDepth, QueuedConv, RouteItem, RoutingErased, RulesetRecord, Settings, Snapshot,
     SnapshotRequest, SweepReport, TransferRefused, VersionConflict,
 };
@@ -91,6 +91,7 @@ fn agent_live(m: HashMap<String, String>) -> AgentLive {
         capacity: num("cap") as u32,
         load: num("l") as u32,
         last_ms: num("last"),
+        missed_offers: num("mo") as u32,
         teams: m
             .get("tms")
             .map(|t| {
@@ -114,7 +115,8 @@ fn agent_live(m: HashMap<String, String>) -> AgentLive {
 }
 
 /// A conversation's packed state (`route.lua`, STATE): '|'-separated fields in the order
-/// st, ag, la, cl, q, tm, ru, sg, pr, qt, seq, ch, fbq, od, tch, op, dn, hn, tk, fbt, fbs, lm.
+/// st, ag, la, cl, q, tm, ru, sg, pr, qt, seq, ch, fbq, od, tch, op, dn, hn, tk, fbt, fbs, lm,
+/// ox, om, dc, ov.
 /// None without a state.
 fn unpack_state(s: &str) -> Option<ConvLive> {
     let f: Vec<&str> = s.split('|').collect();
@@ -136,7 +138,20 @@ fn unpack_state(s: &str) -> Option<ConvLive> {
         opened_ms: num(15),
         target: get(18),
         last_message_ms: num(21),
+        offer_expires_ms: num(22),
+        declined: split_list(get(24)),
     })
+}
+
+/// A comma-separated list of ids.
+fn split_list(s: Option<String>) -> Vec<String> {
+    s.map(|s| {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Parses one decision from the script's reply: the compact outcome and the freed flag.
@@ -322,7 +337,7 @@ impl RedisStore {
         }
         let heads = array(heads).unwrap_or(&[]);
         let mut queued: Vec<(f64, QueuedConv)> = heads
-            .chunks(7)
+            .chunks(8)
             .filter_map(|h| {
                 let score: f64 = text(&h[2])?.parse().ok()?;
                 let inv = (score / 10_000_000_000_000.0).floor();
@@ -338,6 +353,7 @@ impl RedisStore {
                         last_agent: none_if_empty(text(&h[4])),
                         target: none_if_empty(text(&h[5])),
                         rule: none_if_empty(text(&h[6])),
+                        declined: split_list(text(&h[7])),
                     },
                 ))
             })
@@ -379,6 +395,7 @@ impl RedisStore {
                     && p.target == it.target
                     && p.fallback_team == it.fallback_team
                     && p.fallback_strategy == it.fallback_strategy
+                    && p.offer == it.offer
             };
             match plans.iter().position(same) {
                 Some(i) => plan_of.push(i + 1),
@@ -407,7 +424,9 @@ impl RedisStore {
                         .arg(&p.reason)
                         .arg(&p.target)
                         .arg(opt(&p.fallback_team))
-                        .arg(&p.fallback_strategy);
+                        .arg(&p.fallback_strategy)
+                        .arg(p.offer.map_or(0, |o| o.timeout_ms))
+                        .arg(p.offer.map_or(0, |o| o.max_missed));
                 }
                 inv.arg(items.len());
                 for (it, plan) in items.iter().zip(&plan_of) {
@@ -454,6 +473,8 @@ impl RedisStore {
                         .arg(&it.strategy)
                         .arg(&it.reason)
                         .arg(it.considered)
+                        .arg(it.offer.map_or(0, |o| o.timeout_ms))
+                        .arg(it.offer.map_or(0, |o| o.max_missed))
                         .arg(it.candidates.len());
                     for c in &it.candidates {
                         inv.arg(c);
@@ -517,6 +538,36 @@ impl RedisStore {
                 }))
             }
             _ => Err(protocol("transfer reply")),
+        }
+    }
+
+    pub async fn answer(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        conv: &str,
+        agent: Option<&str>,
+        answer: Answer,
+    ) -> Result<Result<Decided, AnswerRefused>, BackendError> {
+        let reply = self
+            .call(tenant, "answer", Some(settings), now_ms, |inv| {
+                inv.arg(conv).arg(agent.unwrap_or("")).arg(match answer {
+                    Answer::Accept => "accept",
+                    Answer::Reject => "reject",
+                });
+            })
+            .await?;
+        let v = array(&reply).ok_or_else(|| protocol("answer reply"))?;
+        match v {
+            [flag, rest @ ..] if int(flag) == Some(0) => Ok(Ok(
+                decided(rest).ok_or_else(|| protocol("answer decision"))?
+            )),
+            [flag, why] if int(flag) == Some(-1) => Ok(Err(match text(why).as_deref() {
+                Some("not_yours") => AnswerRefused::NotYours,
+                _ => AnswerRefused::NoOffer,
+            })),
+            _ => Err(protocol("answer reply")),
         }
     }
 
@@ -599,6 +650,7 @@ impl RedisStore {
             requeued: n(0),
             overflowed: n(1),
             closed: n(2),
+            expired: n(3),
         })
     }
 

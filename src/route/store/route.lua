@@ -11,7 +11,7 @@
 --
 -- Keys under the base:
 --   a:<agent>   hash   p presence, ps since, cap, cc:<ch> channel cap, l load, l:<ch>, last,
---                      tms teams (comma-separated)
+--                      tms teams (comma-separated), mo offers missed in a row
 --   roster      set    agents of the current rule set
 --   c:<conv>    string the conversation, four sections separated by \30: its state (JSON of
 --                      the STATE fields), its parties (JSON, for the assignment events it
@@ -23,6 +23,7 @@
 --   queues      set    names of non-empty queues       nq  string: conversations queued
 --   qc:<queue>:<channel>  string: conversations of that channel waiting in that queue
 --   timers      zset   conv -> overflow due   grace zset agent -> requeue due
+--   offers      zset   conv -> offer expiry (offered conversations)
 --   idle        zset   conv -> last contact activity (updated at most once a minute)
 --   outbox      stream assignment changes to publish: event_id, conv, meta, assignment, at_ms
 --
@@ -53,9 +54,12 @@ local TOUCH_EVERY_MS = 60000
 -- requeue keeps it. tk: the target it waits for (rule:<id>, rule:<id>:fallback, default,
 -- team:<id>), whose requirements the engine applies when it serves the queue. fbq, fbt,
 -- fbs: the fallback queue (= its target key), team and strategy after od. lm: last
--- message from the contact.
+-- message from the contact. ox: an offered conversation's offer expiry; om: its rule's
+-- missed offers before away; dc: agents who declined it (comma-separated, most recent
+-- last); ov: its rule's overflow wait (ms), to re-arm the overflow after a declined offer.
 local STATE = {'st', 'ag', 'la', 'cl', 'q', 'tm', 'ru', 'sg', 'pr', 'qt', 'seq', 'ch', 'fbq',
-  'od', 'tch', 'op', 'dn', 'hn', 'tk', 'fbt', 'fbs', 'lm'}
+  'od', 'tch', 'op', 'dn', 'hn', 'tk', 'fbt', 'fbs', 'lm', 'ox', 'om', 'dc', 'ov'}
+local DECLINED_KEPT = 20
 local RS, US = '\30', '\31'
 
 local function nz(s)
@@ -299,7 +303,7 @@ local function compact(a)
   end
   return table.concat({a.why, a.action, o(a.agent), o(a.previous_agent), o(a.team), o(a.queue),
     o(a.rule), o(a.strategy), q, w, o(a.wait_ms), o(a.priority), o(a.candidates), o(a.seq),
-    o(a.load), o(a.cap), o(a.n), o(a.ms), o(a.from), o(a.text)}, GS)
+    o(a.load), o(a.cap), o(a.n), o(a.ms), o(a.from), o(a.text), o(a.ox)}, GS)
 end
 
 local function outbox_event_id(conv, seq)
@@ -372,11 +376,15 @@ local function assign(c, conv, id)
   return a.l
 end
 
--- Releases the owner of an open conversation; returns who it was.
+-- Releases the owner of an open (or offered) conversation; returns who it was.
 local function release(c, conv)
   local id = c.ag
   if id == nil then
     return nil
+  end
+  if c.ox ~= nil then
+    redis.call('ZREM', base .. 'offers', conv)
+    c.ox = nil
   end
   local a = agent(id)
   if a.exists then
@@ -391,6 +399,19 @@ local function release(c, conv)
   c.la = id
   c.ag = nil
   return id
+end
+
+-- Turns the assignment just made (assign()) into an offer to `id` that expires after
+-- `ms`; fills the decision `a`.
+local function make_offer(c, conv, a, ms, max_missed)
+  c.st = 'offered'
+  c.ox = string.format('%d', now + ms)
+  c.om = tostring(max_missed)
+  redis.call('ZADD', base .. 'offers', c.ox, conv)
+  a.action = 'offered'
+  a.ox = c.ox
+  a.ms = ms
+  a.why = 'offered'
 end
 
 -- Queues ------------------------------------------------------------------------------
@@ -438,6 +459,39 @@ local function unqueue(c, conv)
       redis.call('SREM', base .. 'queues', c.q)
     end
   end
+end
+
+-- A rejected or expired offer: the agent's slot is freed and the conversation goes back
+-- to its queue with its place (the time it first began waiting), its overflow re-armed,
+-- remembering who declined it. Returns the agent, the queue and the priority.
+local function decline(c, conv)
+  local id, la = c.ag, c.la
+  release(c, conv)
+  -- The last agent stays whoever last served it (for sticky routing after a close).
+  c.la = la
+  local list = {}
+  for x in string.gmatch(c.dc or '', '[^,]+') do
+    if x ~= id then
+      list[#list + 1] = x
+    end
+  end
+  list[#list + 1] = id
+  while #list > DECLINED_KEPT do
+    table.remove(list, 1)
+  end
+  c.dc = table.concat(list, ',')
+  local queue = c.q or 'default'
+  local priority = int(c.pr)
+  local at = int(c.qt)
+  if at <= 0 then
+    at = now
+  end
+  enqueue(c, conv, queue, priority, at)
+  if c.fbq ~= nil and int(c.ov) > 0 then
+    c.od = string.format('%d', math.max(at + int(c.ov), now))
+    redis.call('ZADD', base .. 'timers', c.od, conv)
+  end
+  return id, queue, priority
 end
 
 local function close_conv(c, conv)
@@ -525,7 +579,19 @@ local function route_one(it, res, excluded)
   end
   touch(c, conv, message)
   local freed, previous = false, nil
-  if c.st == 'open' then
+  if c.st == 'offered' and it.mode ~= 'transfer' then
+    local a = {
+      action = 'offered', agent = c.ag, team = c.tm, queue = c.q, rule = c.ru,
+      strategy = c.sg or '', why = 'pending', ms = math.max(int(c.ox) - now, 0), ox = c.ox,
+      priority = c.pr or '0', seq = c.seq or '0',
+    }
+    local json = compact(a)
+    remember(c, eid, false, json)
+    save(conv, c)
+    out(res, a, json, false)
+    return
+  end
+  if c.st == 'open' or c.st == 'offered' then
     local owner = c.ag or ''
     local keep
     if it.mode == 'message' then
@@ -586,6 +652,17 @@ local function route_one(it, res, excluded)
       c.sg = a.strategy
       c.q = it.queue
       c.pr = it.priority_text
+      c.dc = nil
+    end
+    if a.action == 'offered' then
+      -- Declined, it waits in the queue: with the fallback the rule states.
+      c.fbq, c.fbt, c.fbs, c.ov = nil, nil, nil, nil
+      if nz(it.fallback) and it.overflow > 0 then
+        c.fbq = it.fallback
+        c.fbt = nz(it.fallback_team)
+        c.fbs = nz(it.fallback_strategy)
+        c.ov = string.format('%d', it.overflow)
+      end
     end
     local json = record(c, conv, eid, a, not message)
     remember(c, eid, freed, json)
@@ -605,6 +682,10 @@ local function route_one(it, res, excluded)
       a.team = team_of(la, it.team)
       a.strategy = 'sticky_owner'
       a.why, a.load, a.cap = 'sticky', l, cap
+      if it.offer_ms > 0 then
+        a.text = 'sticky: back to last agent ' .. la
+        make_offer(c, conv, a, it.offer_ms, it.offer_max)
+      end
       finish()
       return
     end
@@ -620,6 +701,9 @@ local function route_one(it, res, excluded)
         a.action = assigned_action
         a.agent = cand
         a.why, a.text, a.load, a.cap = 'assigned', prefix, l, cap
+        if it.offer_ms > 0 then
+          make_offer(c, conv, a, it.offer_ms, it.offer_max)
+        end
         finish()
         return
       end
@@ -651,11 +735,13 @@ local function route_one(it, res, excluded)
   c.ru = nz(it.rule)
   c.tk = nz(it.target)
   c.sg = it.strategy
-  c.fbq, c.fbt, c.fbs = nil, nil, nil
+  c.fbq, c.fbt, c.fbs, c.ov = nil, nil, nil, nil
+  c.dc = nil
   if nz(it.fallback) and it.overflow > 0 then
     c.fbq = it.fallback
     c.fbt = nz(it.fallback_team)
     c.fbs = nz(it.fallback_strategy)
+    c.ov = string.format('%d', it.overflow)
     c.od = string.format('%d', now + it.overflow)
     redis.call('ZADD', base .. 'timers', c.od, conv)
   end
@@ -674,7 +760,7 @@ end
 -- route: ARGV[10] = m, then m agents not assignable now (outside working hours, removed,
 -- viewers: never sticky targets); then p plans, each: mode, rule, queue, team, strategy,
 -- priority, fallback queue, overflow ms, reason, target key, fallback team, fallback
--- strategy; then n items, each: event_id, conv,
+-- strategy, offer timeout ms (0: assign), missed offers before away; then n items, each: event_id, conv,
 -- channel, meta, plan (1-based), considered, sticky (0/1), k, k candidates.
 local function op_route()
   local m = tonumber(ARGV[10])
@@ -685,16 +771,17 @@ local function op_route()
   local i = 11 + m
   local plans = {}
   for j = 1, tonumber(ARGV[i]) do
-    local b = i + 1 + (j - 1) * 12
+    local b = i + 1 + (j - 1) * 14
     plans[j] = {
       mode = ARGV[b], rule = ARGV[b + 1], queue = ARGV[b + 2], team = ARGV[b + 3],
       strategy = ARGV[b + 4], priority = tonumber(ARGV[b + 5]), priority_text = ARGV[b + 5],
       fallback = ARGV[b + 6],
       overflow = tonumber(ARGV[b + 7]), reason = ARGV[b + 8], target = ARGV[b + 9],
       fallback_team = ARGV[b + 10], fallback_strategy = ARGV[b + 11],
+      offer_ms = tonumber(ARGV[b + 12]), offer_max = tonumber(ARGV[b + 13]),
     }
   end
-  i = i + 1 + #plans * 12
+  i = i + 1 + #plans * 14
   local n = tonumber(ARGV[i])
   i = i + 1
   local res = {}
@@ -715,8 +802,9 @@ local function op_route()
   return res
 end
 
--- dequeue: ARGV[10] = n, then per item: conv, queue, team, strategy, reason, considered, k,
--- k candidates. Reply per item: 0 when skipped, else 1 and the decision.
+-- dequeue: ARGV[10] = n, then per item: conv, queue, team, strategy, reason, considered,
+-- offer timeout ms (0: assign), missed offers before away, k, k candidates. Reply per item:
+-- 0 when skipped, else 1 and the decision.
 local function op_dequeue()
   local n = tonumber(ARGV[10])
   local i = 11
@@ -724,12 +812,13 @@ local function op_dequeue()
   for _ = 1, n do
     local conv, queue, team, strategy, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     local considered = tonumber(ARGV[i + 5])
-    local k = tonumber(ARGV[i + 6])
+    local offer_ms, offer_max = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
+    local k = tonumber(ARGV[i + 8])
     local cands = {}
     for j = 1, k do
-      cands[j] = ARGV[i + 6 + j]
+      cands[j] = ARGV[i + 8 + j]
     end
-    i = i + 7 + k
+    i = i + 9 + k
     local c = load(conv)
     local chosen, cap
     if c.st == 'queued' and c.q == queue then
@@ -756,6 +845,9 @@ local function op_dequeue()
         why = 'dequeued', text = reason, load = l, cap = cap,
         queued = false, waited = true, wait_ms = wait, priority = c.pr or '0', candidates = considered,
       }
+      if offer_ms > 0 then
+        make_offer(c, conv, a, offer_ms, offer_max)
+      end
       local json = record(c, conv, nil, a, true)
       save(conv, c)
       res[#res + 1] = 1
@@ -771,7 +863,7 @@ end
 local function op_transfer_agent()
   local conv, id, reason = ARGV[10], ARGV[11], ARGV[12]
   local c = load(conv)
-  if c.st ~= 'open' and c.st ~= 'queued' then
+  if c.st ~= 'open' and c.st ~= 'queued' and c.st ~= 'offered' then
     return {-1, 'not_active', 0, 0}
   end
   local ch = c.ch or ''
@@ -791,7 +883,13 @@ local function op_transfer_agent()
   local freed, previous, wait = false, nil, nil
   if same then
     previous = id
-  elseif c.st == 'open' then
+    if c.st == 'offered' then
+      -- Given by hand to the agent it was offered to: theirs now.
+      redis.call('ZREM', base .. 'offers', conv)
+      c.ox = nil
+      c.st = 'open'
+    end
+  elseif c.st == 'open' or c.st == 'offered' then
     previous = release(c, conv)
     freed = true
   else
@@ -823,7 +921,7 @@ end
 local function close_one(conv, reason, res)
   local c = load(conv)
   local freed, previous = false, nil
-  if c.st == 'open' then
+  if c.st == 'open' or c.st == 'offered' then
     freed = true
     previous = release(c, conv)
   elseif c.st == 'queued' then
@@ -842,6 +940,49 @@ local function close_one(conv, reason, res)
     out(res, a, json, freed)
   end
   return true
+end
+
+-- answer: ARGV[10] conv, ARGV[11] the answering agent ('' = whoever holds the offer),
+-- ARGV[12] accept or reject. Reply: {0, decision, freed} or {-1, no_offer | not_yours}.
+local function op_answer()
+  local conv, who, accept = ARGV[10], ARGV[11], ARGV[12] == 'accept'
+  local c = load(conv)
+  if c.st ~= 'offered' or c.ag == nil then
+    return {-1, 'no_offer'}
+  end
+  if who ~= '' and c.ag ~= who then
+    return {-1, 'not_yours'}
+  end
+  local id = c.ag
+  -- An answer, either way, ends a run of missed offers.
+  redis.call('HDEL', akey(id), 'mo')
+  local res = {0}
+  if accept then
+    local after = math.max(now - int(c.op), 0)
+    redis.call('ZREM', base .. 'offers', conv)
+    c.ox = nil
+    c.st = 'open'
+    c.op = now_text
+    c.dc = nil
+    local a = {
+      action = 'accepted', agent = id, team = c.tm, queue = c.q, rule = c.ru,
+      strategy = c.sg or '', why = 'accepted', ms = after, queued = false, priority = c.pr or '0',
+    }
+    local json = record(c, conv, nil, a, true)
+    save(conv, c)
+    out(res, a, json, false)
+  else
+    local _, queue, priority = decline(c, conv)
+    local a = {
+      action = 'rejected', previous_agent = id, team = c.tm, queue = queue, rule = c.ru,
+      strategy = c.sg or '', why = 'rejected', queued = true, priority = priority,
+    }
+    local json = record(c, conv, nil, a, true)
+    save(conv, c)
+    out(res, a, json, true)
+  end
+  flush()
+  return res
 end
 
 -- close: ARGV[10] conv, ARGV[11] reason. Reply: {} when not open or queued.
@@ -863,7 +1004,7 @@ local function op_erase()
     set[conv] = true
     if redis.call('EXISTS', ckey(conv)) == 1 then
       local c = load(conv)
-      if c.st == 'open' then
+      if c.st == 'open' or c.st == 'offered' then
         if release(c, conv) ~= nil then
           released = released + 1
         end
@@ -900,6 +1041,10 @@ local function op_presence()
   if previous ~= presence then
     redis.call('HSET', akey(id), 'p', presence, 'ps', now)
   end
+  if presence == 'online' then
+    -- Back: missed offers count again from zero.
+    redis.call('HDEL', akey(id), 'mo')
+  end
   if presence == 'offline' and not keep_offline then
     if previous ~= 'offline' or redis.call('ZSCORE', base .. 'grace', id) == false then
       redis.call('ZADD', base .. 'grace', now + grace_ms, id)
@@ -910,9 +1055,10 @@ local function op_presence()
   return previous
 end
 
--- sweep: grace requeues, overflows, idle closes. Reply: {requeued, overflowed, closed}.
+-- sweep: grace requeues, expired offers, overflows, idle closes. Reply: {requeued,
+-- overflowed, closed, expired}.
 local function op_sweep()
-  local requeued, overflowed, closed = 0, 0, 0
+  local requeued, overflowed, closed, expired = 0, 0, 0, 0
   local due = redis.call('ZRANGEBYSCORE', base .. 'grace', '-inf', now)
   for _, id in ipairs(due) do
     redis.call('ZREM', base .. 'grace', id)
@@ -941,6 +1087,35 @@ local function op_sweep()
           requeued = requeued + 1
         end
       end
+    end
+  end
+  due = redis.call('ZRANGEBYSCORE', base .. 'offers', '-inf', now)
+  for _, conv in ipairs(due) do
+    local c = load(conv)
+    if c.st == 'offered' and c.ag ~= nil then
+      local timeout = math.max(int(c.ox) - int(c.op), 0)
+      local max_missed = int(c.om)
+      local id, queue, priority = decline(c, conv)
+      local n = redis.call('HINCRBY', akey(id), 'mo', 1)
+      local ag = agent(id)
+      local away = max_missed > 0 and n >= max_missed and ag.p == 'online'
+      if away then
+        redis.call('HSET', akey(id), 'p', 'away', 'ps', now)
+        ag.p = 'away'
+      end
+      local rec = {
+        action = 'expired', previous_agent = id, team = c.tm, queue = queue, rule = c.ru,
+        strategy = c.sg or '', why = 'expired', ms = timeout, n = n, queued = true,
+        priority = priority,
+      }
+      if away then
+        rec.from = 'away'
+      end
+      record(c, conv, nil, rec, true)
+      save(conv, c)
+      expired = expired + 1
+    else
+      redis.call('ZREM', base .. 'offers', conv)
     end
   end
   due = redis.call('ZRANGEBYSCORE', base .. 'timers', '-inf', now)
@@ -983,7 +1158,7 @@ local function op_sweep()
     end
   end
   flush()
-  return {requeued, overflowed, closed}
+  return {requeued, overflowed, closed, expired}
 end
 
 -- apply_ruleset: ARGV[10] expected version (-1: any), ARGV[11] version, ARGV[12] json,
@@ -1039,7 +1214,7 @@ end
 
 -- snapshot: ARGV[10] queue head count, ARGV[11] n agents, agents..., then m convs, convs...
 -- Reply: {agents: flat hashes}, {convs: packed states ('' = unknown)},
--- {heads: queue, conv, score, channel, last agent, target key, rule, ...}
+-- {heads: queue, conv, score, channel, last agent, target key, rule, declined, ...}
 local function op_snapshot()
   local heads_n = tonumber(ARGV[10])
   local n = tonumber(ARGV[11])
@@ -1074,6 +1249,7 @@ local function op_snapshot()
         heads[#heads + 1] = c.la or ''
         heads[#heads + 1] = c.tk or ''
         heads[#heads + 1] = c.ru or ''
+        heads[#heads + 1] = c.dc or ''
       end
     end
   end
@@ -1123,7 +1299,7 @@ local function op_open_of()
   local res = {}
   for _, conv in ipairs(redis.call('SMEMBERS', base .. 'o:' .. ARGV[10])) do
     local c = load(conv)
-    if c.st == 'open' and c.ag == ARGV[10] then
+    if (c.st == 'open' or c.st == 'offered') and c.ag == ARGV[10] then
       res[#res + 1] = conv
       res[#res + 1] = pack_state(c)
       res[#res + 1] = BOOK[c].meta
@@ -1170,6 +1346,8 @@ elseif op == 'transfer_agent' then
   return op_transfer_agent()
 elseif op == 'close' then
   return op_close()
+elseif op == 'answer' then
+  return op_answer()
 elseif op == 'erase' then
   return op_erase()
 elseif op == 'presence' then
