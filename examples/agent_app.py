@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """An agent's app on switchboard's routing API (docs/routing.md): it goes online, follows
-its own work over Server-Sent Events, and closes each conversation after "handling" it.
+its own work over Server-Sent Events, answers the conversations offered to it, and closes
+each conversation after "handling" it.
 
 Standard library only:
 
     python3 examples/agent_app.py --url http://127.0.0.1:8080 --token demo-api-token \\
-        --tenant demo --agent bob --handle-secs 30
+        --tenant demo --agent bob --handle-secs 30 --offers accept --answer-after-secs 2
 
 Use the agent's own API key in production (POST /v1/api-keys with role "agent" and
 "agent": "bob"): it can only follow and act as that agent.
@@ -20,8 +21,13 @@ What it shows:
   connection;
 - ordering: events of one conversation can arrive out of order when several routers run,
   so an assignment is applied only when its `seq` is above the last one applied;
-- its conversations: `action` assigned/transferred with `agent` = us → ours; closed,
-  requeued, or transferred away (`previous_agent` = us) → no longer ours;
+- its conversations: `action` assigned/transferred/accepted with `agent` = us → ours;
+  closed, requeued, or transferred away (`previous_agent` = us) → no longer ours;
+- offers (rules with `offer_timeout_secs`): `action` offered with `agent` = us is an offer
+  held for us until `offer_expires_at`; the app answers it --answer-after-secs later with
+  POST .../conversations/{id}/accept (or /reject, with --offers reject; --offers ignore
+  lets it expire). `accepted` makes it ours; `rejected`/`expired` with `previous_agent` =
+  us means it went to someone else. A 409 answer means the offer ended meanwhile;
 - at start it lists what it already holds (GET .../agents/{agent}/conversations, paged);
 - "handling" is checked whenever a frame or heartbeat arrives, so a close follows within
   a heartbeat of --handle-secs.
@@ -74,6 +80,16 @@ class Api:
             yield from page["items"]
             after = page["next_after"]
 
+    def answer(self, conv, verb):
+        """POST .../accept or .../reject; None when the offer ended meanwhile (409)."""
+        path = f"/v1/tenants/{urllib.parse.quote(self.tenant)}/conversations/{conv}/{verb}"
+        try:
+            return self.json("POST", path)
+        except urllib.error.HTTPError as e:
+            if e.code == 409:  # expired, withdrawn or answered already
+                return None
+            raise
+
     def close(self, conv):
         path = f"/v1/tenants/{urllib.parse.quote(self.tenant)}/conversations/{conv}/close"
         try:
@@ -101,10 +117,13 @@ def frames(res):
 
 
 class App:
-    def __init__(self, api, agent, handle_secs):
+    def __init__(self, api, agent, handle_secs, offers="accept", answer_after_secs=0.0):
         self.api = api
         self.agent = agent
         self.handle_secs = handle_secs
+        self.offers = offers
+        self.answer_after_secs = answer_after_secs
+        self.offered = {}  # conversation -> when to answer its offer
         self.last_id = None
         self.seq = {}  # conversation -> last seq applied
         self.mine = {}  # conversation -> when it became ours
@@ -122,7 +141,15 @@ class App:
         if a.get("action") != "kept":
             self.seq[conv] = seq
         action = a.get("action")
-        if a.get("agent") == self.agent and action in ("assigned", "transferred", "kept"):
+        if action == "offered" and a.get("agent") == self.agent:
+            self.offered[conv] = time.monotonic() + self.answer_after_secs
+            self.log(offered=conv, expires=a.get("offer_expires_at"), reason=a.get("reason"))
+            return
+        self.offered.pop(conv, None)
+        if action in ("rejected", "expired") and a.get("previous_agent") == self.agent:
+            self.log(offer_ended=conv, action=action, reason=a.get("reason"))
+            return
+        if a.get("agent") == self.agent and action in ("assigned", "transferred", "kept", "accepted"):
             if conv not in self.mine:
                 self.mine[conv] = time.monotonic()
                 self.log(took=conv, reason=a.get("reason"), contact=(event.get("contact") or {}).get("id"))
@@ -135,6 +162,13 @@ class App:
 
     def handle_due(self):
         now = time.monotonic()
+        for conv, when in list(self.offered.items()):
+            if now >= when and self.offers != "ignore":
+                del self.offered[conv]
+                # Its accepted/rejected event reaches us over the stream and is applied
+                # there; a 409 means the offer ended first.
+                if self.api.answer(conv, self.offers) is None:
+                    self.log(offer_gone=conv)
         for conv, since in list(self.mine.items()):
             if self.handle_secs is not None and now - since >= self.handle_secs:
                 self.api.close(conv)  # its `closed` event reaches us and drops it
@@ -174,13 +208,23 @@ def main():
     p.add_argument("--agent", required=True)
     p.add_argument("--handle-secs", type=float, default=None,
                    help="close each conversation this long after taking it")
+    p.add_argument("--offers", choices=("accept", "reject", "ignore"), default="accept",
+                   help="what to do with conversations offered to this agent")
+    p.add_argument("--answer-after-secs", type=float, default=0.0,
+                   help="answer each offer this long after it arrives")
     p.add_argument("--heartbeat-secs", type=float, default=15,
                    help="the gateway's routing.stream_heartbeat_ms, in seconds")
     args = p.parse_args()
     api = Api(args.url, args.token, args.tenant, args.agent)
-    app = App(api, args.agent, args.handle_secs)
+    app = App(api, args.agent, args.handle_secs, args.offers, args.answer_after_secs)
     signal.signal(signal.SIGTERM, lambda *_: app.stop.set())
     for c in api.open_conversations():
+        if c.get("state") == "offered":
+            # Offered before we started: answer it like any other offer.
+            app.offered[c["conversation_id"]] = time.monotonic() + args.answer_after_secs
+            app.seq[c["conversation_id"]] = c.get("seq", 0)
+            app.log(offered=c["conversation_id"], expires=c.get("offer_expires_at"))
+            continue
         app.mine[c["conversation_id"]] = time.monotonic()
         app.seq[c["conversation_id"]] = c.get("seq", 0)
         app.log(holding=c["conversation_id"], since=c["since"])

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::http::State;
 use crate::http::{authorize, json_body};
 use crate::route::engine::{OpError, RulesetError};
-use crate::route::store::{AnswerRefused, Answer, Decided, TransferRefused};
+use crate::route::store::{Answer, AnswerRefused, Decided, TransferRefused};
 use crate::route::Engine;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -101,9 +101,9 @@ fn op_error(e: OpError) -> ApiError {
             ApiError::Conflict("the conversation is not open or queued".into())
         }
         OpError::Transfer(t) => ApiError::AgentUnavailable(t.to_string()),
-        OpError::Answer(AnswerRefused::NoOffer) => {
-            ApiError::Conflict("the conversation has no pending offer (answered, expired or withdrawn)".into())
-        }
+        OpError::Answer(AnswerRefused::NoOffer) => ApiError::Conflict(
+            "the conversation has no pending offer (answered, expired or withdrawn)".into(),
+        ),
         OpError::Answer(AnswerRefused::NotYours) => {
             ApiError::Forbidden("the conversation is offered to another agent".into())
         }
@@ -368,6 +368,14 @@ async fn agent_conversations(
         .map(|(_, l)| {
             let mut item = serde_json::Map::new();
             item.insert("conversation_id".into(), l.conv.into());
+            // `open`, or `offered` (a slot held until the agent answers).
+            item.insert("state".into(), l.live.state.as_str().into());
+            if l.live.offer_expires_ms > 0 {
+                item.insert(
+                    "offer_expires_at".into(),
+                    json!(ms_text(l.live.offer_expires_ms)),
+                );
+            }
             item.insert("channel".into(), l.live.channel.into());
             item.insert("since".into(), json!(ms_text(l.live.opened_ms)));
             item.insert(
@@ -546,9 +554,11 @@ async fn answer(
     let who = authorize(&state, &req)?;
     let (tenant, conv) = path.into_inner();
     let agent = match who.role {
-        KeyRole::Agent => Some(who.agent.clone().ok_or_else(|| {
-            ApiError::Forbidden("this agent key names no agent".into())
-        })?),
+        KeyRole::Agent => Some(
+            who.agent
+                .clone()
+                .ok_or_else(|| ApiError::Forbidden("this agent key names no agent".into()))?,
+        ),
         _ => None,
     };
     let d = engine(&state, &tenant)?

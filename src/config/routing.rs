@@ -1150,6 +1150,55 @@ mod tests {
     }
 
     #[test]
+    fn offers_compile_onto_the_rule_and_its_fallback_and_bad_values_are_refused() {
+        let all = |_: &str| true;
+        let rule = |id: &str, timeout: Option<u64>, missed: Option<u32>| RuleConfig {
+            id: id.into(),
+            agents: vec!["ana".into()],
+            fallback_agents: vec!["bo".into()],
+            overflow_after_secs: Some(30),
+            offer_timeout_secs: timeout,
+            max_missed_offers: missed,
+            ..Default::default()
+        };
+        let mut cfg = RoutingConfig {
+            default_strategy: "least_loaded".into(),
+            max_queued: 10,
+            ..Default::default()
+        };
+        for a in ["ana", "bo"] {
+            cfg.agents.insert(a.into(), AgentConfig::default());
+        }
+        cfg.rules = vec![rule("o", Some(20), None), rule("p", None, None)];
+        let rs = Ruleset::compile("t", 1, cfg.clone(), "routing", &all).unwrap();
+        let want = Some(Offer {
+            timeout_ms: 20_000,
+            max_missed: DEFAULT_MAX_MISSED_OFFERS,
+        });
+        assert_eq!(rs.rules[0].target.offer, want);
+        assert_eq!(rs.rules[0].fallback.as_ref().unwrap().offer, want);
+        assert_eq!(rs.rules[1].target.offer, None);
+        assert_eq!(rs.default.offer, None);
+        cfg.rules = vec![
+            rule("a", Some(0), None),
+            rule("b", Some(3601), None),
+            rule("c", None, Some(2)),
+            rule("d", Some(5), Some(1001)),
+        ];
+        let text = Ruleset::compile("t", 1, cfg, "routing", &all)
+            .unwrap_err()
+            .join("\n");
+        for needle in [
+            "routing.rules[0].offer_timeout_secs = 0: use 1..=3600",
+            "routing.rules[1].offer_timeout_secs = 3601",
+            "routing.rules[2].max_missed_offers: only with offer_timeout_secs",
+            "routing.rules[3].max_missed_offers: use 0..=1000",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn unknown_strategy_is_refused() {
         let cfg = RoutingConfig {
             default_strategy: "coin_flip".into(),

@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 
 use super::rules::{self, EventView};
 use super::store::{
-    AgentLive, AgentSpec, Answer, AnswerRefused, ConvState, Decided, DequeueItem, Listed, QueueDepth, RouteItem,
-    RouteMode, RoutingStore, RulesetRecord, Settings, SnapshotRequest, SweepReport,
-    TransferRefused, VersionConflict,
+    AgentLive, AgentSpec, Answer, AnswerRefused, ConvState, Decided, DequeueItem, Listed,
+    QueueDepth, RouteItem, RouteMode, RoutingStore, RulesetRecord, Settings, SnapshotRequest,
+    SweepReport, TransferRefused, VersionConflict,
 };
 use super::strategy::{Candidate, RankContext, Strategies};
 use crate::accept::{Backend, BackendError, Item, StreamEntry};

@@ -406,8 +406,11 @@ async fn replay(
         let t = tallies.entry(tenant.to_string()).or_default();
         let action = a["action"].as_str().unwrap_or("");
         // A message while an offer is pending repeats `offered` ("offered to ..., waiting").
-        let new_offer =
-            action == "offered" && !a["reason"].as_str().unwrap_or("").starts_with("offered to ");
+        let new_offer = action == "offered"
+            && !a["reason"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("offered to ");
         if from_message {
             t.conversations.insert(conv.to_string());
             if matches!(action, "assigned" | "queued" | "unrouted") || new_offer {

@@ -65,6 +65,13 @@ strategy = "round_robin"
 id = "deals"
 when = { keywords = ["deal"] }
 team = "sales"
+[[tenants.acme.routing.rules]]
+id = "offers"
+when = { keywords = ["take"] }
+team = "support"
+strategy = "round_robin"
+offer_timeout_secs = 1
+max_missed_offers = 2
 "#;
 
 fn config() -> Config {
@@ -384,9 +391,11 @@ fn urlencode(s: &str) -> String {
     s.replace('/', "%2F").replace(':', "%3A")
 }
 
-#[tokio::test]
-async fn operators_list_an_agents_open_conversations_and_a_queue_in_service_order() {
-    // Keys live in PostgreSQL.
+/// The configuration with API keys (they live in PostgreSQL), and the migrated database.
+async fn keyed_config() -> (
+    Config,
+    (switchboard::persist::Postgres, tokio_postgres::Client),
+) {
     let mut c = config();
     let pg = crate::pg::pg_config(BackendKind::Redis, &crate::pg::pg_url());
     c.postgres = pg.postgres;
@@ -406,7 +415,40 @@ async fn operators_list_an_agents_open_conversations_and_a_queue_in_service_orde
     c.api.reload_interval_ms = 200;
     c.api.key_requests_per_sec = 100_000;
     c.api.key_burst = 100_000;
-    let _pg = crate::pg::migrated(&c).await;
+    let pg = crate::pg::migrated(&c).await;
+    (c, pg)
+}
+
+/// A new API key's token.
+async fn new_key(app: &TestApp, body: Value) -> String {
+    let res = app
+        .client
+        .post(app.url("/v1/api-keys"))
+        .bearer_auth(API_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let v: Value = res.json().await.unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// `GET path` with `token` until it is no longer 401 (keys reach every replica by reload).
+async fn get_once_known(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get_as(app, token, path).await;
+        if r.0 != 401 || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn operators_list_an_agents_open_conversations_and_a_queue_in_service_order() {
+    let (c, _pg) = keyed_config().await;
     let a = spawn_with(c.clone()).await;
     let b = spawn_with(c).await;
     presence(&a, "ben", "online").await;
@@ -477,34 +519,19 @@ async fn operators_list_an_agents_open_conversations_and_a_queue_in_service_orde
 
     // Role scope: a viewer sees no contact; an agent key sees its own conversations and
     // the queues it serves, nobody else's.
-    let key = |body: Value| {
-        let a = &a;
-        async move {
-            let res = a
-                .client
-                .post(a.url("/v1/api-keys"))
-                .bearer_auth(API_TOKEN)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 201);
-            let v: Value = res.json().await.unwrap();
-            v["token"].as_str().unwrap().to_string()
-        }
-    };
-    let viewer = key(json!({"role": "viewer", "tenant": "acme"})).await;
-    let ben = key(json!({"role": "agent", "tenant": "acme", "agent": "ben"})).await;
-    let sam = key(json!({"role": "agent", "tenant": "acme", "agent": "sam"})).await;
+    let viewer = new_key(&a, json!({"role": "viewer", "tenant": "acme"})).await;
+    let ben = new_key(
+        &a,
+        json!({"role": "agent", "tenant": "acme", "agent": "ben"}),
+    )
+    .await;
+    let sam = new_key(
+        &a,
+        json!({"role": "agent", "tenant": "acme", "agent": "sam"}),
+    )
+    .await;
     // Keys are read by every replica (b reloads them).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (status, v) = loop {
-        let r = get_as(&b, &viewer, q).await;
-        if r.0 != 401 || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (status, v) = get_once_known(&b, &viewer, q).await;
     assert_eq!(status, 200, "{v}");
     let items = v["items"].as_array().unwrap();
     assert_eq!(items.len(), 3);
@@ -535,7 +562,16 @@ struct Sse {
 
 impl Sse {
     async fn open(app: &TestApp, path: &str, last_id: Option<&str>) -> Result<Sse, (u16, Value)> {
-        let mut req = app.client.get(app.url(path)).bearer_auth(API_TOKEN);
+        Sse::open_as(app, API_TOKEN, path, last_id).await
+    }
+
+    async fn open_as(
+        app: &TestApp,
+        token: &str,
+        path: &str,
+        last_id: Option<&str>,
+    ) -> Result<Sse, (u16, Value)> {
+        let mut req = app.client.get(app.url(path)).bearer_auth(token);
         if let Some(id) = last_id {
             req = req.header("last-event-id", id);
         }
@@ -666,4 +702,287 @@ async fn an_agents_app_follows_its_work_over_server_sent_events_on_any_replica()
     drop(second);
     a.stop().await;
     b.stop().await;
+}
+
+async fn post_as(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
+    let res = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn agents_take_offers_over_their_stream_and_answer_on_either_replica() {
+    let (mut c, _pg) = keyed_config().await;
+    c.routing.stream_heartbeat_ms = 200;
+    c.routing.stream_poll_ms = 20;
+    let a = spawn_with(c.clone()).await;
+    let b = spawn_with(c).await;
+    let ana = new_key(
+        &a,
+        json!({"role": "agent", "tenant": "acme", "agent": "ana"}),
+    )
+    .await;
+    let ben = new_key(
+        &a,
+        json!({"role": "agent", "tenant": "acme", "agent": "ben"}),
+    )
+    .await;
+    let viewer = new_key(&a, json!({"role": "viewer", "tenant": "acme"})).await;
+    assert_eq!(
+        get_once_known(&b, &ben, "/v1/tenants/acme/agents/ben/conversations")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get_once_known(&b, &ana, "/v1/tenants/acme/agents/ana/conversations")
+            .await
+            .0,
+        200
+    );
+    presence(&a, "ana", "online").await;
+    presence(&b, "ben", "online").await;
+    // Both agents' apps follow their work on replica b, with their own keys.
+    let mut streams = std::collections::HashMap::new();
+    for (agent, token) in [("ana", &ana), ("ben", &ben)] {
+        let path = format!("/v1/tenants/acme/agents/{agent}/stream");
+        let mut s = Sse::open_as(&b, token, &path, None).await.unwrap();
+        assert_eq!(s.next().await, ": connected");
+        streams.insert(agent, s);
+    }
+
+    // The "offers" rule offers the conversation to one of them, who holds a slot for it.
+    assert_eq!(
+        a.post(&wa_messages(&[("15550006001", "take this")]))
+            .await
+            .status(),
+        200
+    );
+    let ev = until(&a, |ev| !of(ev, "15550006001").is_empty()).await;
+    let first = of(&ev, "15550006001")[0].clone();
+    assert_eq!(first["action"], "offered", "{first}");
+    assert_eq!(first["rule"], "offers");
+    assert!(first["offer_expires_at"].is_string(), "{first}");
+    let holder = first["agent"].as_str().unwrap().to_string();
+    let (other, holder_key, other_key) = if holder == "ana" {
+        ("ben", &ana, &ben)
+    } else {
+        ("ana", &ben, &ana)
+    };
+    let conv = ev
+        .iter()
+        .find(|e| e["contact"]["id"] == "15550006001")
+        .unwrap()["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The holder's app sees the offer: the same JSON as the event.
+    let (_, kind, got) = streams.get_mut(holder.as_str()).unwrap().event().await;
+    assert_eq!(kind, "message");
+    assert_eq!(got["assignment"], first);
+    let (_, v) = get_as(
+        &b,
+        API_TOKEN,
+        &format!("/v1/tenants/acme/agents/{holder}/conversations"),
+    )
+    .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["items"][0]["state"], "offered", "{v}");
+    let accept = format!("/v1/tenants/acme/conversations/{conv}/accept");
+    let reject = format!("/v1/tenants/acme/conversations/{conv}/reject");
+    // Only the agent holding the offer answers it; viewers never do.
+    let (status, v) = post_as(&b, other_key, &accept).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let (status, v) = post_as(&a, &viewer, &accept).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    // The holder rejects it on replica b: it is offered to the other agent at once.
+    let (status, v) = post_as(&b, holder_key, &reject).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["assignment"]["action"], "rejected");
+    assert_eq!(v["assignment"]["previous_agent"], holder.as_str());
+    let (_, kind, got) = streams.get_mut(holder.as_str()).unwrap().event().await;
+    assert_eq!(
+        (kind.as_str(), got["assignment"]["action"].as_str()),
+        ("assignment", Some("rejected"))
+    );
+    let (_, kind, got) = streams.get_mut(other).unwrap().event().await;
+    assert_eq!(kind, "assignment");
+    assert_eq!(got["assignment"]["action"], "offered", "{got}");
+    assert_eq!(got["assignment"]["agent"], other);
+    // The other accepts it on replica a: theirs now.
+    let (status, v) = post_as(&a, other_key, &accept).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["assignment"]["action"], "accepted");
+    assert_eq!(v["assignment"]["agent"], other);
+    let (_, _, got) = streams.get_mut(other).unwrap().event().await;
+    assert_eq!(got["assignment"]["action"], "accepted");
+    // Answered: another answer is a conflict.
+    let (status, v) = post_as(&b, other_key, &accept).await;
+    assert_eq!((status, v["code"].as_str()), (409, Some("conflict")), "{v}");
+
+    // A second conversation: only the holder has room. Unanswered, its offer expires
+    // after a second and comes back to them (nobody else qualifies); two missed in a row
+    // set them away, and the conversation waits.
+    assert_eq!(
+        b.post(&wa_messages(&[("15550006002", "take that")]))
+            .await
+            .status(),
+        200
+    );
+    let ev = until(&a, |ev| {
+        of(ev, "15550006002")
+            .iter()
+            .filter(|x| x["action"] == "expired")
+            .count()
+            >= 2
+    })
+    .await;
+    let actions: Vec<&str> = of(&ev, "15550006002")
+        .iter()
+        .map(|x| x["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["offered", "expired", "offered", "expired"],
+        "{ev:#?}"
+    );
+    let last = of(&ev, "15550006002")[3].clone();
+    assert_eq!(last["previous_agent"], holder.as_str());
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("2 offers missed in a row, {holder} is now away")),
+        "{last}"
+    );
+    let (_, agents) = get_as(&b, API_TOKEN, "/v1/tenants/acme/agents").await;
+    let h = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == holder.as_str())
+        .unwrap();
+    assert_eq!(
+        (h["presence"].as_str(), h["missed_offers"].as_u64()),
+        (Some("away"), Some(2))
+    );
+    let (_, q) = get_as(
+        &a,
+        API_TOKEN,
+        "/v1/tenants/acme/queues/team:support/conversations",
+    )
+    .await;
+    assert_eq!(q["items"].as_array().unwrap().len(), 1, "{q}");
+    // Back online, they get it offered again.
+    presence(&a, &holder, "online").await;
+    let ev = until(&a, |ev| of(ev, "15550006002").len() >= 5).await;
+    let again = of(&ev, "15550006002")[4].clone();
+    assert_eq!(again["action"], "offered");
+    assert_eq!(again["agent"], holder.as_str());
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The Python interpreter for the examples (standard library only): `python3` on PATH.
+fn python3() -> std::process::Command {
+    let ok = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "python3 is needed to run examples/agent_app.py");
+    std::process::Command::new("python3")
+}
+
+#[tokio::test]
+async fn the_example_agent_app_takes_offers_from_its_stream() {
+    let mut c = config();
+    c.routing.stream_heartbeat_ms = 200;
+    c.routing.stream_poll_ms = 20;
+    let app = spawn_with(c).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent_app.py");
+    let mut child = python3()
+        .arg(&script)
+        .args(["--url", &app.url(""), "--token", API_TOKEN])
+        .args(["--tenant", "acme", "--agent", "ana", "--offers", "accept"])
+        .args(["--answer-after-secs", "0.1", "--heartbeat-secs", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the example");
+    // The app puts ana online itself.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, v) = get_as(&app, API_TOKEN, "/v1/tenants/acme/agents").await;
+        let online = v["agents"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["id"] == "ana" && x["presence"] == "online")
+        });
+        if online {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the example never went online: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.post(&wa_messages(&[("15550007001", "take it")]))
+            .await
+            .status(),
+        200
+    );
+    let ev = until(&app, |ev| {
+        of(ev, "15550007001")
+            .iter()
+            .any(|a| a["action"] == "accepted")
+    })
+    .await;
+    // The app's own log: the offer, then the conversation as its own once the accepted
+    // event reaches it over the stream.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.contains("\"took\": \"conv_") && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            log.push_str(&line);
+            log.push('\n');
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let actions: Vec<&str> = of(&ev, "15550007001")
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["offered", "accepted"], "app log:\n{log}");
+    assert_eq!(of(&ev, "15550007001")[1]["agent"], "ana");
+    assert!(log.contains("\"offered\": \"conv_"), "{log}");
+    assert!(log.contains("\"took\": \"conv_"), "{log}");
+    app.stop().await;
 }

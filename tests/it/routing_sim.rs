@@ -250,9 +250,18 @@ fn simulate_and_two_live_replicas_on_redis_decide_the_same() {
     // The scenarios exercised what they are meant to compare.
     let seen = seen.into_inner().unwrap();
     for action in [
-        "assigned", "queued", "closed", "transferred", "offered", "accepted", "rejected",
+        "assigned",
+        "queued",
+        "closed",
+        "transferred",
+        "offered",
+        "accepted",
+        "rejected",
         "expired",
     ] {
-        assert!(seen.contains(action), "no scenario made {action:?}: {seen:?}");
+        assert!(
+            seen.contains(action),
+            "no scenario made {action:?}: {seen:?}"
+        );
     }
 }

@@ -10,8 +10,8 @@ use switchboard::config::routing::{Offer, Presence};
 use switchboard::route::store::memory::MemoryStore;
 use switchboard::route::store::redis::RedisStore;
 use switchboard::route::store::{
-    AgentSpec, Answer, AnswerRefused, ConvState, Decided, DequeueItem, RouteItem, RouteMode, RoutingStore, RulesetRecord,
-    Settings, SnapshotRequest, TransferRefused, VersionConflict,
+    AgentSpec, Answer, AnswerRefused, ConvState, Decided, DequeueItem, RouteItem, RouteMode,
+    RoutingStore, RulesetRecord, Settings, SnapshotRequest, TransferRefused, VersionConflict,
 };
 
 use crate::helpers::*;
@@ -760,7 +760,13 @@ conform!(an_offer_holds_a_slot_until_it_is_answered_or_expires, |s| {
     let st = settings();
     let mut t = Vec::new();
     let d = s
-        .route("acme", &st, T0, &[], &[offering("e1", "c1", &["a", "b"], 3)])
+        .route(
+            "acme",
+            &st,
+            T0,
+            &[],
+            &[offering("e1", "c1", &["a", "b"], 3)],
+        )
         .await
         .unwrap();
     let offered = v(&d[0]);
@@ -777,7 +783,13 @@ conform!(an_offer_holds_a_slot_until_it_is_answered_or_expires, |s| {
     t.push(offered.clone());
     // A message meanwhile: still offered, same seq, no change.
     let d = s
-        .route("acme", &st, T0 + 5_000, &[], &[offering("e2", "c1", &["b"], 3)])
+        .route(
+            "acme",
+            &st,
+            T0 + 5_000,
+            &[],
+            &[offering("e2", "c1", &["b"], 3)],
+        )
         .await
         .unwrap();
     let pending = v(&d[0]);
@@ -794,10 +806,7 @@ conform!(an_offer_holds_a_slot_until_it_is_answered_or_expires, |s| {
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].live.state, ConvState::Offered);
     // Not yet expired one millisecond before; expired at the deadline.
-    assert_eq!(
-        s.sweep("acme", &st, T0 + 29_999).await.unwrap().expired,
-        0
-    );
+    assert_eq!(s.sweep("acme", &st, T0 + 29_999).await.unwrap().expired, 0);
     let r = s.sweep("acme", &st, T0 + 30_000).await.unwrap();
     assert_eq!(r.expired, 1);
     assert_eq!(load(&s, "a").await, 0, "the slot is free again");
@@ -805,7 +814,10 @@ conform!(an_offer_holds_a_slot_until_it_is_answered_or_expires, |s| {
     assert_eq!(c.state, ConvState::Queued);
     assert_eq!(c.queued_ms, T0, "back in the queue at its original place");
     assert_eq!(c.declined, ["a"]);
-    assert_eq!(c.last_agent, None, "declining does not make a its last agent");
+    assert_eq!(
+        c.last_agent, None,
+        "declining does not make a its last agent"
+    );
     assert_eq!(agent_live(&s, "a").await.missed_offers, 1);
     let ob = s.outbox("acme", 10).await.unwrap();
     let expired: Value = serde_json::from_str(&ob.last().unwrap().assignment).unwrap();
@@ -840,10 +852,9 @@ conform!(an_offer_holds_a_slot_until_it_is_answered_or_expires, |s| {
     assert_eq!(next["agent"], "b");
     assert_eq!(next["wait_ms"], 31_000);
     assert!(
-        next["reason"]
-            .as_str()
-            .unwrap()
-            .ends_with("offered to b, 1/1 open, 2 candidates, after waiting 31 s; answer within 30 s"),
+        next["reason"].as_str().unwrap().ends_with(
+            "offered to b, 1/1 open, 2 candidates, after waiting 31 s; answer within 30 s"
+        ),
         "{next}"
     );
     t.push(next);
@@ -879,134 +890,169 @@ conform!(an_offer_holds_a_slot_until_it_is_answered_or_expires, |s| {
     let ob = s.outbox("acme", 10).await.unwrap();
     let actions: Vec<String> = ob
         .iter()
-        .map(|e| serde_json::from_str::<Value>(&e.assignment).unwrap()["action"].as_str().unwrap().to_string())
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.assignment).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(actions, ["expired", "offered", "accepted"]);
     t
 });
 
-conform!(rejections_requeue_in_place_and_missed_offers_in_a_row_set_an_agent_away, |s| {
-    setup(&s, &[spec("a", 4, &[])]).await;
-    let st = settings();
-    let mut t = Vec::new();
-    let offer = |e: &str, c: &str, at: u64| {
-        let s = &s;
-        let st = &st;
-        let it = offering(e, c, &["a"], 2);
-        async move { v(&s.route("acme", st, at, &[], &[it]).await.unwrap()[0]) }
-    };
-    // c1: missed (1 in a row).
-    t.push(offer("e1", "c1", T0).await);
-    assert_eq!(s.sweep("acme", &st, T0 + 30_000).await.unwrap().expired, 1);
-    assert_eq!(agent_live(&s, "a").await.missed_offers, 1);
-    // (Closed while it waits, so the next ones do not queue behind it.)
-    s.close("acme", &st, T0 + 30_500, "c1", "done").await.unwrap();
-    // c2: rejected, which is an answer: the run of misses ends.
-    t.push(offer("e2", "c2", T0 + 31_000).await);
-    let rej = s
-        .answer("acme", &st, T0 + 32_000, "c2", Some("a"), Answer::Reject)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(rej.freed, "a rejection frees the slot");
-    let r = v(&rej);
-    assert_eq!(r["action"], "rejected");
-    assert_eq!(r["previous_agent"], "a");
-    assert_eq!(r["reason"], "a rejected the offer: back to team:support");
-    t.push(r);
-    let c = live(&s, "c2").await;
-    assert_eq!((c.state, c.queued_ms), (ConvState::Queued, T0 + 31_000));
-    assert_eq!(c.declined, ["a"]);
-    assert_eq!(agent_live(&s, "a").await.missed_offers, 0);
-    assert_eq!(load(&s, "a").await, 0);
-    s.close("acme", &st, T0 + 32_500, "c2", "done").await.unwrap();
-    // c3 and c4 missed in a row: a goes away with the second.
-    t.push(offer("e3", "c3", T0 + 40_000).await);
-    t.push(offer("e4", "c4", T0 + 41_000).await);
-    assert_eq!(load(&s, "a").await, 2);
-    let r = s.sweep("acme", &st, T0 + 71_000).await.unwrap();
-    assert_eq!(r.expired, 2);
-    let a = agent_live(&s, "a").await;
-    assert_eq!((a.presence, a.missed_offers), (Presence::Away, 2));
-    assert_eq!(a.since_ms, T0 + 71_000);
-    let ob = s.outbox("acme", 20).await.unwrap();
-    let last: Value = serde_json::from_str(&ob.last().unwrap().assignment).unwrap();
-    assert_eq!(
+conform!(
+    rejections_requeue_in_place_and_missed_offers_in_a_row_set_an_agent_away,
+    |s| {
+        setup(&s, &[spec("a", 4, &[])]).await;
+        let st = settings();
+        let mut t = Vec::new();
+        let offer = |e: &str, c: &str, at: u64| {
+            let s = &s;
+            let st = &st;
+            let it = offering(e, c, &["a"], 2);
+            async move { v(&s.route("acme", st, at, &[], &[it]).await.unwrap()[0]) }
+        };
+        // c1: missed (1 in a row).
+        t.push(offer("e1", "c1", T0).await);
+        assert_eq!(s.sweep("acme", &st, T0 + 30_000).await.unwrap().expired, 1);
+        assert_eq!(agent_live(&s, "a").await.missed_offers, 1);
+        // (Closed while it waits, so the next ones do not queue behind it.)
+        s.close("acme", &st, T0 + 30_500, "c1", "done")
+            .await
+            .unwrap();
+        // c2: rejected, which is an answer: the run of misses ends.
+        t.push(offer("e2", "c2", T0 + 31_000).await);
+        let rej = s
+            .answer("acme", &st, T0 + 32_000, "c2", Some("a"), Answer::Reject)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rej.freed, "a rejection frees the slot");
+        let r = v(&rej);
+        assert_eq!(r["action"], "rejected");
+        assert_eq!(r["previous_agent"], "a");
+        assert_eq!(r["reason"], "a rejected the offer: back to team:support");
+        t.push(r);
+        let c = live(&s, "c2").await;
+        assert_eq!((c.state, c.queued_ms), (ConvState::Queued, T0 + 31_000));
+        assert_eq!(c.declined, ["a"]);
+        assert_eq!(agent_live(&s, "a").await.missed_offers, 0);
+        assert_eq!(load(&s, "a").await, 0);
+        s.close("acme", &st, T0 + 32_500, "c2", "done")
+            .await
+            .unwrap();
+        // c3 and c4 missed in a row: a goes away with the second.
+        t.push(offer("e3", "c3", T0 + 40_000).await);
+        t.push(offer("e4", "c4", T0 + 41_000).await);
+        assert_eq!(load(&s, "a").await, 2);
+        let r = s.sweep("acme", &st, T0 + 71_000).await.unwrap();
+        assert_eq!(r.expired, 2);
+        let a = agent_live(&s, "a").await;
+        assert_eq!((a.presence, a.missed_offers), (Presence::Away, 2));
+        assert_eq!(a.since_ms, T0 + 71_000);
+        let ob = s.outbox("acme", 20).await.unwrap();
+        let last: Value = serde_json::from_str(&ob.last().unwrap().assignment).unwrap();
+        assert_eq!(
         last["reason"],
         "a did not answer within 30 s: back to team:support; 2 offers missed in a row, a is now away"
     );
-    t.push(last);
-    // Away agents get no offers; back online, the count starts again.
-    t.push(offer("e5", "c5", T0 + 72_000).await);
-    assert_eq!(t.last().unwrap()["action"], "queued");
-    s.set_presence("acme", &st, T0 + 73_000, "a", Presence::Online)
-        .await
-        .unwrap();
-    assert_eq!(agent_live(&s, "a").await.missed_offers, 0);
-    t
-});
+        t.push(last);
+        // Away agents get no offers; back online, the count starts again.
+        t.push(offer("e5", "c5", T0 + 72_000).await);
+        assert_eq!(t.last().unwrap()["action"], "queued");
+        s.set_presence("acme", &st, T0 + 73_000, "a", Presence::Online)
+            .await
+            .unwrap();
+        assert_eq!(agent_live(&s, "a").await.missed_offers, 0);
+        t
+    }
+);
 
-conform!(an_offered_conversation_can_be_closed_transferred_or_erased, |s| {
-    setup(&s, &[spec("a", 1, &[]), spec("b", 1, &[])]).await;
-    let st = settings();
-    let mut t = Vec::new();
-    let d = s
-        .route("acme", &st, T0, &[], &[offering("e1", "c1", &["a"], 3)])
-        .await
-        .unwrap();
-    t.push(v(&d[0]));
-    // Closing withdraws the offer and frees the slot; its deadline then does nothing.
-    let closed = s
-        .close("acme", &st, T0 + 1_000, "c1", "closed through the API")
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(closed.freed);
-    assert_eq!(v(&closed)["previous_agent"], "a");
-    t.push(v(&closed));
-    assert_eq!(load(&s, "a").await, 0);
-    assert_eq!(s.sweep("acme", &st, T0 + 40_000).await.unwrap().expired, 0);
-    // Transferred by hand to another agent: theirs at once, a's slot freed.
-    let d = s
-        .route("acme", &st, T0 + 41_000, &[], &[offering("e2", "c2", &["a"], 3)])
-        .await
-        .unwrap();
-    assert_eq!(v(&d[0])["agent"], "a");
-    let tr = s
-        .transfer_agent("acme", &st, T0 + 42_000, "c2", "b", "transfer to b")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(v(&tr)["action"], "transferred");
-    assert_eq!(v(&tr)["previous_agent"], "a");
-    assert_eq!(live(&s, "c2").await.state, ConvState::Open);
-    assert_eq!((load(&s, "a").await, load(&s, "b").await), (0, 1));
-    t.push(v(&tr));
-    // Transferred to the agent it is offered to: accepted on their behalf.
-    let d = s
-        .route("acme", &st, T0 + 43_000, &[], &[offering("e3", "c3", &["a"], 3)])
-        .await
-        .unwrap();
-    assert_eq!(v(&d[0])["action"], "offered");
-    let tr = s
-        .transfer_agent("acme", &st, T0 + 44_000, "c3", "a", "transfer to a")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(live(&s, "c3").await.state, ConvState::Open);
-    assert_eq!(load(&s, "a").await, 1);
-    t.push(v(&tr));
-    assert_eq!(s.sweep("acme", &st, T0 + 80_000).await.unwrap().expired, 0);
-    // Erasure of an offered conversation frees its slot.
-    s.close("acme", &st, T0 + 81_000, "c3", "done").await.unwrap();
-    let d = s
-        .route("acme", &st, T0 + 82_000, &[], &[offering("e4", "c4", &["a"], 3)])
-        .await
-        .unwrap();
-    assert_eq!(v(&d[0])["action"], "offered");
-    let erased = s.erase("acme", T0 + 83_000, &["c4".into()]).await.unwrap();
-    assert_eq!(erased.released, 1);
-    assert_eq!(load(&s, "a").await, 0);
-    assert_eq!(s.sweep("acme", &st, T0 + 200_000).await.unwrap().expired, 0);
-    t
-});
+conform!(
+    an_offered_conversation_can_be_closed_transferred_or_erased,
+    |s| {
+        setup(&s, &[spec("a", 1, &[]), spec("b", 1, &[])]).await;
+        let st = settings();
+        let mut t = Vec::new();
+        let d = s
+            .route("acme", &st, T0, &[], &[offering("e1", "c1", &["a"], 3)])
+            .await
+            .unwrap();
+        t.push(v(&d[0]));
+        // Closing withdraws the offer and frees the slot; its deadline then does nothing.
+        let closed = s
+            .close("acme", &st, T0 + 1_000, "c1", "closed through the API")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(closed.freed);
+        assert_eq!(v(&closed)["previous_agent"], "a");
+        t.push(v(&closed));
+        assert_eq!(load(&s, "a").await, 0);
+        assert_eq!(s.sweep("acme", &st, T0 + 40_000).await.unwrap().expired, 0);
+        // Transferred by hand to another agent: theirs at once, a's slot freed.
+        let d = s
+            .route(
+                "acme",
+                &st,
+                T0 + 41_000,
+                &[],
+                &[offering("e2", "c2", &["a"], 3)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(v(&d[0])["agent"], "a");
+        let tr = s
+            .transfer_agent("acme", &st, T0 + 42_000, "c2", "b", "transfer to b")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v(&tr)["action"], "transferred");
+        assert_eq!(v(&tr)["previous_agent"], "a");
+        assert_eq!(live(&s, "c2").await.state, ConvState::Open);
+        assert_eq!((load(&s, "a").await, load(&s, "b").await), (0, 1));
+        t.push(v(&tr));
+        // Transferred to the agent it is offered to: accepted on their behalf.
+        let d = s
+            .route(
+                "acme",
+                &st,
+                T0 + 43_000,
+                &[],
+                &[offering("e3", "c3", &["a"], 3)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(v(&d[0])["action"], "offered");
+        let tr = s
+            .transfer_agent("acme", &st, T0 + 44_000, "c3", "a", "transfer to a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(live(&s, "c3").await.state, ConvState::Open);
+        assert_eq!(load(&s, "a").await, 1);
+        t.push(v(&tr));
+        assert_eq!(s.sweep("acme", &st, T0 + 80_000).await.unwrap().expired, 0);
+        // Erasure of an offered conversation frees its slot.
+        s.close("acme", &st, T0 + 81_000, "c3", "done")
+            .await
+            .unwrap();
+        let d = s
+            .route(
+                "acme",
+                &st,
+                T0 + 82_000,
+                &[],
+                &[offering("e4", "c4", &["a"], 3)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(v(&d[0])["action"], "offered");
+        let erased = s.erase("acme", T0 + 83_000, &["c4".into()]).await.unwrap();
+        assert_eq!(erased.released, 1);
+        assert_eq!(load(&s, "a").await, 0);
+        assert_eq!(s.sweep("acme", &st, T0 + 200_000).await.unwrap().expired, 0);
+        t
+    }
+);

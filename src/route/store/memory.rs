@@ -244,7 +244,10 @@ impl Tenant {
         };
         let text = match &o.why {
             Why::Assigned { text, .. } | Why::Dequeued { text, .. } => text.clone(),
-            _ => format!("sticky: back to last agent {}", o.a.agent.as_deref().unwrap_or("")),
+            _ => format!(
+                "sticky: back to last agent {}",
+                o.a.agent.as_deref().unwrap_or("")
+            ),
         };
         o.why = Why::Offered {
             text,
@@ -713,8 +716,7 @@ impl Tenant {
             if let Some(fb) = it.fallback_queue.as_ref().filter(|_| it.overflow_ms > 0) {
                 c.fallback_queue = Some(fb.clone());
                 c.fallback_team = it.fallback_team.clone();
-                c.fallback_strategy =
-                    Some(it.fallback_strategy.clone()).filter(|s| !s.is_empty());
+                c.fallback_strategy = Some(it.fallback_strategy.clone()).filter(|s| !s.is_empty());
                 c.overflow_ms = it.overflow_ms;
             }
         }
@@ -1207,8 +1209,7 @@ impl MemoryStore {
                 let a = t.agents.entry(agent.clone()).or_default();
                 a.missed_offers += 1;
                 let n = a.missed_offers;
-                let away =
-                    max_missed > 0 && n >= max_missed && a.presence == Presence::Online;
+                let away = max_missed > 0 && n >= max_missed && a.presence == Presence::Online;
                 if away {
                     a.presence = Presence::Away;
                     a.since_ms = now_ms;

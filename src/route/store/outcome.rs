@@ -109,7 +109,12 @@ pub fn render(o: &Outcome) -> Assignment {
             format!("waited {} in {from}: overflow to {queue}", secs_text(*ms))
         }
         Why::Closed { text } => text.clone(),
-        Why::Offered { text, load, cap, ms } => {
+        Why::Offered {
+            text,
+            load,
+            cap,
+            ms,
+        } => {
             let waited = if a.waited {
                 format!(", after waiting {}", secs_text(a.wait_ms.unwrap_or(0)))
             } else {
@@ -132,7 +137,10 @@ pub fn render(o: &Outcome) -> Assignment {
         ),
         Why::Expired { ms, n, away } => {
             let prev = a.previous_agent.as_deref().unwrap_or("");
-            let mut s = format!("{prev} did not answer within {}: back to {queue}", secs_text(*ms));
+            let mut s = format!(
+                "{prev} did not answer within {}: back to {queue}",
+                secs_text(*ms)
+            );
             if *away {
                 s.push_str(&format!("; {n} offers missed in a row, {prev} is now away"));
             }

@@ -11,9 +11,9 @@ use ::redis::{RedisError, Script, Value};
 
 use super::outcome;
 use super::{
-    AgentLive, AgentSpec, Answer, AnswerRefused, ConvLive, ConvState, Decided, DequeueItem, Listed, OutboxEntry,
-    QueueDepth, QueuedConv, RouteItem, RoutingErased, RulesetRecord, Settings, Snapshot,
-    SnapshotRequest, SweepReport, TransferRefused, VersionConflict,
+    AgentLive, AgentSpec, Answer, AnswerRefused, ConvLive, ConvState, Decided, DequeueItem, Listed,
+    OutboxEntry, QueueDepth, QueuedConv, RouteItem, RoutingErased, RulesetRecord, Settings,
+    Snapshot, SnapshotRequest, SweepReport, TransferRefused, VersionConflict,
 };
 use crate::accept::BackendError;
 use crate::config::routing::Presence;
@@ -560,9 +560,9 @@ impl RedisStore {
             .await?;
         let v = array(&reply).ok_or_else(|| protocol("answer reply"))?;
         match v {
-            [flag, rest @ ..] if int(flag) == Some(0) => Ok(Ok(
-                decided(rest).ok_or_else(|| protocol("answer decision"))?
-            )),
+            [flag, rest @ ..] if int(flag) == Some(0) => {
+                Ok(Ok(decided(rest).ok_or_else(|| protocol("answer decision"))?))
+            }
             [flag, why] if int(flag) == Some(-1) => Ok(Err(match text(why).as_deref() {
                 Some("not_yours") => AnswerRefused::NotYours,
                 _ => AnswerRefused::NoOffer,
