@@ -16,7 +16,7 @@
 //! from the store so that every replica converges on the same version.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 
 use super::rules::{self, EventView};
 use super::store::{
-    AgentLive, AgentSpec, Answer, AnswerRefused, ConvState, Decided, DequeueItem, Listed,
-    QueueDepth, RouteItem, RouteMode, RoutingStore, RulesetRecord, Settings, SnapshotRequest,
-    SweepReport, TransferRefused, VersionConflict,
+    AgentLive, AgentSpec, AgentsChange, Answer, AnswerRefused, ConvState, Decided, DequeueItem,
+    Listed, QueueDepth, RouteItem, RouteMode, Routed, RoutingStore, RulesetRecord, Settings,
+    SnapshotRequest, SweepReport, TransferRefused, VersionConflict,
 };
 use super::strategy::{Candidate, RankContext, Strategies};
 use crate::accept::{Backend, BackendError, Item, StreamEntry};
@@ -128,7 +128,24 @@ pub struct Engine {
     /// The configuration file's routing per tenant (what `reload` re-reads is passed in).
     file: RwLock<HashMap<String, RoutingConfig>>,
     rulesets: RwLock<HashMap<String, Arc<Ruleset>>>,
+    /// Per tenant, an exact copy of the agents routing last read or changed (see
+    /// [`AgentsChange`]): a batch is ranked against it and decided only if the store's
+    /// agents version is still the copy's, so decisions never depend on how old a copy is.
+    agents: Mutex<HashMap<String, AgentsCopy>>,
 }
+
+/// Agents of one tenant at one agents version.
+struct AgentsCopy {
+    av: u64,
+    agents: HashMap<String, AgentLive>,
+    /// Batches to rank from a fresh read rather than from this copy, after the copy was
+    /// found stale (another replica's router, an API change): one round trip saved per
+    /// batch only pays while the copy stays current.
+    skip: u32,
+}
+
+/// Batches read afresh after a stale copy.
+const SKIP_AFTER_STALE: u32 = 4;
 
 fn digest(cfg: &RoutingConfig) -> String {
     let json = serde_json::to_vec(cfg).unwrap_or_default();
@@ -322,6 +339,7 @@ impl Engine {
             tenants: RwLock::new(tenants),
             file: RwLock::new(HashMap::new()),
             rulesets: RwLock::new(HashMap::new()),
+            agents: Mutex::new(HashMap::new()),
         };
         // Validate the file first: a bad file is a configuration error at start.
         let mut errs = Vec::new();
@@ -674,6 +692,74 @@ impl Engine {
             .collect()
     }
 
+    /// The copy of `wanted` agents to rank against, and its version: this engine's copy when
+    /// it holds them all (and was not found stale lately), else read from the store.
+    async fn agents_for(
+        &self,
+        tenant: &str,
+        wanted: &[String],
+        fresh: bool,
+    ) -> Result<(HashMap<String, AgentLive>, u64), BackendError> {
+        if !fresh {
+            let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = g.get_mut(tenant) {
+                if c.skip > 0 {
+                    c.skip -= 1;
+                } else if wanted.iter().all(|a| c.agents.contains_key(a)) {
+                    return Ok((c.agents.clone(), c.av));
+                }
+            }
+        }
+        let snap = self
+            .store
+            .snapshot(
+                tenant,
+                &SnapshotRequest {
+                    agents: wanted.to_vec(),
+                    convs: Vec::new(),
+                    queue_heads: 0,
+                },
+            )
+            .await?;
+        self.keep_agents(tenant, snap.av, &snap.agents);
+        Ok((snap.agents, snap.av))
+    }
+
+    /// Keeps `agents`, read at version `av`, in the tenant's copy.
+    fn keep_agents(&self, tenant: &str, av: u64, agents: &HashMap<String, AgentLive>) {
+        let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let c = g.entry(tenant.to_string()).or_insert_with(|| AgentsCopy {
+            av,
+            agents: HashMap::new(),
+            skip: 0,
+        });
+        if c.av != av {
+            c.agents.clear();
+            c.av = av;
+        }
+        for (id, a) in agents {
+            c.agents.insert(id.clone(), a.clone());
+        }
+    }
+
+    /// Follows a call's change in the tenant's copy (when the copy was at its start).
+    fn follow_change(&self, tenant: &str, change: &AgentsChange) {
+        let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.get_mut(tenant) {
+            if c.av == change.before {
+                change.apply(&mut c.agents);
+                c.av = change.after;
+            }
+        }
+    }
+
+    fn copy_was_stale(&self, tenant: &str) {
+        let mut g = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.get_mut(tenant) {
+            c.skip = SKIP_AFTER_STALE;
+        }
+    }
+
     async fn decide(
         &self,
         rs: &Ruleset,
@@ -683,36 +769,80 @@ impl Engine {
     ) -> Result<Vec<Decided>, BackendError> {
         let plans: Vec<rules::Plan<'_>> =
             views.iter().map(|(_, v)| rules::plan(rs, v, now)).collect();
-        // The live state of every agent these plans may rank, read now: decisions depend
-        // only on the store's state, never on how recently this replica looked at it.
+        // Every agent these plans may rank.
         let mut wanted = vec![false; rs.agents.len()];
         for p in &plans {
             for &i in &p.target.members {
                 wanted[i] = true;
             }
         }
-        let agents: Vec<String> = rs
+        let wanted: Vec<String> = rs
             .agents
             .iter()
             .zip(&wanted)
             .filter(|(_, w)| **w)
             .map(|(a, _)| a.id.clone())
             .collect();
-        let mut live = self
-            .store
-            .snapshot(
-                &rs.tenant,
-                &SnapshotRequest {
-                    agents,
-                    convs: Vec::new(),
-                    queue_heads: 0,
-                },
-            )
-            .await?
-            .agents;
         let excluded = Self::excluded(rs, now);
+        let (mut live, mut av) = self.agents_for(&rs.tenant, &wanted, false).await?;
+        let mut out = Vec::with_capacity(views.len());
+        let mut next = 0;
+        let mut stale = 0;
+        while next < views.len() {
+            let end = (next + MAX_DECISIONS_PER_CALL).min(views.len());
+            let items = self.route_items(rs, &views[next..end], &plans[next..end], &live, now);
+            // Decided only against the agents the candidates were ranked from; after two
+            // stale attempts (a busy tenant on several routers) decided anyway: the store
+            // still checks every candidate's capacity.
+            let expected = (stale < 2).then_some(av);
+            let started = Instant::now();
+            match self
+                .store
+                .route_at(&rs.tenant, &settings(rs), now, &excluded, &items, expected)
+                .await?
+            {
+                Routed::Stale { .. } => {
+                    stale += 1;
+                    self.copy_was_stale(&rs.tenant);
+                    (live, av) = self.agents_for(&rs.tenant, &wanted, true).await?;
+                }
+                Routed::Done { decisions, change } => {
+                    let elapsed = started.elapsed();
+                    crate::internal_events::RoutingDecisionTimed {
+                        decisions: decisions.len(),
+                        elapsed,
+                    }
+                    .emit();
+                    calls.push((decisions.len(), elapsed));
+                    self.follow_change(&rs.tenant, &change);
+                    if change.before == av {
+                        change.apply(&mut live);
+                        av = change.after;
+                    } else {
+                        (live, av) = self.agents_for(&rs.tenant, &wanted, true).await?;
+                    }
+                    out.extend(decisions);
+                    next = end;
+                    stale = 0;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The store's items for `views`, ranked against `live` (not changed: each item is
+    /// ranked as if the ones before it took their first candidate, on a copy).
+    fn route_items(
+        &self,
+        rs: &Ruleset,
+        views: &[(usize, EventView)],
+        plans: &[rules::Plan<'_>],
+        live: &HashMap<String, AgentLive>,
+        now: u64,
+    ) -> Vec<RouteItem> {
+        let mut live = live.clone();
         let mut items = Vec::with_capacity(views.len());
-        for ((_, v), plan) in views.iter().zip(&plans) {
+        for ((_, v), plan) in views.iter().zip(plans) {
             let conv = v.conversation_id.clone().unwrap_or_default();
             let channel = v.channel.as_str();
             let ranked = rank(
@@ -732,7 +862,7 @@ impl Engine {
                 .collect();
             let considered = ranked.len() as u32;
             drop(ranked);
-            // As if the first candidate takes it, so that the rest of the batch spreads
+            // As if the first candidate takes it, so that the rest of the call spreads
             // (a follow-up in an open conversation over-counts here; the store decides).
             if let Some(a) = candidates.first() {
                 simulate_assign(&mut live, a, channel, now);
@@ -763,23 +893,7 @@ impl Engine {
                 offer: plan.target.offer,
             });
         }
-        let mut out = Vec::with_capacity(items.len());
-        for chunk in items.chunks(MAX_DECISIONS_PER_CALL) {
-            let started = Instant::now();
-            let decided = self
-                .store
-                .route(&rs.tenant, &settings(rs), now, &excluded, chunk)
-                .await?;
-            let elapsed = started.elapsed();
-            crate::internal_events::RoutingDecisionTimed {
-                decisions: decided.len(),
-                elapsed,
-            }
-            .emit();
-            calls.push((decided.len(), elapsed));
-            out.extend(decided);
-        }
-        Ok(out)
+        items
     }
 
     /// Assigns waiting conversations while anyone eligible has capacity, in service order
@@ -802,6 +916,7 @@ impl Engine {
                     },
                 )
                 .await?;
+            self.keep_agents(tenant, snap.av, &snap.agents);
             if snap.queued.is_empty() {
                 break;
             }
@@ -869,10 +984,11 @@ impl Engine {
             if items.is_empty() {
                 break;
             }
-            let results = self
+            let (results, change) = self
                 .store
-                .dequeue(tenant, &settings(&rs), now, &items)
+                .dequeue_tracked(tenant, &settings(&rs), now, &items)
                 .await?;
+            self.follow_change(tenant, &change);
             let assigned: Vec<&Decided> = results.iter().flatten().collect();
             for d in &assigned {
                 RoutingDecided {

@@ -11,7 +11,8 @@ use switchboard::route::store::memory::MemoryStore;
 use switchboard::route::store::redis::RedisStore;
 use switchboard::route::store::{
     AgentSpec, Answer, AnswerRefused, ConvState, Decided, DequeueItem, RouteItem, RouteMode,
-    RoutingStore, RulesetRecord, Settings, SnapshotRequest, TransferRefused, VersionConflict,
+    Routed, RoutingStore, RulesetRecord, Settings, SnapshotRequest, TransferRefused,
+    VersionConflict,
 };
 
 use crate::helpers::*;
@@ -1053,6 +1054,125 @@ conform!(
         assert_eq!(erased.released, 1);
         assert_eq!(load(&s, "a").await, 0);
         assert_eq!(s.sweep("acme", &st, T0 + 200_000).await.unwrap().expired, 0);
+        t
+    }
+);
+
+async fn av(s: &RoutingStore) -> u64 {
+    s.snapshot("acme", &SnapshotRequest::default())
+        .await
+        .unwrap()
+        .av
+}
+
+conform!(
+    the_agents_version_moves_with_every_change_to_an_agent,
+    |s| {
+        setup(&s, &[spec("a", 2, &[("whatsapp", 2)]), spec("b", 2, &[])]).await;
+        let st = settings();
+        let mut t = Vec::new();
+        let v0 = av(&s).await;
+        assert!(v0 > 0, "writing the rule set moved it");
+        // Decided against the current version: the call reports what it changed.
+        let Routed::Done { decisions, change } = s
+            .route_at("acme", &st, T0, &[], &[item("e1", "c1", &["a"])], Some(v0))
+            .await
+            .unwrap()
+        else {
+            panic!("{}: stale at the current version", s.name());
+        };
+        t.push(v(&decisions[0]));
+        assert_eq!((change.before, change.after), (v0, v0 + 1));
+        assert_eq!(change.loads.len(), 1);
+        assert_eq!(change.loads[0].id, "a");
+        assert_eq!(change.loads[0].load, 1);
+        assert_eq!(change.loads[0].last_ms, Some(T0));
+        assert_eq!(change.loads[0].channel_load, [("whatsapp".to_string(), 1)]);
+        // Against the old version: nothing is decided.
+        match s
+            .route_at(
+                "acme",
+                &st,
+                T0 + 1,
+                &[],
+                &[item("e2", "c2", &["a"])],
+                Some(v0),
+            )
+            .await
+            .unwrap()
+        {
+            Routed::Stale { current } => assert_eq!(current, v0 + 1),
+            Routed::Done { .. } => panic!("{}: decided against a stale version", s.name()),
+        }
+        assert!(s.conversation("acme", "c2").await.unwrap().is_none());
+        // A follow-up changes no agent: the version stays.
+        let Routed::Done { decisions, change } = s
+            .route_at(
+                "acme",
+                &st,
+                T0 + 2,
+                &[],
+                &[item("e3", "c1", &["a"])],
+                Some(v0 + 1),
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("stale");
+        };
+        assert_eq!(decisions[0].action, "kept");
+        assert_eq!((change.before, change.after), (v0 + 1, v0 + 1));
+        assert!(change.loads.is_empty());
+        // Presence, closes and rule sets move it too.
+        s.set_presence("acme", &st, T0 + 3, "b", Presence::Away)
+            .await
+            .unwrap();
+        assert_eq!(av(&s).await, v0 + 2);
+        s.set_presence("acme", &st, T0 + 4, "b", Presence::Away)
+            .await
+            .unwrap();
+        assert_eq!(av(&s).await, v0 + 2, "no change, no new version");
+        s.close("acme", &st, T0 + 5, "c1", "done").await.unwrap();
+        assert_eq!(av(&s).await, v0 + 3);
+        s.apply_ruleset("acme", &record(2), &[spec("a", 3, &[])], Some(1), T0 + 6)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(av(&s).await, v0 + 4);
+        // A dequeue reports its change like a route.
+        s.set_presence("acme", &st, T0 + 7, "a", Presence::Offline)
+            .await
+            .unwrap();
+        let d = s
+            .route("acme", &st, T0 + 8, &[], &[item("e4", "c4", &["a"])])
+            .await
+            .unwrap();
+        assert_eq!(d[0].action, "queued");
+        s.set_presence("acme", &st, T0 + 9, "a", Presence::Online)
+            .await
+            .unwrap();
+        let before = av(&s).await;
+        let (r, change) = s
+            .dequeue_tracked(
+                "acme",
+                &st,
+                T0 + 10,
+                &[DequeueItem {
+                    conv: "c4".into(),
+                    queue: "team:support".into(),
+                    team: Some("support".into()),
+                    strategy: "least_loaded".into(),
+                    reason: "capacity freed".into(),
+                    candidates: vec!["a".into()],
+                    considered: 1,
+                    offer: None,
+                }],
+            )
+            .await
+            .unwrap();
+        t.push(v(r[0].as_ref().unwrap()));
+        assert_eq!((change.before, change.after), (before, before + 1));
+        assert_eq!(change.loads[0].load, 1);
         t
     }
 );

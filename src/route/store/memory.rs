@@ -46,6 +46,11 @@ struct Tenant {
     open: HashMap<String, BTreeSet<String>>,
     outbox: VecDeque<OutboxEntry>,
     outbox_seq: u64,
+    /// The agents version (see [`AgentsChange`]).
+    av: u64,
+    /// Agents whose loads the current call changed, and whether it changed a presence.
+    touched: BTreeSet<String>,
+    agents_changed: bool,
 }
 
 #[derive(Clone)]
@@ -187,6 +192,7 @@ impl Tenant {
 
     fn assign(&mut self, conv_id: &str, agent: &str, now: u64) -> (u32, u32) {
         let channel = self.convs[conv_id].channel.clone();
+        self.touched.insert(agent.to_string());
         let a = self.agents.entry(agent.to_string()).or_default();
         a.load += 1;
         *a.channel_load.entry(channel).or_insert(0) += 1;
@@ -214,6 +220,7 @@ impl Tenant {
         let channel = c.channel.clone();
         c.last_agent = Some(agent.clone());
         if let Some(a) = self.agents.get_mut(&agent) {
+            self.touched.insert(agent.clone());
             a.load = a.load.saturating_sub(1);
             if let Some(l) = a.channel_load.get_mut(&channel) {
                 *l = l.saturating_sub(1);
@@ -822,8 +829,45 @@ impl MemoryStore {
     }
 
     fn with<T>(&self, tenant: &str, f: impl FnOnce(&mut Tenant) -> T) -> T {
+        self.with_change(tenant, f).0
+    }
+
+    /// Runs one operation; the agents version moves when it changed any agent.
+    fn with_change<T>(&self, tenant: &str, f: impl FnOnce(&mut Tenant) -> T) -> (T, AgentsChange) {
         let mut g = self.lock();
-        f(g.entry(tenant.to_string()).or_default())
+        let t = g.entry(tenant.to_string()).or_default();
+        t.touched.clear();
+        t.agents_changed = false;
+        let out = f(t);
+        let before = t.av;
+        let touched = std::mem::take(&mut t.touched);
+        if !touched.is_empty() || t.agents_changed {
+            t.av += 1;
+        }
+        let loads = touched
+            .into_iter()
+            .filter_map(|id| {
+                let a = t.agents.get(&id)?;
+                Some(AgentLoad {
+                    load: a.load,
+                    last_ms: Some(a.last_ms),
+                    channel_load: a
+                        .channel_load
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect(),
+                    id,
+                })
+            })
+            .collect();
+        (
+            out,
+            AgentsChange {
+                before,
+                after: t.av,
+                loads,
+            },
+        )
     }
 
     pub fn apply_ruleset(
@@ -863,6 +907,7 @@ impl MemoryStore {
             }
             t.roster = roster;
             t.ruleset = Some(record.clone());
+            t.agents_changed = true;
             Ok(())
         })
     }
@@ -885,7 +930,10 @@ impl MemoryStore {
 
     pub fn snapshot(&self, tenant: &str, req: &SnapshotRequest) -> Snapshot {
         self.with(tenant, |t| {
-            let mut snap = Snapshot::default();
+            let mut snap = Snapshot {
+                av: t.av,
+                ..Snapshot::default()
+            };
             for a in &req.agents {
                 snap.agents
                     .insert(a.clone(), t.agents.get(a).cloned().unwrap_or_default());
@@ -932,13 +980,25 @@ impl MemoryStore {
         now_ms: u64,
         excluded: &[String],
         items: &[RouteItem],
-    ) -> Vec<Decided> {
-        self.with(tenant, |t| {
-            items
-                .iter()
-                .map(|it| t.route_one(settings, now_ms, excluded, it))
-                .collect()
-        })
+        expected: Option<u64>,
+    ) -> Routed {
+        let (decisions, change) = self.with_change(tenant, |t| {
+            if expected.is_some_and(|v| v != t.av) {
+                return None;
+            }
+            Some(
+                items
+                    .iter()
+                    .map(|it| t.route_one(settings, now_ms, excluded, it))
+                    .collect(),
+            )
+        });
+        match decisions {
+            Some(decisions) => Routed::Done { decisions, change },
+            None => Routed::Stale {
+                current: change.after,
+            },
+        }
     }
 
     pub fn dequeue(
@@ -947,8 +1007,8 @@ impl MemoryStore {
         _settings: &Settings,
         now_ms: u64,
         items: &[DequeueItem],
-    ) -> Vec<Option<Decided>> {
-        self.with(tenant, |t| {
+    ) -> (Vec<Option<Decided>>, AgentsChange) {
+        self.with_change(tenant, |t| {
             items.iter().map(|it| t.dequeue_one(now_ms, it)).collect()
         })
     }
@@ -1141,6 +1201,7 @@ impl MemoryStore {
             if previous != presence {
                 a.presence = presence;
                 a.since_ms = now_ms;
+                t.agents_changed = true;
             }
             if presence == Presence::Online {
                 // Back: missed offers count again from zero.
@@ -1213,6 +1274,7 @@ impl MemoryStore {
                 if away {
                     a.presence = Presence::Away;
                     a.since_ms = now_ms;
+                    t.agents_changed = true;
                 }
                 let c = &t.convs[&conv];
                 let mut o = Outcome {

@@ -192,6 +192,8 @@ pub struct SnapshotRequest {
 
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// The agents version when it was read (see [`AgentsChange`]).
+    pub av: u64,
     pub agents: HashMap<String, AgentLive>,
     pub convs: HashMap<String, ConvLive>,
     /// Heads of every non-empty queue, merged in service order.
@@ -253,6 +255,56 @@ pub struct RouteItem {
     pub sticky: bool,
     /// Offer rather than assign (the target's rule has `offer_timeout_secs`).
     pub offer: Option<Offer>,
+}
+
+/// What one call changed in the agents, so that an engine's copy of them stays exact.
+///
+/// The store keeps an *agents version* per tenant, increased by every call that changes
+/// any agent's presence, capacity, load or last assignment. A copy read at version `v` is
+/// exact while the version is `v`; a call that started at `before` and changed only loads
+/// reports them here, so the copy can follow it to `after`. Any other change (presence,
+/// capacity, a rule set) only moves the version: the copy is then read again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentsChange {
+    pub before: u64,
+    pub after: u64,
+    pub loads: Vec<AgentLoad>,
+}
+
+/// An agent's loads after a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLoad {
+    pub id: String,
+    pub load: u32,
+    /// Their last assignment, when this call made one.
+    pub last_ms: Option<u64>,
+    pub channel_load: Vec<(String, u32)>,
+}
+
+impl AgentsChange {
+    /// Applies the loads to `agents` (which must be the state at `before`).
+    pub fn apply(&self, agents: &mut HashMap<String, AgentLive>) {
+        for l in &self.loads {
+            if let Some(a) = agents.get_mut(&l.id) {
+                a.load = l.load;
+                if let Some(ms) = l.last_ms {
+                    a.last_ms = ms;
+                }
+                a.channel_load = l.channel_load.iter().cloned().collect();
+            }
+        }
+    }
+}
+
+/// The outcome of a route call made against a version of the agents.
+#[derive(Debug, Clone)]
+pub enum Routed {
+    /// The agents changed since that version: nothing was decided.
+    Stale { current: u64 },
+    Done {
+        decisions: Vec<Decided>,
+        change: AgentsChange,
+    },
 }
 
 /// One queued conversation to try to assign.
@@ -451,7 +503,29 @@ impl RoutingStore {
         excluded: &[String],
         items: &[RouteItem],
     ) -> Result<Vec<Decided>, BackendError> {
-        dispatch!(self, s => s.route(tenant, settings, now_ms, excluded, items))
+        match self
+            .route_at(tenant, settings, now_ms, excluded, items, None)
+            .await?
+        {
+            Routed::Done { decisions, .. } => Ok(decisions),
+            Routed::Stale { .. } => Err(BackendError::Protocol(
+                "route without a version came back stale".into(),
+            )),
+        }
+    }
+
+    /// [`RoutingStore::route`], only if the agents version is still `expected` (the one the
+    /// candidates were ranked against; None: whatever it is).
+    pub async fn route_at(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        excluded: &[String],
+        items: &[RouteItem],
+        expected: Option<u64>,
+    ) -> Result<Routed, BackendError> {
+        dispatch!(self, s => s.route(tenant, settings, now_ms, excluded, items, expected))
     }
 
     pub async fn dequeue(
@@ -461,6 +535,20 @@ impl RoutingStore {
         now_ms: u64,
         items: &[DequeueItem],
     ) -> Result<Vec<Option<Decided>>, BackendError> {
+        Ok(self
+            .dequeue_tracked(tenant, settings, now_ms, items)
+            .await?
+            .0)
+    }
+
+    /// [`RoutingStore::dequeue`], with what it changed in the agents.
+    pub async fn dequeue_tracked(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        now_ms: u64,
+        items: &[DequeueItem],
+    ) -> Result<(Vec<Option<Decided>>, AgentsChange), BackendError> {
         dispatch!(self, s => s.dequeue(tenant, settings, now_ms, items))
     }
 

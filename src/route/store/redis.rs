@@ -11,9 +11,10 @@ use ::redis::{RedisError, Script, Value};
 
 use super::outcome;
 use super::{
-    AgentLive, AgentSpec, Answer, AnswerRefused, ConvLive, ConvState, Decided, DequeueItem, Listed,
-    OutboxEntry, QueueDepth, QueuedConv, RouteItem, RoutingErased, RulesetRecord, Settings,
-    Snapshot, SnapshotRequest, SweepReport, TransferRefused, VersionConflict,
+    AgentLive, AgentLoad, AgentSpec, AgentsChange, Answer, AnswerRefused, ConvLive, ConvState,
+    Decided, DequeueItem, Listed, OutboxEntry, QueueDepth, QueuedConv, RouteItem, Routed,
+    RoutingErased, RulesetRecord, Settings, Snapshot, SnapshotRequest, SweepReport,
+    TransferRefused, VersionConflict,
 };
 use crate::accept::BackendError;
 use crate::config::routing::Presence;
@@ -152,6 +153,42 @@ fn split_list(s: Option<String>) -> Vec<String> {
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// The agents version before and after a call and the loads it changed (`flush` in
+/// route.lua: per agent id, load, last ('' = unchanged), n, n pairs channel/load).
+fn agents_change(
+    before: &Value,
+    after: &Value,
+    loads: &Value,
+) -> Result<AgentsChange, BackendError> {
+    let num = |v: &Value| int(v).map(|n| n.max(0) as u64);
+    let mut change = AgentsChange {
+        before: num(before).ok_or_else(|| protocol("agents version"))?,
+        after: num(after).ok_or_else(|| protocol("agents version"))?,
+        loads: Vec::new(),
+    };
+    let mut rest = array(loads).unwrap_or(&[]);
+    while let [id, load, last, n, tail @ ..] = rest {
+        let n = num(n).unwrap_or(0) as usize;
+        if tail.len() < 2 * n {
+            return Err(protocol("agent loads"));
+        }
+        change.loads.push(AgentLoad {
+            id: text(id).ok_or_else(|| protocol("agent id"))?,
+            load: num(load).unwrap_or(0) as u32,
+            last_ms: num(last),
+            channel_load: tail[..2 * n]
+                .chunks(2)
+                .filter_map(|p| Some((text(&p[0])?, num(&p[1])? as u32)))
+                .collect(),
+        });
+        rest = &tail[2 * n..];
+    }
+    if !rest.is_empty() {
+        return Err(protocol("agent loads"));
+    }
+    Ok(change)
 }
 
 /// Parses one decision from the script's reply: the compact outcome and the freed flag.
@@ -323,10 +360,13 @@ impl RedisStore {
             })
             .await?;
         let parts = array(&reply).ok_or_else(|| protocol("snapshot reply"))?;
-        let [agents, convs, heads] = parts else {
+        let [agents, convs, heads, av] = parts else {
             return Err(protocol("snapshot reply"));
         };
-        let mut snap = Snapshot::default();
+        let mut snap = Snapshot {
+            av: int(av).unwrap_or(0).max(0) as u64,
+            ..Snapshot::default()
+        };
         for (id, v) in req.agents.iter().zip(array(agents).unwrap_or(&[])) {
             snap.agents.insert(id.clone(), agent_live(flat_map(v)));
         }
@@ -374,9 +414,13 @@ impl RedisStore {
         now_ms: u64,
         excluded: &[String],
         items: &[RouteItem],
-    ) -> Result<Vec<Decided>, BackendError> {
+        expected: Option<u64>,
+    ) -> Result<Routed, BackendError> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Routed::Done {
+                decisions: Vec::new(),
+                change: AgentsChange::default(),
+            });
         }
         // The plans the items share (a batch has a handful), sent once.
         let mut plan_of: Vec<usize> = Vec::with_capacity(items.len());
@@ -407,6 +451,10 @@ impl RedisStore {
         }
         let reply = self
             .call(tenant, "route", Some(settings), now_ms, |inv| {
+                match expected {
+                    Some(v) => inv.arg(v),
+                    None => inv.arg(""),
+                };
                 inv.arg(excluded.len());
                 for a in excluded {
                     inv.arg(a);
@@ -445,12 +493,26 @@ impl RedisStore {
             })
             .await?;
         let v = array(&reply).ok_or_else(|| protocol("route reply"))?;
-        if v.len() != items.len() * 2 {
-            return Err(protocol("route reply length"));
+        match v {
+            [flag, current] if int(flag) == Some(1) => Ok(Routed::Stale {
+                current: int(current).unwrap_or(0).max(0) as u64,
+            }),
+            [flag, before, after, loads, res] if int(flag) == Some(0) => {
+                let res = array(res).ok_or_else(|| protocol("route decisions"))?;
+                if res.len() != items.len() * 2 {
+                    return Err(protocol("route reply length"));
+                }
+                let decisions = res
+                    .chunks(2)
+                    .map(|c| decided(c).ok_or_else(|| protocol("route decision")))
+                    .collect::<Result<_, _>>()?;
+                Ok(Routed::Done {
+                    decisions,
+                    change: agents_change(before, after, loads)?,
+                })
+            }
+            _ => Err(protocol("route reply")),
         }
-        v.chunks(2)
-            .map(|c| decided(c).ok_or_else(|| protocol("route decision")))
-            .collect()
     }
 
     pub async fn dequeue(
@@ -459,9 +521,9 @@ impl RedisStore {
         settings: &Settings,
         now_ms: u64,
         items: &[DequeueItem],
-    ) -> Result<Vec<Option<Decided>>, BackendError> {
+    ) -> Result<(Vec<Option<Decided>>, AgentsChange), BackendError> {
         if items.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), AgentsChange::default()));
         }
         let reply = self
             .call(tenant, "dequeue", Some(settings), now_ms, |inv| {
@@ -482,7 +544,12 @@ impl RedisStore {
                 }
             })
             .await?;
-        let v = array(&reply).ok_or_else(|| protocol("dequeue reply"))?;
+        let [before, after, loads, v] = array(&reply).ok_or_else(|| protocol("dequeue reply"))?
+        else {
+            return Err(protocol("dequeue reply"));
+        };
+        let change = agents_change(before, after, loads)?;
+        let v = array(v).ok_or_else(|| protocol("dequeue reply"))?;
         let mut out = Vec::with_capacity(items.len());
         let mut rest = v;
         while let [flag, tail @ ..] = rest {
@@ -502,7 +569,7 @@ impl RedisStore {
         if out.len() != items.len() {
             return Err(protocol("dequeue reply length"));
         }
-        Ok(out)
+        Ok((out, change))
     }
 
     pub async fn transfer_agent(

@@ -26,6 +26,9 @@
 --   offers      zset   conv -> offer expiry (offered conversations)
 --   idle        zset   conv -> last contact activity (updated at most once a minute)
 --   outbox      stream assignment changes to publish: event_id, conv, meta, assignment, at_ms
+--   av          string agents version: +1 by every call that changes any agent's presence,
+--                      capacity, load or last assignment, so that an engine's copy of the
+--                      agents is exact as long as the version it read is current
 --
 -- Cost matters here (one call decides a batch, and Redis runs one script at a time): a
 -- conversation is one string, read once and written once per decision; agents, queue
@@ -88,6 +91,7 @@ local function qc(queue, ch) return base .. 'qc:' .. queue .. ':' .. ch end
 -- What one call changes, written back by flush().
 local ctx = {
   agents = {},      -- id -> cached agent (see agent())
+  agents_changed = false, -- presence or capacity changed (not through agent())
   counters = {},    -- key -> value (nq, qc:*)
   dirty_counters = {},
   idle_add = {},    -- conv -> true: ZADD idle now
@@ -503,9 +507,24 @@ local function close_conv(c, conv)
 end
 
 -- Writes back what the call changed in agents, counters, the idle index and decisions.
+-- Returns the agents version before and after the call, and what changed in the agents'
+-- loads: per agent id, load, last assignment, n, n pairs channel/load.
 local function flush()
+  local deltas = {}
   for id, a in pairs(ctx.agents) do
     if a.dirty then
+      deltas[#deltas + 1] = id
+      deltas[#deltas + 1] = a.l
+      deltas[#deltas + 1] = a.last or ''
+      local n = 0
+      for _ in pairs(a.lc) do
+        n = n + 1
+      end
+      deltas[#deltas + 1] = n
+      for ch, v in pairs(a.lc) do
+        deltas[#deltas + 1] = ch
+        deltas[#deltas + 1] = v
+      end
       local w = {'l', a.l}
       for ch, v in pairs(a.lc) do
         w[#w + 1] = 'l:' .. ch
@@ -554,6 +573,12 @@ local function flush()
   if #rem > 0 then
     redis.call('ZREM', base .. 'idle', unpack(rem))
   end
+  local before = int(redis.call('GET', base .. 'av'))
+  local after = before
+  if #deltas > 0 or ctx.agents_changed then
+    after = redis.call('INCR', base .. 'av')
+  end
+  return before, after, deltas
 end
 
 -- Operations --------------------------------------------------------------------------
@@ -757,18 +782,27 @@ local function route_one(it, res, excluded)
   finish()
 end
 
--- route: ARGV[10] = m, then m agents not assignable now (outside working hours, removed,
+-- Reply: {0, agents version before, after, load changes (see flush), decisions}.
+-- route: ARGV[10] the agents version the engine ranked against ('' = any): when it is not
+-- current, nothing is decided and the reply is {1, current version}. ARGV[11] = m, then m
+-- agents not assignable now (outside working hours, removed,
 -- viewers: never sticky targets); then p plans, each: mode, rule, queue, team, strategy,
 -- priority, fallback queue, overflow ms, reason, target key, fallback team, fallback
 -- strategy, offer timeout ms (0: assign), missed offers before away; then n items, each: event_id, conv,
 -- channel, meta, plan (1-based), considered, sticky (0/1), k, k candidates.
 local function op_route()
-  local m = tonumber(ARGV[10])
+  if ARGV[10] ~= '' then
+    local current = int(redis.call('GET', base .. 'av'))
+    if current ~= tonumber(ARGV[10]) then
+      return {1, current}
+    end
+  end
+  local m = tonumber(ARGV[11])
   local excluded = {}
   for j = 1, m do
-    excluded[ARGV[10 + j]] = true
+    excluded[ARGV[11 + j]] = true
   end
-  local i = 11 + m
+  local i = 12 + m
   local plans = {}
   for j = 1, tonumber(ARGV[i]) do
     local b = i + 1 + (j - 1) * 14
@@ -798,13 +832,14 @@ local function op_route()
     i = i + 8 + k
     route_one(it, res, excluded)
   end
-  flush()
-  return res
+  local before, after, deltas = flush()
+  return {0, before, after, deltas, res}
 end
 
 -- dequeue: ARGV[10] = n, then per item: conv, queue, team, strategy, reason, considered,
--- offer timeout ms (0: assign), missed offers before away, k, k candidates. Reply per item:
--- 0 when skipped, else 1 and the decision.
+-- offer timeout ms (0: assign), missed offers before away, k, k candidates. Reply: {agents
+-- version before, after, load changes (see flush), per item: 0 when skipped, else 1 and the
+-- decision}.
 local function op_dequeue()
   local n = tonumber(ARGV[10])
   local i = 11
@@ -854,8 +889,8 @@ local function op_dequeue()
       out(res, a, json, false)
     end
   end
-  flush()
-  return res
+  local before, after, deltas = flush()
+  return {before, after, deltas, res}
 end
 
 -- transfer_agent: ARGV[10] conv, ARGV[11] agent, ARGV[12] reason.
@@ -1040,6 +1075,7 @@ local function op_presence()
   local previous = redis.call('HGET', akey(id), 'p') or 'offline'
   if previous ~= presence then
     redis.call('HSET', akey(id), 'p', presence, 'ps', now)
+    redis.call('INCR', base .. 'av')
   end
   if presence == 'online' then
     -- Back: missed offers count again from zero.
@@ -1102,6 +1138,7 @@ local function op_sweep()
       if away then
         redis.call('HSET', akey(id), 'p', 'away', 'ps', now)
         ag.p = 'away'
+        ctx.agents_changed = true
       end
       local rec = {
         action = 'expired', previous_agent = id, team = c.tm, queue = queue, rule = c.ru,
@@ -1209,12 +1246,14 @@ local function op_apply_ruleset()
   end
   redis.call('HSET', rkey, 'version', ARGV[11], 'json', ARGV[12], 'origin', ARGV[13],
     'file_digest', ARGV[14], 'updated_ms', now)
+  redis.call('INCR', base .. 'av')
   return {0}
 end
 
 -- snapshot: ARGV[10] queue head count, ARGV[11] n agents, agents..., then m convs, convs...
 -- Reply: {agents: flat hashes}, {convs: packed states ('' = unknown)},
--- {heads: queue, conv, score, channel, last agent, target key, rule, declined, ...}
+-- {heads: queue, conv, score, channel, last agent, target key, rule, declined, ...},
+-- agents version.
 local function op_snapshot()
   local heads_n = tonumber(ARGV[10])
   local n = tonumber(ARGV[11])
@@ -1253,7 +1292,7 @@ local function op_snapshot()
       end
     end
   end
-  return {agents, convs, heads}
+  return {agents, convs, heads, int(redis.call('GET', base .. 'av'))}
 end
 
 -- queues: Reply: queue, depth, oldest queued ms ...
