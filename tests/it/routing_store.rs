@@ -128,17 +128,7 @@ macro_rules! conform {
 }
 
 async fn load(s: &RoutingStore, agent: &str) -> u32 {
-    s.snapshot(
-        "acme",
-        &SnapshotRequest {
-            agents: vec![agent.into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .agents[agent]
-        .load
+    agent_live(s, agent).await.load
 }
 
 conform!(assigns_in_rank_order_within_capacity_then_queues, |s| {
@@ -738,6 +728,19 @@ fn offer_deq(conv: &str, candidates: &[&str]) -> DequeueItem {
     }
 }
 
+/// Routes one message of `conv`, offered to a.
+async fn offer_at(s: &RoutingStore, event: &str, conv: &str, at: u64) -> Vec<Decided> {
+    s.route(
+        "acme",
+        &settings(),
+        at,
+        &[],
+        &[offering(event, conv, &["a"], 3)],
+    )
+    .await
+    .unwrap()
+}
+
 async fn live(s: &RoutingStore, conv: &str) -> switchboard::route::store::ConvLive {
     s.conversation("acme", conv).await.unwrap().unwrap().0
 }
@@ -976,10 +979,7 @@ conform!(
         setup(&s, &[spec("a", 1, &[]), spec("b", 1, &[])]).await;
         let st = settings();
         let mut t = Vec::new();
-        let d = s
-            .route("acme", &st, T0, &[], &[offering("e1", "c1", &["a"], 3)])
-            .await
-            .unwrap();
+        let d = offer_at(&s, "e1", "c1", T0).await;
         t.push(v(&d[0]));
         // Closing withdraws the offer and frees the slot; its deadline then does nothing.
         let closed = s
@@ -993,16 +993,7 @@ conform!(
         assert_eq!(load(&s, "a").await, 0);
         assert_eq!(s.sweep("acme", &st, T0 + 40_000).await.unwrap().expired, 0);
         // Transferred by hand to another agent: theirs at once, a's slot freed.
-        let d = s
-            .route(
-                "acme",
-                &st,
-                T0 + 41_000,
-                &[],
-                &[offering("e2", "c2", &["a"], 3)],
-            )
-            .await
-            .unwrap();
+        let d = offer_at(&s, "e2", "c2", T0 + 41_000).await;
         assert_eq!(v(&d[0])["agent"], "a");
         let tr = s
             .transfer_agent("acme", &st, T0 + 42_000, "c2", "b", "transfer to b")
@@ -1015,16 +1006,7 @@ conform!(
         assert_eq!((load(&s, "a").await, load(&s, "b").await), (0, 1));
         t.push(v(&tr));
         // Transferred to the agent it is offered to: accepted on their behalf.
-        let d = s
-            .route(
-                "acme",
-                &st,
-                T0 + 43_000,
-                &[],
-                &[offering("e3", "c3", &["a"], 3)],
-            )
-            .await
-            .unwrap();
+        let d = offer_at(&s, "e3", "c3", T0 + 43_000).await;
         assert_eq!(v(&d[0])["action"], "offered");
         let tr = s
             .transfer_agent("acme", &st, T0 + 44_000, "c3", "a", "transfer to a")
@@ -1039,16 +1021,7 @@ conform!(
         s.close("acme", &st, T0 + 81_000, "c3", "done")
             .await
             .unwrap();
-        let d = s
-            .route(
-                "acme",
-                &st,
-                T0 + 82_000,
-                &[],
-                &[offering("e4", "c4", &["a"], 3)],
-            )
-            .await
-            .unwrap();
+        let d = offer_at(&s, "e4", "c4", T0 + 82_000).await;
         assert_eq!(v(&d[0])["action"], "offered");
         let erased = s.erase("acme", T0 + 83_000, &["c4".into()]).await.unwrap();
         assert_eq!(erased.released, 1);

@@ -264,6 +264,17 @@ impl Tenant {
         };
     }
 
+    /// Back in its queue, keeping its place: the time it first began waiting for an agent.
+    /// Returns the queue, the priority and that time.
+    fn back_in_place(&mut self, conv_id: &str, now: u64) -> (String, u8, u64) {
+        let c = &self.convs[conv_id];
+        let queue = c.queue.clone().unwrap_or_else(|| "default".into());
+        let priority = c.priority;
+        let at = if c.queued_ms > 0 { c.queued_ms } else { now };
+        self.enqueue(conv_id, &queue, priority, at);
+        (queue, priority, at)
+    }
+
     /// A rejected or expired offer: the agent's slot is freed and the conversation goes
     /// back to its queue with its place, its overflow re-armed, remembering who declined
     /// it. Returns the agent, the queue and the priority.
@@ -279,10 +290,7 @@ impl Tenant {
             let extra = c.declined.len() - DECLINED_KEPT;
             c.declined.drain(..extra);
         }
-        let queue = c.queue.clone().unwrap_or_else(|| "default".into());
-        let priority = c.priority;
-        let at = if c.queued_ms > 0 { c.queued_ms } else { now };
-        self.enqueue(conv_id, &queue, priority, at);
+        let (queue, priority, at) = self.back_in_place(conv_id, now);
         let c = self.convs.get_mut(conv_id).expect("conversation exists");
         if c.fallback_queue.is_some() && c.overflow_ms > 0 {
             let due = (at + c.overflow_ms).max(now);
@@ -791,12 +799,7 @@ impl Tenant {
         if self.release(conv_id).is_none() {
             return;
         }
-        let c = &self.convs[conv_id];
-        let queue = c.queue.clone().unwrap_or_else(|| "default".into());
-        let priority = c.priority;
-        // Keeps its place: the time it first began waiting for an agent.
-        let at = if c.queued_ms > 0 { c.queued_ms } else { now };
-        self.enqueue(conv_id, &queue, priority, at);
+        let (queue, priority, _) = self.back_in_place(conv_id, now);
         let c = &self.convs[conv_id];
         let mut o = Outcome {
             a: Assignment {

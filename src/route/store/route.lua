@@ -465,6 +465,19 @@ local function unqueue(c, conv)
   end
 end
 
+-- Back in its queue, keeping its place: the time it first began waiting for an agent.
+-- Returns the queue, the priority and that time.
+local function back_in_place(c, conv)
+  local queue = c.q or 'default'
+  local priority = int(c.pr)
+  local at = int(c.qt)
+  if at <= 0 then
+    at = now
+  end
+  enqueue(c, conv, queue, priority, at)
+  return queue, priority, at
+end
+
 -- A rejected or expired offer: the agent's slot is freed and the conversation goes back
 -- to its queue with its place (the time it first began waiting), its overflow re-armed,
 -- remembering who declined it. Returns the agent, the queue and the priority.
@@ -484,13 +497,7 @@ local function decline(c, conv)
     table.remove(list, 1)
   end
   c.dc = table.concat(list, ',')
-  local queue = c.q or 'default'
-  local priority = int(c.pr)
-  local at = int(c.qt)
-  if at <= 0 then
-    at = now
-  end
-  enqueue(c, conv, queue, priority, at)
+  local queue, priority, at = back_in_place(c, conv)
   if c.fbq ~= nil and int(c.ov) > 0 then
     c.od = string.format('%d', math.max(at + int(c.ov), now))
     redis.call('ZADD', base .. 'timers', c.od, conv)
@@ -583,6 +590,15 @@ end
 
 -- Operations --------------------------------------------------------------------------
 
+-- A decision that changes nothing (kept, waiting, an offer pending): remembered for the
+-- event, not recorded.
+local function unchanged(res, c, conv, eid, a)
+  local json = compact(a)
+  remember(c, eid, false, json)
+  save(conv, c)
+  out(res, a, json, false)
+end
+
 local function route_one(it, res, excluded)
   local conv = it.conv
   local eid = nz(it.event_id)
@@ -610,10 +626,7 @@ local function route_one(it, res, excluded)
       strategy = c.sg or '', why = 'pending', ms = math.max(int(c.ox) - now, 0), ox = c.ox,
       priority = c.pr or '0', seq = c.seq or '0',
     }
-    local json = compact(a)
-    remember(c, eid, false, json)
-    save(conv, c)
-    out(res, a, json, false)
+    unchanged(res, c, conv, eid, a)
     return
   end
   if c.st == 'open' or c.st == 'offered' then
@@ -629,10 +642,7 @@ local function route_one(it, res, excluded)
         action = 'kept', agent = owner, team = c.tm, queue = c.q, rule = c.ru,
         strategy = c.sg or '', why = 'kept', priority = c.pr or '0', seq = c.seq or '0',
       }
-      local json = compact(a)
-      remember(c, eid, false, json)
-      save(conv, c)
-      out(res, a, json, false)
+      unchanged(res, c, conv, eid, a)
       return
     end
     previous = release(c, conv)
@@ -644,10 +654,7 @@ local function route_one(it, res, excluded)
       why = 'waiting', ms = math.max(now - int(c.qt), 0),
       queued = true, priority = c.pr or '0', seq = c.seq or '0',
     }
-    local json = compact(a)
-    remember(c, eid, false, json)
-    save(conv, c)
-    out(res, a, json, false)
+    unchanged(res, c, conv, eid, a)
     return
   elseif c.st == 'queued' then
     unqueue(c, conv)
@@ -1104,14 +1111,7 @@ local function op_sweep()
       for _, conv in ipairs(redis.call('SORT', base .. 'o:' .. id, 'ALPHA')) do
         local c = load(conv)
         if release(c, conv) ~= nil then
-          local queue = c.q or 'default'
-          local priority = int(c.pr)
-          -- Keeps its place: the time it first began waiting for an agent.
-          local at = int(c.qt)
-          if at <= 0 then
-            at = now
-          end
-          enqueue(c, conv, queue, priority, at)
+          local queue, priority = back_in_place(c, conv)
           local rec = {
             action = 'requeued', previous_agent = id, team = c.tm, queue = queue, rule = c.ru,
             strategy = c.sg or '',
