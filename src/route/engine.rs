@@ -105,9 +105,9 @@ pub enum OpError {
 #[derive(Debug, Default, Clone)]
 pub struct BatchOutcome {
     pub decisions: usize,
-    /// Tenants whose queues may now be served (a decision freed capacity or queued): the
-    /// router drains them *after* publishing the batch, so that a conversation's
-    /// `queued` event reaches the stream before its `assigned` one.
+    /// Tenants whose queues may now be served (a decision freed capacity, or queued while
+    /// someone eligible had room): the router drains them *after* publishing the batch, so
+    /// that a conversation's `queued` event reaches the stream before its `assigned` one.
     pub drain: Vec<String>,
     /// Each store call: how many decisions it made and how long it took (what each of
     /// those decisions waited for).
@@ -668,7 +668,11 @@ impl Engine {
             let mut drain = false;
             for ((i, _), d) in views.iter().zip(&decided) {
                 splice_assignment(&mut entries[*i].payload, &d.assignment);
-                drain |= d.freed || d.action == "queued";
+                // Worth serving the queues at once when capacity was freed, or when a
+                // conversation queued behind others though someone eligible had room;
+                // queued because nobody had room, there is nothing to serve (the periodic
+                // maintenance drains anyway).
+                drain |= d.freed || (d.action == "queued" && d.candidates > 0);
                 RoutingDecided {
                     strategy: &d.strategy,
                     action: &d.action,

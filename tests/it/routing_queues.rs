@@ -910,6 +910,20 @@ fn python3() -> std::process::Command {
 #[tokio::test]
 async fn the_example_agent_app_takes_offers_from_its_stream() {
     let mut c = config();
+    // Time enough to answer on a busy machine.
+    for r in &mut c
+        .tenants
+        .get_mut("acme")
+        .unwrap()
+        .routing
+        .as_mut()
+        .unwrap()
+        .rules
+    {
+        if r.id == "offers" {
+            r.offer_timeout_secs = Some(30);
+        }
+    }
     c.routing.stream_heartbeat_ms = 200;
     c.routing.stream_poll_ms = 20;
     let app = spawn_with(c).await;

@@ -349,6 +349,8 @@ pub struct Decided {
     pub freed: bool,
     /// How long it waited before this assignment.
     pub wait_ms: Option<u64>,
+    /// Eligible candidates the engine ranked for it.
+    pub candidates: u32,
 }
 
 /// A refused manual transfer to an agent.

@@ -162,6 +162,7 @@ pub fn decided(o: &Outcome, freed: bool) -> Decided {
         strategy: a.strategy,
         freed,
         wait_ms: a.wait_ms,
+        candidates: a.candidates.unwrap_or(0),
     }
 }
 
