@@ -306,6 +306,11 @@ impl Delivery {
             .collect()
     }
 
+    /// Events queued for a destination and when the oldest was queued (ms).
+    pub async fn backlog(&self, key: &DestKey) -> Result<(u64, Option<u64>), BackendError> {
+        self.store.backlog(key).await
+    }
+
     pub async fn health(&self, key: &DestKey) -> Result<store::Health, BackendError> {
         self.store.health(key).await
     }
