@@ -576,7 +576,12 @@ pub struct DestinationDisabled<'a> {
 
 impl DestinationDisabled<'_> {
     pub fn emit(self) {
-        tracing::warn!(tenant = self.tenant, destination = self.destination, reason = self.reason, "delivery destination disabled");
+        tracing::warn!(
+            tenant = self.tenant,
+            destination = self.destination,
+            reason = self.reason,
+            "delivery destination disabled"
+        );
         counter!(DELIVERY_DISABLED, "reason" => self.reason).increment(1);
     }
 }

@@ -237,7 +237,9 @@ impl Admin {
                 }
                 // The ids and the reason (never the secret) go to the log; nothing is
                 // delivered to it until fixed.
-                Err(why) => tracing::error!(tenant = %row.tenant, destination = %row.id, why = %why, "API destination not loaded"),
+                Err(why) => {
+                    tracing::error!(tenant = %row.tenant, destination = %row.id, why = %why, "API destination not loaded")
+                }
             }
         }
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);

@@ -88,13 +88,13 @@ async fn erase(
     .map_err(|e| failed("erase", e))?;
     // The contact's events still waiting for push delivery (their conversations' queues).
     if let Some(d) = &state.delivery {
-        erased.delivery_queued = d
-            .forget(&tenant, &erased.conversation_ids)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "erasure of queued deliveries failed");
-                ApiError::Unavailable
-            })?;
+        erased.delivery_queued =
+            d.forget(&tenant, &erased.conversation_ids)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "erasure of queued deliveries failed");
+                    ApiError::Unavailable
+                })?;
     }
     Ok(HttpResponse::Ok().json(json!({ "erased": erased })))
 }

@@ -163,21 +163,25 @@ pub fn validate_destination(
     errs: &mut Vec<String>,
 ) {
     if !super::valid_id(id) {
-        errs.push(format!(
-            "{key}: ids use a-z, 0-9, '_' and '-' (1-64 chars)"
-        ));
+        errs.push(format!("{key}: ids use a-z, 0-9, '_' and '-' (1-64 chars)"));
     }
     check_settings(key, d, errs);
     if let Err(e) = crate::config::standard::decode_secret(d.secret.expose()) {
-        errs.push(format!("{key}.secret {e} (use whsec_ followed by base64 of 24-64 random bytes)"));
+        errs.push(format!(
+            "{key}.secret {e} (use whsec_ followed by base64 of 24-64 random bytes)"
+        ));
     } else if !d.secret.expose().starts_with("whsec_") {
-        errs.push(format!("{key}.secret: write it as whsec_<base64>, the form receivers' libraries take"));
+        errs.push(format!(
+            "{key}.secret: write it as whsec_<base64>, the form receivers' libraries take"
+        ));
     }
     match parse_url(&d.url) {
         Err(e) => errs.push(format!("{key}.url {e}")),
         Ok(target) if !allow_private => {
             if let Some(why) = refused_target(&target) {
-                errs.push(format!("{key}.url: {why} (set delivery.allow_private_networks = true to allow it)"));
+                errs.push(format!(
+                    "{key}.url: {why} (set delivery.allow_private_networks = true to allow it)"
+                ));
             }
         }
         Ok(_) => {}
@@ -187,13 +191,21 @@ pub fn validate_destination(
 /// The checks of a destination's numbers (file and API).
 pub fn check_settings(key: &str, d: &DestinationConfig, errs: &mut Vec<String>) {
     if !(100..=120_000).contains(&d.timeout_ms) {
-        errs.push(format!("{key}.timeout_ms = {}: use 100..=120000", d.timeout_ms));
+        errs.push(format!(
+            "{key}.timeout_ms = {}: use 100..=120000",
+            d.timeout_ms
+        ));
     }
     if d.max_in_flight == 0 || d.max_in_flight > 1000 {
-        errs.push(format!("{key}.max_in_flight = {}: use 1..=1000", d.max_in_flight));
+        errs.push(format!(
+            "{key}.max_in_flight = {}: use 1..=1000",
+            d.max_in_flight
+        ));
     }
     if d.requests_per_sec == Some(0) {
-        errs.push(format!("{key}.requests_per_sec must be at least 1 (remove it for no limit)"));
+        errs.push(format!(
+            "{key}.requests_per_sec must be at least 1 (remove it for no limit)"
+        ));
     }
 }
 
@@ -375,7 +387,10 @@ mod tests {
         assert!(parse_url("https://x.example/#f").is_err());
         assert!(parse_url("not a url").is_err());
         let t = parse_url("https://hooks.example.com/in").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.ip), ("hooks.example.com", 443, None));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.ip),
+            ("hooks.example.com", 443, None)
+        );
         let t = parse_url("http://[::1]:8080/").unwrap();
         assert!(refused_target(&t).unwrap().contains("loopback"));
         let t = parse_url("http://localhost:9/").unwrap();

@@ -104,7 +104,10 @@ pub enum Redeliver {
     Event(String),
     /// Events published from `since_ms` to `until_ms` (both included), of the destination's
     /// kinds.
-    Range { since_ms: u64, until_ms: u64 },
+    Range {
+        since_ms: u64,
+        until_ms: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,11 +157,11 @@ fn random_below(n: u64) -> u64 {
 
 /// The delay before retry number `failed` (1 = after the first failure): `initial`
 /// doubled per failure up to `max`, jittered between half and all of it; a receiver's
-/// `Retry-After` (429/503) instead, up to `max`.
+/// `Retry-After` (429/503) instead, as it asks (the caller still never waits past the
+/// horizon).
 pub fn retry_delay(s: &DeliveryConfig, failed: u32, retry_after: Option<Duration>) -> Duration {
-    let max = Duration::from_millis(s.retry_max_ms);
     if let Some(ra) = retry_after {
-        return ra.min(max);
+        return ra;
     }
     let exp = failed.saturating_sub(1).min(40);
     let base = s
@@ -352,7 +355,12 @@ impl Delivery {
         tracing::info!(owner = %self.owner, "delivery stopped");
     }
 
-    async fn fan_out(self: Arc<Self>, part: Backend, index: usize, mut stop: watch::Receiver<bool>) {
+    async fn fan_out(
+        self: Arc<Self>,
+        part: Backend,
+        index: usize,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut pause = Duration::from_millis(100);
         let mut held = false;
         loop {
@@ -474,8 +482,19 @@ impl Delivery {
                         lag: None,
                     }
                     .emit();
-                    self.record(d, id, conv, 0, "queue_full", None, Duration::ZERO, Some("the destination's queue is full (delivery.max_queued_per_destination)"))
-                        .await;
+                    self.record(
+                        d,
+                        id,
+                        conv,
+                        0,
+                        "queue_full",
+                        None,
+                        Duration::ZERO,
+                        Some(
+                            "the destination's queue is full (delivery.max_queued_per_destination)",
+                        ),
+                    )
+                    .await;
                 }
             }
         }
@@ -780,8 +799,7 @@ impl Delivery {
             let mut client = pg.client().await?;
             let tx = client.transaction().await?;
             if d.origin == Origin::Api {
-                crate::admin::destinations::disable(&*tx, &d.key.tenant, &d.key.id, reason)
-                    .await?;
+                crate::admin::destinations::disable(&*tx, &d.key.tenant, &d.key.id, reason).await?;
             }
             crate::persist::privacy::audit(
                 &*tx,
@@ -817,7 +835,10 @@ impl Delivery {
     /// Marks a destination disabled by an operator (queued events stay, new ones are not
     /// queued).
     pub async fn disable_by_operator(&self, key: &DestKey) -> Result<(), BackendError> {
-        self.store.disable(key, now_ms(), "operator").await.map(|_| ())
+        self.store
+            .disable(key, now_ms(), "operator")
+            .await
+            .map(|_| ())
     }
 
     /// Deletes everything delivery keeps of a destination (its queues, health and, without
@@ -829,12 +850,20 @@ impl Delivery {
 
     /// A contact's erasure: the queued events of these conversations, for every destination
     /// of the tenant, are deleted. Returns how many.
-    pub async fn forget(&self, tenant: &str, conversations: &[String]) -> Result<u64, BackendError> {
+    pub async fn forget(
+        &self,
+        tenant: &str,
+        conversations: &[String],
+    ) -> Result<u64, BackendError> {
         let mut n = 0;
         if conversations.is_empty() {
             return Ok(0);
         }
-        for d in self.destinations().iter().filter(|d| d.key.tenant == tenant) {
+        for d in self
+            .destinations()
+            .iter()
+            .filter(|d| d.key.tenant == tenant)
+        {
             n += self.store.forget(&d.key, now_ms(), conversations).await?;
         }
         Ok(n)
@@ -864,10 +893,7 @@ impl Delivery {
                      ORDER BY id DESC LIMIT $4"
                 };
                 let rows = c
-                    .query(
-                        sql,
-                        &[&key.tenant, &key.id, &after_id, &(limit as i64)],
-                    )
+                    .query(sql, &[&key.tenant, &key.id, &after_id, &(limit as i64)])
                     .await
                     .map_err(PersistError::from)?;
                 let mut v: Vec<Value> = rows
@@ -946,12 +972,11 @@ impl Delivery {
                 after = last.id.clone();
                 for e in &page {
                     if let Redeliver::Range { until_ms, .. } = what {
-                        let ms: u64 = e
-                            .id
-                            .split('-')
-                            .next()
-                            .and_then(|m| m.parse().ok())
-                            .unwrap_or(0);
+                        let ms: u64 =
+                            e.id.split('-')
+                                .next()
+                                .and_then(|m| m.parse().ok())
+                                .unwrap_or(0);
                         if ms > *until_ms {
                             break 'pages;
                         }
@@ -970,7 +995,11 @@ impl Delivery {
                     if matches!(what, Redeliver::Range { .. }) && !d.config.wants(head.kind) {
                         continue;
                     }
-                    found.push((e.key.clone(), conversation_of(&head, &e.key), e.payload.clone()));
+                    found.push((
+                        e.key.clone(),
+                        conversation_of(&head, &e.key),
+                        e.payload.clone(),
+                    ));
                     if found.len() > max {
                         return Err(DeliveryError::TooMany(max));
                     }
@@ -1120,7 +1149,11 @@ mod tests {
         for failed in 1..30 {
             let base = (1000u64 << (failed - 1).min(40)).min(3_600_000);
             let d = retry_delay(&s, failed, None).as_millis() as u64;
-            assert!(d >= base / 2 && d <= base, "{failed}: {d} not in {}..={base}", base / 2);
+            assert!(
+                d >= base / 2 && d <= base,
+                "{failed}: {d} not in {}..={base}",
+                base / 2
+            );
         }
         assert_eq!(
             retry_delay(&s, 3, Some(Duration::from_secs(7))),
@@ -1128,7 +1161,7 @@ mod tests {
         );
         assert_eq!(
             retry_delay(&s, 3, Some(Duration::from_secs(86_400))),
-            Duration::from_millis(3_600_000)
+            Duration::from_secs(86_400)
         );
     }
 }

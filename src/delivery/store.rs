@@ -120,7 +120,10 @@ impl Store {
     ) -> Result<T, BackendError> {
         let base = self.base(d);
         let mut inv = self.script.prepare_invoke();
-        inv.key(format!("{base}ready")).arg(op).arg(&base).arg(now_ms);
+        inv.key(format!("{base}ready"))
+            .arg(op)
+            .arg(&base)
+            .arg(now_ms);
         args(&mut inv);
         let mut conn = self.conn.clone();
         self.timed(inv.invoke_async(&mut conn)).await
@@ -191,7 +194,10 @@ impl Store {
                 event_id: text(&c[1]),
                 body: text(&c[2]),
                 attempts: text(&c[3]).parse().unwrap_or(0),
-                queued_ms: text(&c[4]).parse::<f64>().map(|f| f as u64).unwrap_or(now_ms),
+                queued_ms: text(&c[4])
+                    .parse::<f64>()
+                    .map(|f| f as u64)
+                    .unwrap_or(now_ms),
             })
             .collect())
     }
@@ -275,7 +281,12 @@ impl Store {
     }
 
     /// Disables a destination (`reason`); false when it already was.
-    pub async fn disable(&self, d: &DestKey, now_ms: u64, reason: &str) -> Result<bool, BackendError> {
+    pub async fn disable(
+        &self,
+        d: &DestKey,
+        now_ms: u64,
+        reason: &str,
+    ) -> Result<bool, BackendError> {
         let mut conn = self.conn.clone();
         let key = format!("{}health", self.base(d));
         let set: bool = self

@@ -13,7 +13,9 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{already_exists, change, config_managed, db, master, postgres, query, read, tenant_exists, Audit};
+use super::{
+    already_exists, change, config_managed, db, master, postgres, query, read, tenant_exists, Audit,
+};
 use crate::admin::destinations::{self as store, destination_aad, DestinationRow};
 use crate::config::delivery::{
     check_settings, default_max_in_flight, default_timeout_ms, parse_url, refused_addrs,
@@ -26,10 +28,13 @@ use crate::event::EventKind;
 use crate::http::{authorize, json_body, State};
 
 fn delivery(state: &State) -> Result<&std::sync::Arc<Delivery>, ApiError> {
-    state.delivery.as_ref().ok_or_else(|| ApiError::ConflictCode {
-        code: "delivery_disabled",
-        message: "push delivery needs backend = \"redis\" and delivery.enabled = true".into(),
-    })
+    state
+        .delivery
+        .as_ref()
+        .ok_or_else(|| ApiError::ConflictCode {
+            code: "delivery_disabled",
+            message: "push delivery needs backend = \"redis\" and delivery.enabled = true".into(),
+        })
 }
 
 fn unknown(id: &str) -> ApiError {
@@ -109,9 +114,7 @@ async fn check(
     };
     let mut errs = Vec::new();
     check_settings(label, &cfg, &mut errs);
-    if !secret.starts_with("whsec_")
-        || crate::config::standard::decode_secret(&secret).is_err()
-    {
+    if !secret.starts_with("whsec_") || crate::config::standard::decode_secret(&secret).is_err() {
         // Never quote it.
         errs.push(format!(
             "{label}.secret: use whsec_ followed by base64 of 24-64 random bytes (or leave it out to have one generated)"
@@ -249,7 +252,7 @@ pub(super) async fn create(
     };
     if !crate::config::valid_id(&id) {
         return Err(invalid(vec![
-            "id: use a-z, 0-9, '_' and '-' (1-64 chars)".into(),
+            "id: use a-z, 0-9, '_' and '-' (1-64 chars)".into()
         ]));
     }
     if d.in_file(&tenant, &id) {
@@ -294,11 +297,7 @@ pub(super) async fn create(
     Ok(HttpResponse::Created().json(v))
 }
 
-async fn api_row(
-    state: &State,
-    tenant: &str,
-    id: &str,
-) -> Result<DestinationRow, ApiError> {
+async fn api_row(state: &State, tenant: &str, id: &str) -> Result<DestinationRow, ApiError> {
     let pg = state.persist.as_ref().ok_or_else(|| unknown(id))?;
     read(pg, async |c| store::get(c, tenant, id, false).await)
         .await?
@@ -360,7 +359,9 @@ pub(super) async fn update(
             .await
             .map_err(db)?
             .ok_or_else(|| unknown(&id))?;
-        store::update(tx, &tenant, &id, &settings).await.map_err(db)?;
+        store::update(tx, &tenant, &id, &settings)
+            .await
+            .map_err(db)?;
         if let Some(s) = &sealed {
             store::update_secret(tx, &tenant, &id, s, true)
                 .await
@@ -507,13 +508,13 @@ pub(super) async fn attempts(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::BadRequest("limit must be 1..=1000".into()));
     }
-    let after = match q.after {
-        Some(a) => Some(
-            a.parse::<u64>()
-                .map_err(|_| ApiError::BadRequest("after: use a previous page's next_after".into()))?,
-        ),
-        None => None,
-    };
+    let after =
+        match q.after {
+            Some(a) => Some(a.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest("after: use a previous page's next_after".into())
+            })?),
+            None => None,
+        };
     let (items, next_after) = d
         .attempts(&key(&tenant, &id), limit, after)
         .await
