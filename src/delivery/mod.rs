@@ -172,15 +172,18 @@ pub fn retry_delay(s: &DeliveryConfig, failed: u32, retry_after: Option<Duration
 }
 
 impl Delivery {
-    /// The delivery worker of a configuration, or None when it does not run: disabled, or
-    /// the memory backend (where destinations are refused).
+    /// The delivery worker of a configuration, or None when it does not run: disabled, the
+    /// memory backend (where destinations are refused), or no destination can exist (none
+    /// in the file and no PostgreSQL for API ones): then no consumer group is created and
+    /// nothing runs.
     pub fn new(
         config: &Config,
         backend: &Backend,
         admin: Arc<Admin>,
         pg: Option<Postgres>,
     ) -> Result<Option<Delivery>, String> {
-        if !config.delivery.enabled {
+        let in_file = config.tenants.values().any(|t| !t.destinations.is_empty());
+        if !config.delivery.enabled || !(in_file || config.postgres.enabled) {
             return Ok(None);
         }
         let redis = match backend {
@@ -367,8 +370,7 @@ impl Delivery {
             if *stop.borrow() {
                 break;
             }
-            match self.store.lease(index, &self.owner, FANOUT_LEASE).await {
-                Ok(true) => held = true,
+            let done = match self.store.lease(index, &self.owner, FANOUT_LEASE).await {
                 Ok(false) => {
                     held = false;
                     if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
@@ -376,34 +378,28 @@ impl Delivery {
                     }
                     continue;
                 }
-                Err(e) => {
-                    DeliveryFailed {
-                        op: "fanout",
-                        error: &e,
+                Ok(true) => {
+                    held = true;
+                    // Claim idle 0: as the only holder, whatever is pending was left by a
+                    // previous holder (or by this one's failed batch) and goes first, in
+                    // stream order.
+                    let read = tokio::select! {
+                        _ = stop.changed() => break,
+                        r = part.read_events_group(DELIVERY_GROUP, &self.owner, self.settings.batch_size, Duration::from_secs(1), Duration::ZERO) => r,
+                    };
+                    match read {
+                        Ok(entries) if entries.is_empty() => Ok(()),
+                        Ok(entries) => match self.fan_entries(&entries).await {
+                            Ok(()) => {
+                                let ids: Vec<String> =
+                                    entries.iter().map(|e| e.id.clone()).collect();
+                                part.ack_events(DELIVERY_GROUP, &ids).await.map(|_| ())
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
                     }
-                    .emit();
-                    if sleep_or_stop(pause, &mut stop).await {
-                        break;
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                    continue;
                 }
-            }
-            // Claim idle 0: as the only holder, whatever is pending was left by a previous
-            // holder (or by this one's failed batch) and goes first, in stream order.
-            let read = tokio::select! {
-                _ = stop.changed() => break,
-                r = part.read_events_group(DELIVERY_GROUP, &self.owner, self.settings.batch_size, Duration::from_secs(1), Duration::ZERO) => r,
-            };
-            let done = match read {
-                Ok(entries) if entries.is_empty() => Ok(()),
-                Ok(entries) => match self.fan_entries(&entries).await {
-                    Ok(()) => {
-                        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-                        part.ack_events(DELIVERY_GROUP, &ids).await.map(|_| ())
-                    }
-                    Err(e) => Err(e),
-                },
                 Err(e) => Err(e),
             };
             match done {
@@ -832,13 +828,17 @@ impl Delivery {
         Ok(())
     }
 
-    /// Marks a destination disabled by an operator (queued events stay, new ones are not
-    /// queued).
-    pub async fn disable_by_operator(&self, key: &DestKey) -> Result<(), BackendError> {
-        self.store
-            .disable(key, now_ms(), "operator")
-            .await
-            .map(|_| ())
+    /// An operator's choice: enabled (see [`Self::enable`]) or disabled (queued events
+    /// stay, new ones are not queued).
+    pub async fn set_enabled(&self, key: &DestKey, enabled: bool) -> Result<(), BackendError> {
+        if enabled {
+            self.enable(key).await
+        } else {
+            self.store
+                .disable(key, now_ms(), "operator")
+                .await
+                .map(|_| ())
+        }
     }
 
     /// Deletes everything delivery keeps of a destination (its queues, health and, without
@@ -1060,7 +1060,12 @@ impl Delivery {
             let mut queued = 0;
             let mut oldest: Option<u64> = None;
             let mut failed = false;
-            for d in self.destinations() {
+            let dests = self.destinations();
+            if dests.is_empty() {
+                // No series before there is something to show.
+                continue;
+            }
+            for d in dests {
                 match self.store.backlog(&d.key).await {
                     Ok((q, o)) => {
                         queued += q;

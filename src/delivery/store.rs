@@ -2,7 +2,7 @@
 //! conversation, the due and leased conversations, the health record and, without
 //! PostgreSQL, the newest attempts. Every key of a destination shares its hash tag
 //! `{<prefix>:dlv:<tenant>:<destination>}`, so each script call is one atomic step on one
-//! Redis Cluster slot; the fan-out's lease per stream partition is `{<prefix>}:delivery-lease:<n>`.
+//! Redis Cluster slot; the fan-out's lease per stream partition is `{<prefix>:dlv}:fanout-lease:<n>`.
 
 use std::time::Duration;
 
@@ -406,7 +406,7 @@ impl Store {
     ) -> Result<bool, BackendError> {
         let script = Script::new(LEASE_LUA);
         let mut inv = script.prepare_invoke();
-        inv.key(format!("{{{}}}:delivery-lease:{partition}", self.prefix))
+        inv.key(format!("{{{}:dlv}}:fanout-lease:{partition}", self.prefix))
             .arg(owner)
             .arg(ttl.as_millis().max(1) as u64);
         let mut conn = self.conn.clone();
@@ -418,7 +418,7 @@ impl Store {
     pub async fn release(&self, partition: usize, owner: &str) -> Result<(), BackendError> {
         let script = Script::new(RELEASE_LUA);
         let mut inv = script.prepare_invoke();
-        inv.key(format!("{{{}}}:delivery-lease:{partition}", self.prefix))
+        inv.key(format!("{{{}:dlv}}:fanout-lease:{partition}", self.prefix))
             .arg(owner);
         let mut conn = self.conn.clone();
         let _: i64 = self.timed(inv.invoke_async(&mut conn)).await?;

@@ -97,7 +97,6 @@ fn generate_secret() -> String {
 /// Checks a body as it would be stored: the numbers, the secret's form and the URL, whose
 /// name is resolved now. Returns the destination to store and its secret.
 async fn check(
-    state: &State,
     d: &Delivery,
     label: &str,
     b: &Body,
@@ -130,7 +129,6 @@ async fn check(
     if !errs.is_empty() {
         return Err(invalid(errs));
     }
-    let _ = state;
     if !d.settings().allow_private_networks {
         let refused = match target.ip {
             Some(ip) => refused_ip(ip).map(|why| format!("{ip} is {why}")),
@@ -259,7 +257,7 @@ pub(super) async fn create(
         return Err(config_managed("destination", &id));
     }
     let keys = master(&state)?;
-    let (_, secret) = check(&state, d, "destination", &b).await?;
+    let (_, secret) = check(d, "destination", &b).await?;
     let sealed = keys.seal(secret.as_bytes(), &destination_aad(&tenant, &id));
     let settings = settings_of(&b);
     let row = change(&state, pg, &who, async |tx| {
@@ -286,11 +284,7 @@ pub(super) async fn create(
     // A destination of the same id deleted earlier left nothing behind (purged); its
     // state starts clean.
     let k = key(&tenant, &id);
-    let _ = if b.enabled {
-        d.enable(&k).await
-    } else {
-        d.disable_by_operator(&k).await
-    };
+    let _ = d.set_enabled(&k, b.enabled).await;
     let mut v = row.public();
     // Shown once: from now on only its ciphertext exists.
     v["secret"] = Value::String(secret);
@@ -351,7 +345,7 @@ pub(super) async fn update(
     }
     let keys = master(&state)?;
     let new_secret = b.secret.is_some();
-    let (_, secret) = check(&state, d, "destination", &b).await?;
+    let (_, secret) = check(d, "destination", &b).await?;
     let sealed = new_secret.then(|| keys.seal(secret.as_bytes(), &destination_aad(&tenant, &id)));
     let settings = settings_of(&b);
     let after = change(&state, pg, &who, async |tx| {
@@ -381,12 +375,9 @@ pub(super) async fn update(
         Ok((after, Some(audit)))
     })
     .await?;
-    let r = if b.enabled {
-        d.enable(&k).await
-    } else {
-        d.disable_by_operator(&k).await
-    };
-    r.map_err(|_| ApiError::Unavailable)?;
+    d.set_enabled(&k, b.enabled)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
     let mut v = after.public();
     if new_secret {
         v["secret"] = Value::String(secret);
@@ -415,12 +406,9 @@ async fn enable_file(
     let b: Enabled = json_body(req, body).map_err(|_| config_managed("destination", id))?;
     let k = key(tenant, id);
     let before = d.health(&k).await.map_err(|_| ApiError::Unavailable)?;
-    if b.enabled {
-        d.enable(&k).await
-    } else {
-        d.disable_by_operator(&k).await
-    }
-    .map_err(|_| ApiError::Unavailable)?;
+    d.set_enabled(&k, b.enabled)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
     if let Some(pg) = &state.persist {
         super::transaction(pg, &who.actor(), db, async |_tx| {
             Ok((
