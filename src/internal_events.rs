@@ -41,6 +41,14 @@ pub const PERSISTER_BATCH_DURATION: &str = "switchboard_persister_batch_duration
 pub const PERSISTER_LAG: &str = "switchboard_persister_lag";
 pub const PERSISTER_FAILURES: &str = "switchboard_persister_failures_total";
 pub const PRIVACY_OPERATIONS: &str = "switchboard_privacy_operations_total";
+pub const DELIVERIES: &str = "switchboard_deliveries_total";
+pub const DELIVERY_DURATION: &str = "switchboard_delivery_attempt_duration_seconds";
+pub const DELIVERY_LAG: &str = "switchboard_delivery_lag_seconds";
+pub const DELIVERY_QUEUED: &str = "switchboard_delivery_queued";
+pub const DELIVERY_OLDEST: &str = "switchboard_delivery_oldest_queued_seconds";
+pub const DELIVERY_FANOUT_LAG: &str = "switchboard_delivery_fanout_lag";
+pub const DELIVERY_DISABLED: &str = "switchboard_delivery_destinations_disabled_total";
+pub const DELIVERY_FAILURES: &str = "switchboard_delivery_failures_total";
 
 /// Queue wait buckets (seconds): 1 s .. 4 h.
 const WAIT_BUCKETS: &[f64] = &[
@@ -67,6 +75,9 @@ pub fn install_recorder() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(ROUTING_QUEUE_WAIT.into()), WAIT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(DELIVERY_LAG.into()), WAIT_BUCKETS)
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -505,5 +516,86 @@ impl PrivacyOperation {
     pub fn emit(self) {
         tracing::info!(op = self.op, outcome = self.outcome, "privacy operation");
         counter!(PRIVACY_OPERATIONS, "op" => self.op, "outcome" => self.outcome).increment(1);
+    }
+}
+
+/// One delivery attempt to a destination ended (or an event was given up without one).
+/// Labels: the outcome and the event kind, both bounded sets; never the tenant, the
+/// destination or the URL (docs/metrics.md).
+pub struct DeliveryAttempted {
+    /// `delivered`, `failed` (retried later), `gave_up` (past the horizon), `gone` (410:
+    /// the destination is disabled), `refused` (a private address at delivery time),
+    /// `queue_full` (not queued: the destination's queue is at its bound).
+    pub outcome: &'static str,
+    /// The event's kind (`EventKind::as_str`), `unknown` when it could not be read.
+    pub kind: &'static str,
+    /// How long the request took (None: no request was made).
+    pub latency: Option<Duration>,
+    /// From the gateway's receipt of the event to its delivery (delivered only).
+    pub lag: Option<Duration>,
+}
+
+impl DeliveryAttempted {
+    pub fn emit(self) {
+        let kind = self.kind;
+        counter!(DELIVERIES, "outcome" => self.outcome, "kind" => kind).increment(1);
+        if let Some(l) = self.latency {
+            histogram!(DELIVERY_DURATION).record(l.as_secs_f64());
+        }
+        if let Some(l) = self.lag {
+            histogram!(DELIVERY_LAG, "kind" => kind).record(l.as_secs_f64());
+        }
+    }
+}
+
+/// Push delivery's backlog, sampled every 5 s by one replica's worker.
+pub struct DeliverySampled {
+    /// Events waiting in every destination's queues.
+    pub queued: u64,
+    /// Age of the oldest of them (0 when none).
+    pub oldest: Duration,
+    /// Events stream entries not yet fanned out to the destinations.
+    pub fanout_lag: u64,
+}
+
+impl DeliverySampled {
+    pub fn emit(self) {
+        gauge!(DELIVERY_QUEUED).set(self.queued as f64);
+        gauge!(DELIVERY_OLDEST).set(self.oldest.as_secs_f64());
+        gauge!(DELIVERY_FANOUT_LAG).set(self.fanout_lag as f64);
+    }
+}
+
+/// The gateway disabled a destination: `gone` (it answered 410) or `failing` (every attempt
+/// failed for `delivery.disable_after_failing_secs`).
+pub struct DestinationDisabled<'a> {
+    pub tenant: &'a str,
+    pub destination: &'a str,
+    pub reason: &'static str,
+}
+
+impl DestinationDisabled<'_> {
+    pub fn emit(self) {
+        tracing::warn!(
+            tenant = self.tenant,
+            destination = self.destination,
+            reason = self.reason,
+            "delivery destination disabled"
+        );
+        counter!(DELIVERY_DISABLED, "reason" => self.reason).increment(1);
+    }
+}
+
+/// A delivery worker step failed (Redis or PostgreSQL unreachable); retried.
+pub struct DeliveryFailed<'a> {
+    /// `fanout`, `take`, `finish`, `record`, `disable`, `sample`.
+    pub op: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl DeliveryFailed<'_> {
+    pub fn emit(self) {
+        tracing::warn!(op = self.op, error = %self.error, "delivery step failed; retrying");
+        counter!(DELIVERY_FAILURES, "op" => self.op).increment(1);
     }
 }

@@ -88,6 +88,14 @@ impl Application {
                 tracing::warn!(error = %e, "persister group not created yet; the persister will");
             }
         }
+        state.delivery = crate::delivery::Delivery::new(
+            &config,
+            &state.backend,
+            state.admin.clone(),
+            state.persist.clone(),
+        )
+        .map_err(anyhow::Error::msg)?
+        .map(Arc::new);
         let state = web::Data::new(state);
         crate::state::start_admin_sync(&state.clone().into_inner()).await;
         let listener = TcpListener::bind(&config.server.bind)
@@ -197,6 +205,12 @@ impl Application {
             .cert
             .clone()
             .map(|cert| tokio::spawn(crate::https::watch(cert, stop_rx.clone())));
+        // Push delivery: fan-out, attempts, sampler (see crate::delivery).
+        let delivery_task = self
+            .state
+            .delivery
+            .clone()
+            .map(|d| tokio::spawn(d.run(stop_rx.clone())));
         let sampler_task = tokio::spawn(sample(self.state.clone(), stop_rx));
         tracing::info!(
             port = self.port,
@@ -219,6 +233,9 @@ impl Application {
                 let _ = p.await;
             }
             let _ = retention.await;
+        }
+        if let Some(t) = delivery_task {
+            let _ = t.await;
         }
         let _ = sampler_task.await;
         if let Some(t) = cert_task {

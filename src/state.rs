@@ -34,6 +34,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// API keys, API tenants and API sources (see `crate::admin`).
     pub admin: Arc<crate::admin::Admin>,
+    /// Push delivery (None with the memory backend or `delivery.enabled = false`); set up
+    /// with PostgreSQL by `startup`.
+    pub delivery: Option<Arc<crate::delivery::Delivery>>,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
             api_token: config.api.token.clone(),
             metrics,
             admin: Arc::new(crate::admin::Admin::from_config(config)),
+            delivery: None,
         })
     }
 

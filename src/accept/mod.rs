@@ -398,6 +398,25 @@ impl Backend {
         }
     }
 
+    /// Creates a consumer group of the events stream (every partition) positioned at its
+    /// end, if it does not exist: it reads only what is published afterwards (push
+    /// delivery, which must not send the retained history to a new destination). Redis
+    /// only.
+    pub async fn ensure_events_group_at_end(&self, group: &str) -> Result<(), BackendError> {
+        match self {
+            Backend::Memory(_) => Err(BackendError::Protocol(
+                "this needs the Redis backend".into(),
+            )),
+            Backend::Redis(b) => b.ensure_events_group_at_end(group).await,
+            Backend::Partitioned(p) => {
+                for part in p.parts() {
+                    Box::pin(part.ensure_events_group_at_end(group)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Acknowledges entries of the events stream for a group, then applies the stream's
     /// retention (which never passes the persister group's unacknowledged entries).
     pub async fn ack_events(&self, group: &str, ids: &[String]) -> Result<usize, BackendError> {

@@ -135,7 +135,7 @@ fn with_trim(body: &str) -> Script {
 /// A publish/append reply: the count, or `-1 - n` when the persister has `n` unacknowledged
 /// entries, at its bound.
 /// Take the lease when free, renew it when ours.
-const LEASE_LUA: &str = r"
+pub const LEASE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
@@ -147,7 +147,7 @@ return 0
 ";
 
 /// Delete the lease only when ours.
-const RELEASE_LUA: &str = r"
+pub const RELEASE_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -731,15 +731,25 @@ impl RedisBackend {
     }
 
     pub async fn ensure_events_group(&self, group: &str) -> Result<(), BackendError> {
-        let mut conn = self.conn.clone();
         // From the start of the stream: enabling the persister stores the retained history.
+        self.create_events_group(group, "0").await
+    }
+
+    /// Creates a group of the events stream positioned at its end (`$`): it reads only
+    /// what is published from now on. Nothing when the group exists.
+    pub async fn ensure_events_group_at_end(&self, group: &str) -> Result<(), BackendError> {
+        self.create_events_group(group, "$").await
+    }
+
+    async fn create_events_group(&self, group: &str, from: &str) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
         let r: Result<(), BackendError> = self
             .timed(
                 redis::cmd("XGROUP")
                     .arg("CREATE")
                     .arg(&self.keys.events)
                     .arg(group)
-                    .arg("0")
+                    .arg(from)
                     .arg("MKSTREAM")
                     .query_async(&mut conn),
             )

@@ -18,6 +18,7 @@
 //! (whose secrets print `[redacted]`), tokens are kept only as their SHA-256.
 
 pub mod auth;
+pub mod destinations;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -70,6 +71,9 @@ pub struct Live {
     pub sources: HashMap<String, Arc<Source>>,
     /// SHA-256 of the token → key (revoked keys are not here).
     pub keys: HashMap<[u8; 32], Arc<KeyRecord>>,
+    /// API destinations by (tenant, id), secrets decrypted, enabled or not (see
+    /// `crate::delivery`).
+    pub destinations: HashMap<(String, String), Arc<crate::config::delivery::DestinationConfig>>,
 }
 
 /// A key's quota (per second, burst) and its limiter.
@@ -188,6 +192,15 @@ impl Admin {
             return Ok(false);
         }
         let snapshot = store::load(&**client).await?;
+        // Before migration 0005 (a gateway started ahead of `switchboard migrate`): none.
+        let destinations = match destinations::all(&**client).await {
+            Err(PersistError::Db(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+            {
+                Vec::new()
+            }
+            other => other?,
+        };
         drop(client);
         let mut live = Live {
             version,
@@ -210,6 +223,23 @@ impl Admin {
                 // The id and the reason (never the secret) go to the log; the source
                 // answers 404 until fixed.
                 Err(why) => tracing::error!(source = %row.id, why = %why, "API source not loaded"),
+            }
+        }
+        for row in destinations {
+            let Some(master) = self.master.as_ref() else {
+                tracing::error!(tenant = %row.tenant, destination = %row.id, "API destination not loaded: no master key is configured");
+                continue;
+            };
+            match row.open(master) {
+                Ok(d) => {
+                    live.destinations
+                        .insert((row.tenant.clone(), row.id.clone()), Arc::new(d));
+                }
+                // The ids and the reason (never the secret) go to the log; nothing is
+                // delivered to it until fixed.
+                Err(why) => {
+                    tracing::error!(tenant = %row.tenant, destination = %row.id, why = %why, "API destination not loaded")
+                }
             }
         }
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);

@@ -94,6 +94,7 @@ const PAGED: &[&str] = &[
     "/v1/deadletters",
     "/v1/tenants/{tenant}/agents/{agent}/conversations",
     "/v1/tenants/{tenant}/queues/{queue}/conversations",
+    "/v1/tenants/{tenant}/destinations/{destination}/attempts",
 ];
 
 pub fn document() -> OpenApi {

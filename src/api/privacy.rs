@@ -76,7 +76,7 @@ async fn erase(
     let pg = postgres(&state)?;
     let (tenant, contact) = path.into_inner();
     tenant_known(&state, &tenant)?;
-    let erased = privacy::erase_contact(
+    let mut erased = privacy::erase_contact(
         pg,
         &state.backend,
         state.engine.as_deref(),
@@ -86,6 +86,16 @@ async fn erase(
     )
     .await
     .map_err(|e| failed("erase", e))?;
+    // The contact's events still waiting for push delivery (their conversations' queues).
+    if let Some(d) = &state.delivery {
+        erased.delivery_queued =
+            d.forget(&tenant, &erased.conversation_ids)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "erasure of queued deliveries failed");
+                    ApiError::Unavailable
+                })?;
+    }
     Ok(HttpResponse::Ok().json(json!({ "erased": erased })))
 }
 

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Secret;
 
 pub mod bird;
+pub mod delivery;
 pub mod messagebird;
 pub mod plivo;
 pub mod postgres;
@@ -133,6 +134,9 @@ pub struct Config {
     pub routing: RoutingSection,
     pub api: ApiConfig,
     pub postgres: postgres::PostgresConfig,
+    /// Signed HTTP push of the events (docs/delivery.md).
+    #[serde(default)]
+    pub delivery: delivery::DeliveryConfig,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
     #[serde(default)]
@@ -324,6 +328,9 @@ pub struct TenantConfig {
     pub routing: Option<crate::config::routing::RoutingConfig>,
     /// Days of this tenant's history kept in PostgreSQL (absent: kept until erased).
     pub retention_days: Option<u32>,
+    /// Where this tenant's events are pushed, signed (docs/delivery.md).
+    #[serde(default)]
+    pub destinations: BTreeMap<String, delivery::DestinationConfig>,
 }
 
 /// One webhook endpoint, `/webhooks/{id}`, tagged by provider.
@@ -809,6 +816,23 @@ impl Config {
             }
         }
         self.postgres.validate(&mut errs);
+        delivery::validate(&self.delivery, &mut errs);
+        for (tenant, t) in &self.tenants {
+            for (id, d) in &t.destinations {
+                delivery::validate_destination(
+                    &format!("tenants.{tenant}.destinations.{id}"),
+                    id,
+                    d,
+                    self.delivery.allow_private_networks,
+                    &mut errs,
+                );
+            }
+            if !t.destinations.is_empty() && self.backend != BackendKind::Redis {
+                errs.push(format!(
+                    "tenants.{tenant}.destinations: push delivery keeps its queues in Redis; set backend = \"redis\""
+                ));
+            }
+        }
         if self.sources.is_empty() {
             errs.push("no [sources.<id>] defined: add at least one webhook source".into());
         }

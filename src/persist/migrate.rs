@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_tenant_retention.sql",
         sql: include_str!("../../migrations/0004_tenant_retention.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_delivery.sql",
+        sql: include_str!("../../migrations/0005_delivery.sql"),
+    },
 ];
 
 /// First key of the advisory lock (the second is the schema's hash): "sb" in ASCII.

@@ -61,6 +61,14 @@ pub struct Erased {
     /// Routing state: conversations forgotten (open ones free their agent's slot, queued
     /// ones leave their queue) and unpublished assignment changes deleted.
     pub routing: crate::route::store::RoutingErased,
+    /// Push delivery attempts recorded for the contact's conversations.
+    pub delivery_attempts: u64,
+    /// Events of the contact waiting in push delivery queues (set by the caller, which
+    /// reaches delivery: see `conversation_ids`).
+    pub delivery_queued: u64,
+    /// The contact's conversations, for the layers above to erase what they keep of them.
+    #[serde(skip)]
+    pub conversation_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +178,13 @@ pub async fn erase_contact(
         out.routing = engine.erase(tenant, &convs).await?;
     }
     let client = pg.client().await?;
+    out.delivery_attempts = client
+        .execute(
+            "DELETE FROM delivery_attempts WHERE tenant = $1 AND conversation_id = ANY($2)",
+            &[&tenant, &convs],
+        )
+        .await?;
+    out.conversation_ids = convs;
     audit(
         &**client,
         actor,

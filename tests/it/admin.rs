@@ -73,6 +73,8 @@ fn admin_config(master: &str) -> Config {
     // These tests present revoked and wrong tokens on purpose, all from 127.0.0.1; the
     // lock-out after failed tokens has its own test (hardening.rs).
     c.api.failed_auth_per_min = 100_000;
+    // Destinations on loopback (nothing listens there; no event is pushed in these tests).
+    c.delivery.allow_private_networks = true;
     c
 }
 
@@ -159,6 +161,43 @@ const MATRIX: &[(&str, &str, &str, char, u16)] = &[
     // acme and globex are config.toml tenants: read-only through the API.
     ("PATCH", "/v1/tenants/{tenant}", "OA", 't', 409),
     ("DELETE", "/v1/tenants/{tenant}", "O", 'g', 200),
+    ("GET", "/v1/tenants/{tenant}/destinations", "OAV", 't', 200),
+    ("POST", "/v1/tenants/{tenant}/destinations", "OA", 't', 201),
+    (
+        "GET",
+        "/v1/tenants/{tenant}/destinations/{destination}",
+        "OAV",
+        't',
+        200,
+    ),
+    (
+        "PUT",
+        "/v1/tenants/{tenant}/destinations/{destination}",
+        "OA",
+        't',
+        200,
+    ),
+    (
+        "DELETE",
+        "/v1/tenants/{tenant}/destinations/{destination}",
+        "OA",
+        't',
+        200,
+    ),
+    (
+        "GET",
+        "/v1/tenants/{tenant}/destinations/{destination}/attempts",
+        "OAV",
+        't',
+        200,
+    ),
+    (
+        "POST",
+        "/v1/tenants/{tenant}/destinations/{destination}/redeliver",
+        "OA",
+        't',
+        404,
+    ),
     ("GET", "/v1/tenants/{tenant}/sources", "OAV", 't', 200),
     ("POST", "/v1/tenants/{tenant}/sources", "OA", 't', 201),
     (
@@ -372,6 +411,16 @@ async fn role_endpoint_scope_matrix() {
         )
         .await;
     }
+    // One destination per tenant for the destination endpoints.
+    for t in ["acme", "globex"] {
+        api.ok(
+            Method::POST,
+            &format!("/v1/tenants/{t}/destinations"),
+            API_TOKEN,
+            Some(&json!({"id": format!("dst_{t}"), "url": "http://127.0.0.1:9/hook"})),
+        )
+        .await;
+    }
     let mut versions = HashMap::new();
     for t in ["acme", "globex"] {
         let cur = api
@@ -575,6 +624,7 @@ async fn request_for(
     let mut path = pattern
         .replace("{tenant}", tenant)
         .replace("{source}", &format!("src_{tenant}"))
+        .replace("{destination}", &format!("dst_{tenant}"))
         .replace("{agent}", "alice")
         .replace("{conv}", "conv_nope")
         .replace("{queue}", "team:sales")
@@ -607,6 +657,27 @@ async fn request_for(
             "verify",
         )),
         ("PATCH", "/v1/tenants/{tenant}/sources/{source}") => Some(json!({"disabled": false})),
+        ("POST", "/v1/tenants/{tenant}/destinations") => {
+            Some(json!({"id": format!("d{uniq}"), "url": "http://127.0.0.1:9/hook"}))
+        }
+        ("PUT", "/v1/tenants/{tenant}/destinations/{destination}") => {
+            Some(json!({"url": "http://127.0.0.1:9/hook", "kinds": ["message"]}))
+        }
+        ("DELETE", "/v1/tenants/{tenant}/destinations/{destination}") => {
+            let id = format!("d{uniq}");
+            api.ok(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/destinations"),
+                API_TOKEN,
+                Some(&json!({"id": id, "url": "http://127.0.0.1:9/hook"})),
+            )
+            .await;
+            path = format!("/v1/tenants/{tenant}/destinations/{id}");
+            None
+        }
+        ("POST", "/v1/tenants/{tenant}/destinations/{destination}/redeliver") => {
+            Some(json!({"event_id": "evt_00000000000000000000000000000000"}))
+        }
         ("POST", "/v1/tenants/{tenant}/sources/{source}/rotate-secret") => {
             Some(json!({"secrets": {"app_secrets": ["s"], "verify_token": "v"}}))
         }

@@ -98,7 +98,7 @@ async fn the_runtime_role_runs_the_gateway_and_cannot_touch_the_audit_log() {
 
     // Migrations as the owner; the runtime role gets its grants from the same run.
     let pg = Postgres::new(&config).unwrap();
-    assert_eq!(pg.migrate().await.unwrap().len(), 4);
+    assert_eq!(pg.migrate().await.unwrap().len(), 5);
     assert!(pg.migrate().await.unwrap().is_empty(), "idempotent");
     let owner: String = su
         .query_one(

@@ -17,6 +17,9 @@ const LAYERS: &[&[&str]] = &[
     // persist sits above route: erasure reaches routing state through the engine.
     &["persist", "source"],
     &["admin"],
+    // delivery reads the events stream (accept), records attempts and audit rows (persist)
+    // and merges the API's destinations (admin); state holds it and api uses it.
+    &["delivery"],
     &["state"],
     &["http"],
     &["ingest", "api"],

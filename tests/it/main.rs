@@ -6,6 +6,7 @@ mod backend_groups;
 mod cli;
 mod cluster;
 mod db_roles;
+mod delivery;
 mod deploy;
 mod docs;
 mod edge;

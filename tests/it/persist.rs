@@ -347,7 +347,7 @@ async fn migrations_are_tracked_and_idempotent_and_config_names_bad_keys() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     // Two migrators at once on a fresh schema: both succeed, each migration applied once.
     let mut twin = config.clone();
     twin.postgres.schema = fresh_schema();
@@ -359,7 +359,7 @@ async fn migrations_are_tracked_and_idempotent_and_config_names_bad_keys() {
     let mut all = ra.unwrap();
     all.extend(rb.unwrap());
     all.sort();
-    assert_eq!(all, [1, 2, 3, 4]);
+    assert_eq!(all, [1, 2, 3, 4, 5]);
     drop_schema(&c, &twin.postgres.schema).await;
     drop_schema(&c, &config.postgres.schema).await;
 

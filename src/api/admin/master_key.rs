@@ -53,20 +53,40 @@ pub async fn reencrypt_all(
                     *from.entry(r.sealed.key_id.clone()).or_default() += 1;
                     moved.push(r.id.clone());
                 }
-                Err(_) => unreadable.push(r.id.clone()),
+                Err(_) => unreadable.push(format!("source {}", r.id)),
+            }
+        }
+        let dests = crate::admin::destinations::all(tx).await.map_err(db)?;
+        let mut moved_destinations = 0u64;
+        for r in &dests {
+            if r.sealed.key_id == current {
+                continue;
+            }
+            let aad = crate::admin::destinations::destination_aad(&r.tenant, &r.id);
+            match keys.open(&r.sealed, &aad) {
+                Ok(plain) => {
+                    let sealed = keys.seal(&plain, &aad);
+                    crate::admin::destinations::update_secret(tx, &r.tenant, &r.id, &sealed, false)
+                        .await
+                        .map_err(db)?;
+                    *from.entry(r.sealed.key_id.clone()).or_default() += 1;
+                    moved_destinations += 1;
+                }
+                Err(_) => unreadable.push(format!("destination {}/{}", r.tenant, r.id)),
             }
         }
         if !unreadable.is_empty() {
             return Err(ApiError::ConflictCode {
                 code: "master_key_unknown",
                 message: format!(
-                    "sources {} are encrypted under a key that is not configured; nothing was changed",
+                    "{} are encrypted under a key that is not configured; nothing was changed",
                     unreadable.join(", ")
                 ),
             });
         }
         let report = json!({
-            "key_id": current, "reencrypted": moved.len(), "from": from, "sources": moved,
+            "key_id": current, "reencrypted": moved.len() as u64 + moved_destinations, "from": from, "sources": moved,
+            "destinations": moved_destinations,
         });
         let audit = Audit {
             tenant: None,

@@ -16,6 +16,7 @@
 //! only their handlers and their own checks.
 
 mod audit;
+mod destinations;
 mod keys;
 mod master_key;
 mod rules;
@@ -84,6 +85,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/tenants/{tenant}/routing/teams/{team}",
             web::delete().to(rules::delete::<TeamConfig>),
+        )
+        .route(
+            "/v1/tenants/{tenant}/destinations",
+            web::get().to(destinations::list),
+        )
+        .route(
+            "/v1/tenants/{tenant}/destinations",
+            web::post().to(destinations::create),
+        )
+        .route(
+            "/v1/tenants/{tenant}/destinations/{destination}",
+            web::get().to(destinations::get),
+        )
+        .route(
+            "/v1/tenants/{tenant}/destinations/{destination}",
+            web::put().to(destinations::update),
+        )
+        .route(
+            "/v1/tenants/{tenant}/destinations/{destination}",
+            web::delete().to(destinations::delete),
+        )
+        .route(
+            "/v1/tenants/{tenant}/destinations/{destination}/attempts",
+            web::get().to(destinations::attempts),
+        )
+        .route(
+            "/v1/tenants/{tenant}/destinations/{destination}/redeliver",
+            web::post().to(destinations::redeliver),
         )
         .route("/v1/api-keys", web::get().to(keys::list))
         .route("/v1/api-keys", web::post().to(keys::create))

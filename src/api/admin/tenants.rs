@@ -211,6 +211,15 @@ pub(super) async fn delete(
                 "the tenant still has sources: disable it instead (PATCH disabled=true)".into(),
             ));
         }
+        if !crate::admin::destinations::of_tenant(tx, &tenant)
+            .await
+            .map_err(db)?
+            .is_empty()
+        {
+            return Err(ApiError::Conflict(
+                "the tenant still has destinations: delete them first".into(),
+            ));
+        }
         store::delete_tenant(tx, &tenant).await.map_err(db)?;
         let audit = Audit {
             tenant: Some(tenant.clone()),

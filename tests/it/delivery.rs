@@ -1,0 +1,819 @@
+//! Push delivery (docs/delivery.md) against a real receiver on loopback and real Redis
+//! (and PostgreSQL where the API needs it). The receiver is a small HTTP/1.1 server written
+//! here that checks every Standard Webhooks signature with its own HMAC (not the gateway's
+//! signing code), and can fail at random, answer what a test asks, or go down and come back.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use switchboard::config::{BackendKind, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::helpers::*;
+use crate::pg::*;
+
+/// A secret as receivers get it (32 bytes, base64).
+const DEST_SECRET: &str = "whsec_c3dpdGNoYm9hcmQtdGVzdC1kZXN0aW5hdGlvbi1zZWNyZXQ=";
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Got {
+    webhook_id: String,
+    body: Value,
+    status: u16,
+    signature_ok: bool,
+    at: Instant,
+}
+
+/// What the receiver answers: a status and extra headers, given the request number.
+type Script = Arc<dyn Fn(&str, usize) -> (u16, Vec<(String, String)>) + Send + Sync>;
+
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Got>>>,
+    script: Arc<Mutex<Script>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Verifies a Standard Webhooks signature independently: HMAC-SHA256 of
+/// "{id}.{timestamp}.{body}" under the base64-decoded part after whsec_.
+fn verify(secret: &str, id: &str, ts: &str, body: &[u8], header: &str) -> bool {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    let fresh = ts
+        .parse::<i64>()
+        .is_ok_and(|t| (time::OffsetDateTime::now_utc().unix_timestamp() - t).abs() < 300);
+    fresh && header.split(' ').any(|s| s == expected)
+}
+
+impl Receiver {
+    async fn start(script: Script) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut r = Receiver {
+            addr,
+            got: Arc::new(Mutex::new(Vec::new())),
+            script: Arc::new(Mutex::new(script)),
+            task: None,
+        };
+        r.task = Some(r.serve(listener));
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hooks", self.addr)
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Stops listening and drops every open connection (connections refused from now on).
+    fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    async fn up(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.task = Some(self.serve(listener));
+    }
+
+    fn serve(&self, listener: TcpListener) -> JoinHandle<()> {
+        let got = self.got.clone();
+        let script = self.script.clone();
+        tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let got = got.clone();
+                let script = script.clone();
+                conns.spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // Headers.
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 8192];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let headers: HashMap<String, String> = head
+                            .lines()
+                            .skip(1)
+                            .filter_map(|l| l.split_once(':'))
+                            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                            .collect();
+                        let len: usize = headers
+                            .get("content-length")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + len {
+                            let mut chunk = [0u8; 8192];
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = buf[end..end + len].to_vec();
+                        buf.drain(..end + len);
+                        let h = |k: &str| headers.get(k).cloned().unwrap_or_default();
+                        let id = h("webhook-id");
+                        let signature_ok = verify(
+                            DEST_SECRET,
+                            &id,
+                            &h("webhook-timestamp"),
+                            &body,
+                            &h("webhook-signature"),
+                        );
+                        let n = got.lock().unwrap().len();
+                        let (status, extra) = if signature_ok {
+                            (script.lock().unwrap())(&id, n)
+                        } else {
+                            (401, Vec::new())
+                        };
+                        got.lock().unwrap().push(Got {
+                            webhook_id: id,
+                            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                            status,
+                            signature_ok,
+                            at: Instant::now(),
+                        });
+                        let mut resp = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n"
+                        );
+                        for (k, v) in extra {
+                            resp.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        resp.push_str("\r\nok");
+                        if sock.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn always(status: u16) -> Script {
+    Arc::new(move |_, _| (status, Vec::new()))
+}
+
+/// Redis backend, private networks allowed (the receiver is on loopback), fast retries,
+/// one destination `crm` of tenant acme at `url`.
+fn delivery_config(url: &str) -> Config {
+    let mut c = test_config(BackendKind::Redis);
+    c.delivery.allow_private_networks = true;
+    c.delivery.retry_initial_ms = 50;
+    c.delivery.retry_max_ms = 400;
+    c.delivery.poll_ms = 20;
+    let d: switchboard::config::delivery::DestinationConfig = serde_json::from_value(json!({
+        "url": url, "secret": DEST_SECRET, "max_in_flight": 4, "timeout_ms": 2000,
+    }))
+    .unwrap();
+    c.tenants
+        .get_mut("acme")
+        .unwrap()
+        .destinations
+        .insert("crm".into(), d);
+    c
+}
+
+/// A WhatsApp text message from `contact` (one conversation per contact) to acme.
+fn wa_from(contact: &str, id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": PHONE_ID},
+            "contacts": [{"profile": {"name": "C"}, "wa_id": contact}],
+            "messages": [{"from": contact, "id": id, "timestamp": "1749416383", "type": "text",
+                          "text": {"body": "hi"}}]
+        }}]}]
+    }))
+    .unwrap()
+}
+
+/// The events themselves, from the read API's items.
+fn bodies(items: Vec<Value>) -> Vec<Value> {
+    items.into_iter().map(|i| i["event"].clone()).collect()
+}
+
+/// Waits until `f` holds (polling), or fails with `what`.
+async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn api_get(app: &TestApp, path: &str) -> (u16, Value) {
+    let r = app
+        .client
+        .get(app.url(path))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn api_send(app: &TestApp, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    let r = app
+        .client
+        .request(method, app.url(path))
+        .bearer_auth(API_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Checks the receiver's log against the events stream: every event delivered (a 2xx),
+/// every signature valid, each conversation's requests in stream order, and a request
+/// repeated only after its previous attempt failed (the same webhook-id).
+fn check_delivery_log(events: &[Value], got: &[Got]) {
+    assert!(
+        got.iter().all(|g| g.signature_ok),
+        "a signature did not verify"
+    );
+    let mut order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in events {
+        order
+            .entry(e["conversation_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(e["event_id"].as_str().unwrap().to_string());
+    }
+    let conv_of: HashMap<String, String> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap().to_string(),
+                e["conversation_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut seen: BTreeMap<String, Vec<&Got>> = BTreeMap::new();
+    for g in got {
+        assert_eq!(
+            g.body["event_id"], g.webhook_id,
+            "webhook-id is the event id"
+        );
+        let conv = conv_of
+            .get(&g.webhook_id)
+            .unwrap_or_else(|| panic!("{} was never published", g.webhook_id));
+        seen.entry(conv.clone()).or_default().push(g);
+    }
+    for (conv, want) in &order {
+        let reqs = seen.get(conv).cloned().unwrap_or_default();
+        // Collapse consecutive requests of one event: they must be retries after failures.
+        let mut delivered: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < reqs.len() {
+            let id = &reqs[i].webhook_id;
+            let mut j = i;
+            while j + 1 < reqs.len() && &reqs[j + 1].webhook_id == id {
+                assert!(
+                    !(200..300).contains(&reqs[j].status),
+                    "{id} sent again after a 2xx"
+                );
+                j += 1;
+            }
+            assert!(
+                (200..300).contains(&reqs[j].status),
+                "{conv}: the next event was sent before {id} got a 2xx"
+            );
+            delivered.push(id.clone());
+            i = j + 1;
+        }
+        assert_eq!(
+            &delivered, want,
+            "conversation {conv}: every event, in order, once"
+        );
+    }
+}
+
+/// The proof: 8 conversations of 12 messages, a receiver that fails a quarter of the
+/// requests at random and is down for 2 s in the middle; every event arrives, signed, each
+/// conversation in order, duplicates only as retries of a failed attempt.
+#[tokio::test]
+async fn every_event_arrives_signed_and_in_order_through_failures_and_an_outage() {
+    let failing: Script = Arc::new(|_, _| {
+        if u64::from_le_bytes(switchboard::crypto::sealed::random_bytes::<8>()) % 4 == 0 {
+            (500, Vec::new())
+        } else {
+            (200, Vec::new())
+        }
+    });
+    let mut rx = Receiver::start(failing).await;
+    let app = spawn_with(delivery_config(&rx.url())).await;
+    let contacts: Vec<String> = (0..8).map(|i| format!("3460000{i:04}")).collect();
+    let mut sent = 0;
+    for round in 0..12 {
+        for c in &contacts {
+            let res = app.post(&wa_from(c, &unique_wamid())).await;
+            assert_eq!(res.status(), 200);
+            sent += 1;
+        }
+        if round == 5 {
+            rx.down();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            rx.up().await;
+        }
+    }
+    let events = bodies(app.wait_for_events(sent).await);
+    assert_eq!(events.len(), sent);
+    let ids: HashSet<String> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
+    until(60, "every event delivered", || {
+        let ok: HashSet<String> = rx
+            .got()
+            .iter()
+            .filter(|g| g.status == 200)
+            .map(|g| g.webhook_id.clone())
+            .collect();
+        ok.len() == ids.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = rx.got();
+    check_delivery_log(&events, &got);
+    let failures = got.iter().filter(|g| g.status != 200).count();
+    assert!(failures > 0, "the receiver failed some requests");
+    // The attempts listing (no PostgreSQL: the newest ones kept in Redis) pages forward.
+    let (s, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts?limit=5").await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 5);
+    let last = page["items"][4].clone();
+    assert_eq!(page["next_after"], last["id"]);
+    assert!(["delivered", "failed", "refused"].contains(&last["outcome"].as_str().unwrap()));
+    let m = app.metrics().await;
+    assert!(
+        counter(
+            &m,
+            "switchboard_deliveries_total",
+            &[("outcome", "delivered")]
+        ) >= sent as f64
+    );
+    app.stop().await;
+}
+
+/// Two replicas on one Redis with one destination: each event is delivered once.
+#[tokio::test]
+async fn two_replicas_deliver_each_event_once() {
+    let rx = Receiver::start(always(200)).await;
+    let config = delivery_config(&rx.url());
+    let mut second = config.clone();
+    second.server.bind = "127.0.0.1:0".into();
+    let a = spawn_with(config).await;
+    let b = spawn_with(second).await;
+    let mut sent = 0;
+    for i in 0..40 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let res = app
+            .post(&wa_from(&format!("3461000{:04}", i % 10), &unique_wamid()))
+            .await;
+        assert_eq!(res.status(), 200);
+        sent += 1;
+    }
+    let events = bodies(a.wait_for_events(sent).await);
+    until(30, "40 deliveries", || rx.got().len() >= sent).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = rx.got();
+    assert_eq!(got.len(), sent, "no event delivered twice");
+    check_delivery_log(&events, &got);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// 410 Gone disables the destination: nothing more is sent, the API shows why.
+#[tokio::test]
+async fn gone_disables_the_destination() {
+    let rx = Receiver::start(always(410)).await;
+    let app = spawn_with(delivery_config(&rx.url())).await;
+    for i in 0..3 {
+        app.post(&wa_from(&format!("3462000{i:04}"), &unique_wamid()))
+            .await;
+    }
+    until(15, "the first attempt", || !rx.got().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let n = rx.got().len();
+    assert!(n <= 4, "at most the attempts in flight ({n})");
+    let (s, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["enabled"], false, "{v}");
+    assert_eq!(v["disabled_reason"], "gone");
+    assert!(v["queued"].as_u64().unwrap() >= 1, "the events wait: {v}");
+    // Later events are not queued; nothing more is sent.
+    app.post(&wa_from("34620009999", &unique_wamid())).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rx.got().len(), n);
+    let (_, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts").await;
+    assert!(page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["outcome"] == "gone" && a["status"] == 410));
+    // Enabling it (the file's destination: only `enabled` may change) delivers the rest.
+    *rx.script.lock().unwrap() = always(200);
+    let (s, v) = api_send(
+        &app,
+        reqwest::Method::PUT,
+        "/v1/tenants/acme/destinations/crm",
+        json!({"enabled": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = api_send(
+        &app,
+        reqwest::Method::PUT,
+        "/v1/tenants/acme/destinations/crm",
+        json!({"url": "http://127.0.0.1:1/"}),
+    )
+    .await;
+    assert_eq!(s, 409, "the file's settings change only in the file");
+    until(15, "the queued events", || {
+        rx.got().iter().filter(|g| g.status == 200).count() >= 3
+    })
+    .await;
+    app.stop().await;
+}
+
+/// A 429 with Retry-After: 2 delays the retry by 2 s (the backoff alone would be 50 ms).
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let rx = Receiver::start(Arc::new(|_, n| {
+        if n == 0 {
+            (429, vec![("retry-after".into(), "2".into())])
+        } else {
+            (200, Vec::new())
+        }
+    }))
+    .await;
+    let app = spawn_with(delivery_config(&rx.url())).await;
+    app.post(&wa_from("34630000001", &unique_wamid())).await;
+    until(20, "the retry", || rx.got().len() >= 2).await;
+    let got = rx.got();
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(1900), "retried after {gap:?}");
+    assert_eq!(got[0].webhook_id, got[1].webhook_id);
+    app.stop().await;
+}
+
+/// Redelivery of one event (same webhook-id again), refused for another tenant's event and
+/// an unknown one.
+#[tokio::test]
+async fn redeliver_one_event_and_a_range() {
+    let rx = Receiver::start(always(200)).await;
+    let app = spawn_with(delivery_config(&rx.url())).await;
+    app.post(&wa_from("34640000001", &unique_wamid())).await;
+    // globex's event: never delivered to acme's destination.
+    let other = wa_text_batch("222", &[unique_wamid()]);
+    app.post(&other).await;
+    let events = bodies(app.wait_for_events(2).await);
+    until(15, "the delivery", || !rx.got().is_empty()).await;
+    let acme = events.iter().find(|e| e["tenant"] == "acme").unwrap();
+    let globex = events.iter().find(|e| e["tenant"] == "globex").unwrap();
+    let path = "/v1/tenants/acme/destinations/crm/redeliver";
+    let (s, v) = api_send(
+        &app,
+        reqwest::Method::POST,
+        path,
+        json!({"event_id": acme["event_id"]}),
+    )
+    .await;
+    assert_eq!((s, v["queued"].as_u64()), (200, Some(1)), "{v}");
+    until(15, "the redelivery", || rx.got().len() >= 2).await;
+    assert_eq!(rx.got()[1].webhook_id, acme["event_id"].as_str().unwrap());
+    let (s, v) = api_send(
+        &app,
+        reqwest::Method::POST,
+        path,
+        json!({"event_id": globex["event_id"]}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (404, Some("unknown_event")),
+        "another tenant's event"
+    );
+    let (s, _) = api_send(
+        &app,
+        reqwest::Method::POST,
+        path,
+        json!({"event_id": "evt_nope"}),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let since = "2000-01-01T00:00:00Z";
+    let until_t = "2100-01-01T00:00:00Z";
+    let (s, v) = api_send(
+        &app,
+        reqwest::Method::POST,
+        path,
+        json!({"since": since, "until": until_t}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["queued"].as_u64()),
+        (200, Some(1)),
+        "only acme's one event: {v}"
+    );
+    until(15, "the range redelivery", || rx.got().len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        rx.got().iter().all(|g| g.body["tenant"] == "acme"),
+        "no other tenant's event"
+    );
+    let (s, _) = api_send(
+        &app,
+        reqwest::Method::POST,
+        path,
+        json!({"since": until_t, "until": since}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    app.stop().await;
+}
+
+/// A destination on a private address is refused: by the configuration check, and at
+/// delivery time for literals and for names resolving there.
+#[tokio::test]
+async fn private_destinations_are_refused_by_config_and_at_delivery() {
+    for url in [
+        "http://127.0.0.1:8080/x",
+        "http://10.1.2.3/x",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/x",
+        "http://localhost:9/x",
+    ] {
+        // `backend` is a top-level key: before the tables.
+        let toml = format!(
+            "backend = \"redis\"\n{BASE_CONFIG}\n[tenants.acme.destinations.crm]\nurl = \"{url}\"\nsecret = \"{DEST_SECRET}\"\n"
+        );
+        let err = Config::from_toml(&toml).unwrap_err().to_string();
+        assert!(
+            err.contains("tenants.acme.destinations.crm.url")
+                && err.contains("allow_private_networks"),
+            "{url}: {err}"
+        );
+        assert!(!err.contains(DEST_SECRET), "the secret is never quoted");
+    }
+    // The memory backend cannot keep destinations.
+    let toml = format!(
+        "{BASE_CONFIG}\n[tenants.acme.destinations.crm]\nurl = \"https://93.184.215.14/x\"\nsecret = \"{DEST_SECRET}\"\n"
+    );
+    let err = Config::from_toml(&toml).unwrap_err().to_string();
+    assert!(err.contains("backend = \"redis\""), "{err}");
+    // At delivery time (the sender alone, with private networks refused).
+    let rx = Receiver::start(always(200)).await;
+    let sender = switchboard::delivery::send::Sender::new(Duration::from_secs(1), false).unwrap();
+    for url in [
+        rx.url(),
+        format!("http://localhost:{}/hooks", rx.addr.port()),
+    ] {
+        let out = sender
+            .send(&url, DEST_SECRET, "evt_1", "{}", Duration::from_secs(2))
+            .await;
+        assert!(out.refused, "{url}: {out:?}");
+        assert_eq!(out.status, None);
+    }
+    assert!(rx.got().is_empty(), "nothing reached the private address");
+    // Allowed, the same sender signs and the receiver verifies; redirects are not followed.
+    let open = switchboard::delivery::send::Sender::new(Duration::from_secs(1), true).unwrap();
+    let out = open
+        .send(
+            &rx.url(),
+            DEST_SECRET,
+            "evt_1",
+            "{\"a\":1}",
+            Duration::from_secs(2),
+        )
+        .await;
+    assert_eq!(out.status, Some(200));
+    *rx.script.lock().unwrap() = Arc::new(|_, _| {
+        (
+            302,
+            vec![("location".into(), "http://169.254.169.254/".into())],
+        )
+    });
+    let out = open
+        .send(
+            &rx.url(),
+            DEST_SECRET,
+            "evt_2",
+            "{}",
+            Duration::from_secs(2),
+        )
+        .await;
+    assert_eq!(out.status, Some(302));
+    assert!(out.error.unwrap().contains("redirects are not followed"));
+    assert_eq!(rx.got().len(), 2);
+    assert!(rx.got().iter().all(|g| g.signature_ok));
+}
+
+/// Through the API with PostgreSQL: 422 for a private address, the secret generated and
+/// shown once, stored sealed, audited; attempts recorded in PostgreSQL and listed; the
+/// delete removes its attempts; erasure of a contact removes its attempts.
+#[tokio::test]
+async fn api_destinations_with_postgres() {
+    let rx = Receiver::start(always(200)).await;
+    let mut config = pg_config(BackendKind::Redis, &pg_url());
+    config.api.master_key_file = None;
+    // A master key (seals the destination secrets), in a file.
+    let dir = std::env::temp_dir().join(format!("sbk-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &dir,
+        format!(
+            "k1:{}\n",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+        ),
+    )
+    .unwrap();
+    config.api.master_key_file = Some(dir.clone());
+    config.api.reload_interval_ms = 200;
+    config.delivery.poll_ms = 20;
+    let (_pg, c) = migrated(&config).await;
+    // Refused first (private networks not allowed), then allowed for the receiver.
+    let strict = spawn_with(config.clone()).await;
+    let (s, v) = api_send(
+        &strict,
+        reqwest::Method::POST,
+        "/v1/tenants/acme/destinations",
+        json!({"id": "crm", "url": "http://10.0.0.7/hook"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("destination_refused")),
+        "{v}"
+    );
+    let (s, v) = api_send(
+        &strict,
+        reqwest::Method::POST,
+        "/v1/tenants/acme/destinations",
+        json!({"id": "crm", "url": "http://localhost:8080/hook"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("destination_refused")),
+        "{v}"
+    );
+    strict.stop().await;
+    config.delivery.allow_private_networks = true;
+    let app = spawn_with(config.clone()).await;
+    let (s, v) = api_send(
+        &app,
+        reqwest::Method::POST,
+        "/v1/tenants/acme/destinations",
+        json!({"id": "crm", "url": rx.url(), "secret": DEST_SECRET, "kinds": ["message"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["secret"], DEST_SECRET, "shown once");
+    let (s, v) = api_send(
+        &app,
+        reqwest::Method::POST,
+        "/v1/tenants/acme/destinations",
+        json!({"id": "gen", "url": rx.url()}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let generated = v["secret"].as_str().unwrap().to_string();
+    assert!(generated.starts_with("whsec_"));
+    assert!(switchboard::config::standard::decode_secret(&generated).is_ok());
+    for path in [
+        "/v1/tenants/acme/destinations",
+        "/v1/tenants/acme/destinations/crm",
+        "/v1/tenants/acme/destinations/gen",
+    ] {
+        let (s, v) = api_get(&app, path).await;
+        assert_eq!(s, 200);
+        let text = v.to_string();
+        assert!(
+            !text.contains(&generated) && !text.contains(DEST_SECRET),
+            "{path}: {text}"
+        );
+    }
+    let sealed: Vec<u8> = c
+        .query_one(
+            "SELECT secret_ciphertext FROM admin_destinations WHERE id = 'crm'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!sealed
+        .windows(10)
+        .any(|w| DEST_SECRET.as_bytes().windows(10).any(|x| x == w)));
+    let audit = count(
+        &c,
+        "SELECT count(*) FROM audit_log WHERE action = 'destination.create'",
+    )
+    .await;
+    assert_eq!(audit, 2);
+    let leaked = count(
+        &c,
+        &format!(
+            "SELECT count(*) FROM audit_log WHERE after::text LIKE '%{}%'",
+            &generated[6..20]
+        ),
+    )
+    .await;
+    assert_eq!(leaked, 0);
+    // Another tenant does not see it.
+    let (s, _) = api_get(&app, "/v1/tenants/globex/destinations/crm").await;
+    assert_eq!(s, 404);
+    // Delivered (the receiver checks the secret it was given), attempts in PostgreSQL.
+    app.post(&wa_from("34650000001", &unique_wamid())).await;
+    until(20, "delivery", || rx.got().iter().any(|g| g.status == 200)).await;
+    wait_count(&c, "SELECT count(*) FROM delivery_attempts WHERE destination = 'crm' AND outcome = 'delivered'", 1, 10).await;
+    let (s, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts?limit=10").await;
+    assert_eq!(s, 200);
+    assert_eq!(page["items"][0]["outcome"], "delivered", "{page}");
+    assert_eq!(page["items"][0]["status"], 200);
+    let next = page["next_after"].as_str().unwrap().to_string();
+    let (_, empty) = api_get(
+        &app,
+        &format!("/v1/tenants/acme/destinations/crm/attempts?after={next}"),
+    )
+    .await;
+    assert_eq!(empty["items"].as_array().unwrap().len(), 0);
+    // Erasing the contact erases its attempt rows.
+    let r = app
+        .client
+        .delete(app.url("/v1/tenants/acme/contacts/34650000001"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["erased"]["delivery_attempts"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+    // Deleting removes it with its attempts and queues.
+    let (s, v) = api_send(
+        &app,
+        reqwest::Method::DELETE,
+        "/v1/tenants/acme/destinations/gen",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM delivery_attempts WHERE destination = 'gen'"
+        )
+        .await,
+        0
+    );
+    let mut r = app.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{}:dlv:acme:gen}}*", app.prefix))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+    app.stop().await;
+    let _ = std::fs::remove_file(dir);
+}
