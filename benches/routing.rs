@@ -11,9 +11,11 @@
 //! prefix with the skills strategy, a keyword regex with round robin; the rest by least
 //! loaded), 70 % new conversations and 30 % follow-ups (kept).
 //!
-//! It prints events/s of both, the ratio, and the decision latency p50/p99/p999: every
+//! It prints events/s of both, the ratio, the decision latency p50/p99/p999 (every
 //! decision of a store call experiences that call's duration (snapshot + ranking + the
-//! atomic script), so each call is recorded once per decision it made.
+//! atomic script), so each call is recorded once per decision it made), and the CPU time
+//! per event of redis-server and of the bench process (the routers) during each run, from
+//! /proc: CPU per event compares across machines and busy neighbours where rates do not.
 //!
 //! Knobs: EVENTS (100000), TENANTS (4), AGENTS (25), BATCH (256, the router's batch_size),
 //! PARTITIONS (1, `streams.partitions`: one active router each), REDIS_URL. Without `--bench` (as `cargo test --all-targets` runs it) a 2,000-event
@@ -182,6 +184,20 @@ struct Run {
     elapsed: Duration,
     decisions: u64,
     latency: Histogram<u64>,
+    /// CPU time while the routers ran: redis-server's and this process's (the engine).
+    redis_cpu_us: u64,
+    self_cpu_us: u64,
+}
+
+#[path = "common/proc_cpu.rs"]
+mod proc_cpu;
+
+/// CPU used so far by redis-server (None: not on this machine) and by this process.
+fn cpu_now(redis: Option<u32>, ticks: u64) -> (u64, u64) {
+    (
+        redis.map_or(0, |p| proc_cpu::cpu_us(p, ticks)),
+        proc_cpu::cpu_us(std::process::id(), ticks),
+    )
 }
 
 async fn backend(url: &str, prefix: &str, partitions: usize) -> Backend {
@@ -268,6 +284,13 @@ async fn run(
     // One router loop per partition, each holding its partition's lease.
     let total = items.len();
     let moved = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ticks = proc_cpu::clock_ticks();
+    let redis = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .ok()
+        .and_then(|mut c| proc_cpu::redis_pid(&mut c))
+        .filter(|pid| std::path::Path::new(&format!("/proc/{pid}/stat")).exists());
+    let cpu_before = cpu_now(redis, ticks);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (w, backend) in backend.partitions().into_iter().enumerate() {
@@ -336,12 +359,15 @@ async fn run(
     }
     let moved = moved.load(std::sync::atomic::Ordering::SeqCst);
     let elapsed = started.elapsed();
+    let cpu_after = cpu_now(redis, ticks);
     cleanup(url, &prefix).await;
     Run {
         events: moved,
         elapsed,
         decisions,
         latency,
+        redis_cpu_us: cpu_after.0 - cpu_before.0,
+        self_cpu_us: cpu_after.1 - cpu_before.1,
     }
 }
 
@@ -427,6 +453,15 @@ async fn main() {
         ms(0.99),
         ms(0.999),
         routed.latency.max() as f64 / 1000.0
+    );
+    let per = |us: u64, r: &Run| us as f64 / r.events.max(1) as f64;
+    println!(
+        "CPU per event: redis-server {:.1} µs routing vs {:.1} µs pass-through ({:.1} µs of routing); router process {:.1} µs vs {:.1} µs",
+        per(routed.redis_cpu_us, &routed),
+        per(pass.redis_cpu_us, &pass),
+        per(routed.redis_cpu_us, &routed) - per(pass.redis_cpu_us, &pass),
+        per(routed.self_cpu_us, &routed),
+        per(pass.self_cpu_us, &pass),
     );
     assert_eq!(pass.events, n, "every event published once (pass-through)");
     assert_eq!(routed.events, n, "every event published once (routing)");
