@@ -333,6 +333,21 @@ const MATRIX: &[(&str, &str, &str, char, u16)] = &[
         't',
         409,
     ),
+    // No pending offer: 409 to whoever may answer offers.
+    (
+        "POST",
+        "/v1/tenants/{tenant}/conversations/{conv}/accept",
+        "OAG",
+        't',
+        409,
+    ),
+    (
+        "POST",
+        "/v1/tenants/{tenant}/conversations/{conv}/reject",
+        "OAG",
+        't',
+        409,
+    ),
     (
         "DELETE",
         "/v1/tenants/{tenant}/contacts/{contact}",
