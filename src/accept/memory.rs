@@ -366,6 +366,17 @@ impl MemoryBackend {
         self.lock().groups.entry(group.to_string()).or_default();
     }
 
+    /// A group positioned at the stream's end (it reads what is published from now on),
+    /// unless it exists.
+    pub fn ensure_events_group_at_end(&self, group: &str) {
+        let mut g = self.lock();
+        let last = g.events.back().map(|(id, _, _)| *id).unwrap_or_default();
+        g.groups.entry(group.to_string()).or_insert(Group {
+            last_delivered: last,
+            pending: BTreeMap::new(),
+        });
+    }
+
     pub async fn read_events_group(
         &self,
         group: &str,

@@ -400,13 +400,13 @@ impl Backend {
 
     /// Creates a consumer group of the events stream (every partition) positioned at its
     /// end, if it does not exist: it reads only what is published afterwards (push
-    /// delivery, which must not send the retained history to a new destination). Redis
-    /// only.
+    /// delivery, which must not send the retained history to a new destination).
     pub async fn ensure_events_group_at_end(&self, group: &str) -> Result<(), BackendError> {
         match self {
-            Backend::Memory(_) => Err(BackendError::Protocol(
-                "this needs the Redis backend".into(),
-            )),
+            Backend::Memory(b) => {
+                b.ensure_events_group_at_end(group);
+                Ok(())
+            }
             Backend::Redis(b) => b.ensure_events_group_at_end(group).await,
             Backend::Partitioned(p) => {
                 for part in p.parts() {

@@ -14,7 +14,8 @@ use crate::event::EventKind;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// Run the delivery workers (with the Redis backend, when a destination can exist).
+    /// Run the delivery workers (when a destination can exist; state in Redis with the
+    /// Redis backend, in process with the memory backend).
     pub enabled: bool,
     /// Allow destinations on loopback, private, link-local, shared and metadata addresses
     /// (tests, or a gateway deliberately inside the receivers' network).

@@ -194,7 +194,12 @@ fn always(status: u16) -> Script {
 /// Redis backend, private networks allowed (the receiver is on loopback), fast retries,
 /// one destination `crm` of tenant acme at `url`.
 fn delivery_config(url: &str) -> Config {
-    let mut c = test_config(BackendKind::Redis);
+    delivery_config_on(BackendKind::Redis, url)
+}
+
+/// [`delivery_config`] on `backend`.
+fn delivery_config_on(backend: BackendKind, url: &str) -> Config {
+    let mut c = test_config(backend);
     c.delivery.allow_private_networks = true;
     c.delivery.retry_initial_ms = 50;
     c.delivery.retry_max_ms = 400;
@@ -332,6 +337,17 @@ fn check_delivery_log(events: &[Value], got: &[Got]) {
 /// conversation in order, duplicates only as retries of a failed attempt.
 #[tokio::test]
 async fn every_event_arrives_signed_and_in_order_through_failures_and_an_outage() {
+    proof(BackendKind::Redis).await;
+}
+
+/// The same proof on the memory backend (the shipped config.toml's): the queues live in
+/// the process, the semantics are the same.
+#[tokio::test]
+async fn memory_backend_delivers_every_event_in_order_through_failures_and_an_outage() {
+    proof(BackendKind::Memory).await;
+}
+
+async fn proof(backend: BackendKind) {
     let failing: Script = Arc::new(|_, _| {
         if u64::from_le_bytes(switchboard::crypto::sealed::random_bytes::<8>()) % 4 == 0 {
             (500, Vec::new())
@@ -340,7 +356,7 @@ async fn every_event_arrives_signed_and_in_order_through_failures_and_an_outage(
         }
     });
     let mut rx = Receiver::start(failing).await;
-    let app = spawn_with(delivery_config(&rx.url())).await;
+    let app = spawn_with(delivery_config_on(backend, &rx.url())).await;
     let contacts: Vec<String> = (0..8).map(|i| format!("3460000{i:04}")).collect();
     let mut sent = 0;
     for round in 0..12 {
@@ -376,7 +392,8 @@ async fn every_event_arrives_signed_and_in_order_through_failures_and_an_outage(
     check_delivery_log(&events, &got);
     let failures = got.iter().filter(|g| g.status != 200).count();
     assert!(failures > 0, "the receiver failed some requests");
-    // The attempts listing (no PostgreSQL: the newest ones kept in Redis) pages forward.
+    // The attempts listing (no PostgreSQL: the newest ones kept in Redis or in memory)
+    // pages forward.
     let (s, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts?limit=5").await;
     assert_eq!(s, 200, "{page}");
     assert_eq!(page["items"].as_array().unwrap().len(), 5);
@@ -595,12 +612,12 @@ async fn private_destinations_are_refused_by_config_and_at_delivery() {
         );
         assert!(!err.contains(DEST_SECRET), "the secret is never quoted");
     }
-    // The memory backend cannot keep destinations.
+    // The memory backend keeps destinations too (in process).
     let toml = format!(
         "{BASE_CONFIG}\n[tenants.acme.destinations.crm]\nurl = \"https://93.184.215.14/x\"\nsecret = \"{DEST_SECRET}\"\n"
     );
-    let err = Config::from_toml(&toml).unwrap_err().to_string();
-    assert!(err.contains("backend = \"redis\""), "{err}");
+    let c = Config::from_toml(&toml).unwrap();
+    assert_eq!(c.backend, BackendKind::Memory);
     // At delivery time (the sender alone, with private networks refused).
     let rx = Receiver::start(always(200)).await;
     let sender = switchboard::delivery::send::Sender::new(Duration::from_secs(1), false).unwrap();
@@ -816,4 +833,164 @@ async fn api_destinations_with_postgres() {
     assert!(keys.is_empty(), "{keys:?}");
     app.stop().await;
     let _ = std::fs::remove_file(dir);
+}
+
+/// The delivery store's contract (src/delivery/store): the same steps against the memory
+/// store and the Redis store (real Redis) give the same answers, and each answer is the
+/// one the contract says.
+#[tokio::test]
+async fn store_conformance() {
+    use switchboard::delivery::store::{
+        memory::MemoryStore, redis::RedisStore, DestKey, Fence, Finish, Queued, Store,
+    };
+    let url = redis_url();
+    require_redis(&url).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let stores = [
+        Store::Memory(MemoryStore::new()),
+        Store::Redis(RedisStore::new(
+            switchboard::accept::conn::RedisConn::Single(conn),
+            &format!("dc-{}", uuid::Uuid::new_v4().simple()),
+            Duration::from_secs(5),
+        )),
+    ];
+    let mut logs: Vec<Vec<String>> = Vec::new();
+    for s in &stores {
+        let mut log: Vec<String> = Vec::new();
+        let d = DestKey {
+            tenant: "acme".into(),
+            id: "crm".into(),
+        };
+        let t0: u64 = 1_780_000_000_000;
+        // Two conversations; c1 holds e1, e2; c2 holds e3. Max 3 queued.
+        let q = s
+            .enqueue(
+                &d,
+                t0,
+                3,
+                false,
+                None,
+                &[("e1", "c1", "b1"), ("e2", "c1", "b2"), ("e3", "c2", "b3")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(q, vec![Queued::Queued; 3]);
+        let q = s
+            .enqueue(&d, t0, 3, false, None, &[("e1", "c1", "b1"), ("e4", "c2", "b4")])
+            .await
+            .unwrap();
+        assert_eq!(q, vec![Queued::Duplicate, Queued::Full]);
+        assert_eq!(s.backlog(&d).await.unwrap(), (3, Some(t0)));
+        // One in flight at most: only c1's head; then nothing more.
+        let jobs = s.take(&d, t0, t0 + 1000, "w1", 1, 10).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!((jobs[0].conversation.as_str(), jobs[0].event_id.as_str(), jobs[0].body.as_str()), ("c1", "e1", "b1"));
+        assert!(s.take(&d, t0, t0 + 1000, "w1", 1, 10).await.unwrap().is_empty());
+        // Another worker cannot finish w1's lease.
+        let f = s
+            .finish(&d, t0 + 1, "w2", &jobs[0], Finish::Done { delivered: true }, Some(true))
+            .await
+            .unwrap();
+        assert!(!f.held);
+        // w1's attempt fails: retried at t0+500, failing since t0+2; c2 is due meanwhile.
+        let f = s
+            .finish(&d, t0 + 2, "w1", &jobs[0], Finish::Retry { due_ms: t0 + 500, attempts: 1 }, Some(false))
+            .await
+            .unwrap();
+        assert!(f.held && f.more);
+        assert_eq!(f.failing_since_ms, t0 + 2);
+        let jobs2 = s.take(&d, t0 + 10, t0 + 600, "w1", 4, 10).await.unwrap();
+        assert_eq!(jobs2.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(), vec!["e3"]);
+        // The lease of c2 ends without a finish (the worker died): due again, to w2.
+        let jobs3 = s.take(&d, t0 + 600, t0 + 2000, "w2", 4, 10).await.unwrap();
+        let mut got: Vec<(String, String, u32)> = jobs3
+            .iter()
+            .map(|j| (j.conversation.clone(), j.event_id.clone(), j.attempts))
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![("c1".into(), "e1".into(), 1), ("c2".into(), "e3".into(), 0)]);
+        for j in &jobs3 {
+            let f = s
+                .finish(&d, t0 + 700, "w2", j, Finish::Done { delivered: true }, Some(true))
+                .await
+                .unwrap();
+            log.push(format!("{f:?}"));
+        }
+        assert_eq!(s.health(&d).await.unwrap().failing_since_ms, None);
+        // e1 delivered: not queued again by a repeated fan-out, but by a redelivery.
+        let q = s.enqueue(&d, t0 + 800, 3, false, None, &[("e1", "c1", "b1")]).await.unwrap();
+        assert_eq!(q, vec![Queued::Duplicate]);
+        let q = s.enqueue(&d, t0 + 800, 3, true, None, &[("e1", "c1", "b1")]).await.unwrap();
+        assert_eq!(q, vec![Queued::Queued]);
+        // c1 is e2 then e1 again, in that order.
+        for want in ["e2", "e1"] {
+            let j = s.take(&d, t0 + 900, t0 + 2000, "w1", 4, 10).await.unwrap();
+            assert_eq!(j.len(), 1);
+            assert_eq!(j[0].event_id, want);
+            s.finish(&d, t0 + 900, "w1", &j[0], Finish::Done { delivered: true }, Some(true))
+                .await
+                .unwrap();
+        }
+        // Erasure of a conversation; disable / enable.
+        s.enqueue(&d, t0 + 1000, 10, false, None, &[("e5", "c3", "b5"), ("e6", "c3", "b6"), ("e7", "c4", "b7")])
+            .await
+            .unwrap();
+        assert_eq!(s.forget(&d, t0 + 1000, &["c3".to_string()]).await.unwrap(), 2);
+        assert_eq!(s.backlog(&d).await.unwrap().0, 1);
+        assert!(s.disable(&d, t0 + 1100, "failing").await.unwrap());
+        assert!(!s.disable(&d, t0 + 1100, "gone").await.unwrap());
+        let h = s.health(&d).await.unwrap();
+        assert_eq!((h.disabled.as_deref(), h.disabled_at_ms), (Some("failing"), Some(t0 + 1100)));
+        assert!(s.take(&d, t0 + 1200, t0 + 2000, "w1", 4, 10).await.unwrap().is_empty());
+        assert_eq!(
+            s.enqueue(&d, t0 + 1200, 10, false, None, &[("e8", "c4", "b8")]).await.unwrap(),
+            vec![Queued::Disabled]
+        );
+        s.enable(&d).await.unwrap();
+        let j = s.take(&d, t0 + 1300, t0 + 2000, "w1", 4, 10).await.unwrap();
+        assert_eq!(j.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(), vec!["e7"]);
+        // Attempts (without PostgreSQL): newest `kept`, ids counting up, oldest first.
+        for i in 0..5 {
+            s.record_attempt(&d, json!({"n": i}), 3).await.unwrap();
+        }
+        let a = s.attempts(&d).await.unwrap();
+        assert_eq!(a, vec![json!({"n": 2, "id": "3"}), json!({"n": 3, "id": "4"}), json!({"n": 4, "id": "5"})]);
+        // Fan-out leases: one holder at a time; a new holder gets a newer epoch, and the
+        // old one, stalled past its lease, may no longer queue where the new one did.
+        let e1 = s.lease(0, "a", Duration::from_millis(300)).await.unwrap().unwrap();
+        assert_eq!(s.lease(0, "b", Duration::from_millis(300)).await.unwrap(), None);
+        assert_eq!(s.lease(0, "a", Duration::from_millis(300)).await.unwrap(), Some(e1));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let e2 = s.lease(0, "b", Duration::from_secs(5)).await.unwrap().unwrap();
+        assert!(e2 > e1);
+        let old = Fence { partition: 0, epoch: e1 };
+        let new = Fence { partition: 0, epoch: e2 };
+        // The old holder before the new one queued here: allowed (it comes first anyway).
+        let other = DestKey { tenant: "acme".into(), id: "other".into() };
+        assert_eq!(
+            s.enqueue(&other, t0, 10, false, Some(old), &[("x1", "c9", "b")]).await.unwrap(),
+            vec![Queued::Queued]
+        );
+        assert_eq!(
+            s.enqueue(&d, t0 + 1400, 10, false, Some(new), &[("e9", "c5", "b9")]).await.unwrap(),
+            vec![Queued::Queued]
+        );
+        let stale = s.enqueue(&d, t0 + 1400, 10, false, Some(old), &[("e10", "c5", "b10")]).await;
+        assert!(matches!(stale, Err(switchboard::accept::BackendError::Fenced)), "{stale:?}");
+        // Another partition's epochs are its own.
+        assert_eq!(
+            s.enqueue(&d, t0 + 1400, 10, false, Some(Fence { partition: 1, epoch: 1 }), &[("e11", "c6", "b11")]).await.unwrap(),
+            vec![Queued::Queued]
+        );
+        s.release(0, "b").await.unwrap();
+        assert!(s.lease(0, "a", Duration::from_secs(5)).await.unwrap().unwrap() > e2);
+        log.push(format!("{:?}", s.backlog(&d).await.unwrap()));
+        assert_eq!(s.purge(&d, t0 + 1500).await.unwrap(), 3);
+        assert_eq!(s.backlog(&d).await.unwrap(), (0, None));
+        assert_eq!(s.health(&d).await.unwrap(), Default::default());
+        s.purge(&other, t0).await.unwrap();
+        logs.push(log);
+    }
+    assert_eq!(logs[0], logs[1], "memory and Redis answer alike");
 }
