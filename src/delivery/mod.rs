@@ -50,14 +50,15 @@ use crate::config::delivery::{DeliveryConfig, DestinationConfig};
 use crate::config::Config;
 use crate::event::EventKind;
 use crate::internal_events::{
-    DeliveryAttempted, DeliveryFailed, DeliverySampled, DestinationDisabled,
+    DeliveryAttempted, DeliveryFailed, DeliverySampled, DeliveryTrimmedUnread,
+    DestinationDisabled,
 };
 use crate::persist::{PersistError, Postgres};
 pub use store::DestKey;
 use store::{Fence, Finish, Job, Queued, Store};
 
 /// The fan-out's consumer group on the events stream(s).
-pub const DELIVERY_GROUP: &str = "delivery";
+pub use crate::accept::DELIVERY_GROUP;
 
 /// How long a fan-out lease lasts without renewal (renewed between reads, every ≤ 1 s).
 const FANOUT_LEASE: Duration = Duration::from_secs(10);
@@ -192,8 +193,7 @@ impl Delivery {
         admin: Arc<Admin>,
         pg: Option<Postgres>,
     ) -> Result<Option<Delivery>, String> {
-        let in_file = config.tenants.values().any(|t| !t.destinations.is_empty());
-        if !config.delivery.enabled || !(in_file || config.postgres.enabled) {
+        if !crate::config::delivery::runs(config) {
             return Ok(None);
         }
         // The memory backend's state lives in this process, as its streams do.
@@ -1077,11 +1077,20 @@ impl Delivery {
     /// every hour.
     async fn sample(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut n: u64 = 0;
+        let mut trimmed: Option<u64> = None;
         loop {
             if sleep_or_stop(Duration::from_secs(5), &mut stop).await {
                 break;
             }
             n += 1;
+            if let Ok(total) = self.backend.events_trimmed_unread().await {
+                // The first sample only learns where the count stands.
+                let new = trimmed.map_or(0, |t| total.saturating_sub(t));
+                if trimmed != Some(total) {
+                    DeliveryTrimmedUnread { total, new }.emit();
+                }
+                trimmed = Some(total);
+            }
             let now = now_ms();
             let mut queued = 0;
             let mut oldest: Option<u64> = None;
