@@ -199,7 +199,11 @@ fn delivery_config(url: &str) -> Config {
 
 /// [`delivery_config`] on `backend`.
 fn delivery_config_on(backend: BackendKind, url: &str) -> Config {
-    let mut c = test_config(backend);
+    with_destination(test_config(backend), url)
+}
+
+/// `c` with private networks allowed, fast retries and the destination `crm` of acme.
+fn with_destination(mut c: Config, url: &str) -> Config {
     c.delivery.allow_private_networks = true;
     c.delivery.retry_initial_ms = 50;
     c.delivery.retry_max_ms = 400;
@@ -993,4 +997,127 @@ async fn store_conformance() {
         logs.push(log);
     }
     assert_eq!(logs[0], logs[1], "memory and Redis answer alike");
+}
+
+/// A destination whose every attempt fails for `delivery.disable_after_failing_secs` is
+/// disabled: nothing more is sent, the API says why, and with PostgreSQL an audit row
+/// records it.
+#[tokio::test]
+async fn a_destination_failing_too_long_is_disabled_and_audited() {
+    let rx = Receiver::start(always(500)).await;
+    let mut config = with_destination(pg_config(BackendKind::Redis, &pg_url()), &rx.url());
+    config.delivery.disable_after_failing_secs = 1;
+    config.delivery.retry_max_ms = 200;
+    let (_pg, c) = migrated(&config).await;
+    let app = spawn_with(config).await;
+    app.post(&wa_from("34670000001", &unique_wamid())).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let (s, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
+        assert_eq!(s, 200, "{v}");
+        if v["enabled"] == false {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "not disabled: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["disabled_reason"], "failing", "{v}");
+    let failed = rx.got();
+    assert!(failed.len() >= 2, "retried before giving up on the destination");
+    assert!(failed.iter().all(|g| g.status == 500));
+    // Failing for at least the configured second before it was disabled.
+    assert!(failed.last().unwrap().at - failed[0].at >= Duration::from_millis(900));
+    assert_eq!(
+        wait_count(
+            &c,
+            "SELECT count(*) FROM audit_log WHERE action = 'destination.disable'
+             AND after->>'reason' = 'failing' AND target = 'destination:crm'",
+            1,
+            10
+        )
+        .await,
+        1
+    );
+    // Nothing more is sent, the event waits (an attempt in flight may still land).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = rx.got().len();
+    app.post(&wa_from("34670000002", &unique_wamid())).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rx.got().len(), n, "a disabled destination gets nothing");
+    let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
+    assert!(v["queued"].as_u64().unwrap() >= 1, "{v}");
+    let (_, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts").await;
+    assert!(page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["outcome"] == "failed" && a["status"] == 500), "{page}");
+    app.stop().await;
+}
+
+/// Meta's data deletion callback erases the contact's events waiting for push delivery,
+/// as `DELETE .../contacts/{c}` does (one erasure for every path); other contacts' stay.
+#[tokio::test]
+async fn data_deletion_callback_erases_queued_deliveries() {
+    let rx = Receiver::start(always(503)).await;
+    let config = with_destination(pg_config(BackendKind::Redis, &pg_url()), &rx.url());
+    let (_pg, c) = migrated(&config).await;
+    let app = spawn_with(config).await;
+    let user = "34680000001";
+    let other = "34680000002";
+    app.post(&wa_from(user, &unique_wamid())).await;
+    app.post(&wa_from(other, &unique_wamid())).await;
+    let events = bodies(app.wait_for_events(2).await);
+    let id_of = |contact: &str| {
+        events
+            .iter()
+            .find(|e| e["contact"]["id"] == contact)
+            .map(|e| e["event_id"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let (user_event, other_event) = (id_of(user), id_of(other));
+    until(15, "both events attempted", || {
+        let got = rx.got();
+        got.iter().any(|g| g.webhook_id == user_event) && got.iter().any(|g| g.webhook_id == other_event)
+    })
+    .await;
+    let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
+    assert_eq!(v["queued"], 2, "{v}");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signed = switchboard::verify::signed_request::sign(
+        "test-app-secret",
+        &json!({"algorithm": "HMAC-SHA256", "issued_at": now, "user_id": user}),
+    );
+    let res = app
+        .client
+        .post(app.url("/webhooks/meta_test/data-deletion"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "signed_request={}",
+            url::form_urlencoded::byte_serialize(signed.as_bytes()).collect::<String>()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
+    assert_eq!(v["queued"], 1, "only the other contact's event waits: {v}");
+    let detail: Value = c
+        .query_one("SELECT detail FROM deletion_requests", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(detail["acme"]["delivery_queued"], 1, "{detail}");
+    // The receiver recovers: the other contact's event arrives, the erased one never does.
+    *rx.script.lock().unwrap() = always(200);
+    until(20, "the other contact's event", || {
+        rx.got().iter().any(|g| g.webhook_id == other_event && g.status == 200)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !rx.got().iter().any(|g| g.webhook_id == user_event && g.status == 200),
+        "the erased contact's event was delivered"
+    );
+    app.stop().await;
 }
