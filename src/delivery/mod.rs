@@ -50,8 +50,7 @@ use crate::config::delivery::{DeliveryConfig, DestinationConfig};
 use crate::config::Config;
 use crate::event::EventKind;
 use crate::internal_events::{
-    DeliveryAttempted, DeliveryFailed, DeliverySampled, DeliveryTrimmedUnread,
-    DestinationDisabled,
+    DeliveryAttempted, DeliveryFailed, DeliverySampled, DeliveryTrimmedUnread, DestinationDisabled,
 };
 use crate::persist::{PersistError, Postgres};
 pub use store::DestKey;

@@ -384,7 +384,11 @@ async fn retention_waits_for_the_delivery_fan_out_up_to_its_bound() {
             let ids: Vec<String> = got.iter().map(|e| e.id.clone()).collect();
             b.ack_events(DELIVERY_GROUP, &ids).await.unwrap();
         }
-        assert_eq!(readable + lost, 400, "{name}: read {readable}, counted {lost}");
+        assert_eq!(
+            readable + lost,
+            400,
+            "{name}: read {readable}, counted {lost}"
+        );
     }
     // A left-over delivery group protects nothing while delivery does not run.
     for b in backends().await {

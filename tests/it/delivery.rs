@@ -881,7 +881,14 @@ async fn store_conformance() {
             .unwrap();
         assert_eq!(q, vec![Queued::Queued; 3]);
         let q = s
-            .enqueue(&d, t0, 3, false, None, &[("e1", "c1", "b1"), ("e4", "c2", "b4")])
+            .enqueue(
+                &d,
+                t0,
+                3,
+                false,
+                None,
+                &[("e1", "c1", "b1"), ("e4", "c2", "b4")],
+            )
             .await
             .unwrap();
         assert_eq!(q, vec![Queued::Duplicate, Queued::Full]);
@@ -889,23 +896,57 @@ async fn store_conformance() {
         // One in flight at most: only c1's head; then nothing more.
         let jobs = s.take(&d, t0, t0 + 1000, "w1", 1, 10).await.unwrap();
         assert_eq!(jobs.len(), 1);
-        assert_eq!((jobs[0].conversation.as_str(), jobs[0].event_id.as_str(), jobs[0].body.as_str()), ("c1", "e1", "b1"));
-        assert!(s.take(&d, t0, t0 + 1000, "w1", 1, 10).await.unwrap().is_empty());
+        assert_eq!(
+            (
+                jobs[0].conversation.as_str(),
+                jobs[0].event_id.as_str(),
+                jobs[0].body.as_str()
+            ),
+            ("c1", "e1", "b1")
+        );
+        assert!(s
+            .take(&d, t0, t0 + 1000, "w1", 1, 10)
+            .await
+            .unwrap()
+            .is_empty());
         // Another worker cannot finish w1's lease.
         let f = s
-            .finish(&d, t0 + 1, "w2", &jobs[0], Finish::Done { delivered: true }, Some(true))
+            .finish(
+                &d,
+                t0 + 1,
+                "w2",
+                &jobs[0],
+                Finish::Done { delivered: true },
+                Some(true),
+            )
             .await
             .unwrap();
         assert!(!f.held);
         // w1's attempt fails: retried at t0+500, failing since t0+2; c2 is due meanwhile.
         let f = s
-            .finish(&d, t0 + 2, "w1", &jobs[0], Finish::Retry { due_ms: t0 + 500, attempts: 1 }, Some(false))
+            .finish(
+                &d,
+                t0 + 2,
+                "w1",
+                &jobs[0],
+                Finish::Retry {
+                    due_ms: t0 + 500,
+                    attempts: 1,
+                },
+                Some(false),
+            )
             .await
             .unwrap();
         assert!(f.held && f.more);
         assert_eq!(f.failing_since_ms, t0 + 2);
         let jobs2 = s.take(&d, t0 + 10, t0 + 600, "w1", 4, 10).await.unwrap();
-        assert_eq!(jobs2.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(), vec!["e3"]);
+        assert_eq!(
+            jobs2
+                .iter()
+                .map(|j| j.event_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["e3"]
+        );
         // The lease of c2 ends without a finish (the worker died): due again, to w2.
         let jobs3 = s.take(&d, t0 + 600, t0 + 2000, "w2", 4, 10).await.unwrap();
         let mut got: Vec<(String, String, u32)> = jobs3
@@ -913,82 +954,184 @@ async fn store_conformance() {
             .map(|j| (j.conversation.clone(), j.event_id.clone(), j.attempts))
             .collect();
         got.sort();
-        assert_eq!(got, vec![("c1".into(), "e1".into(), 1), ("c2".into(), "e3".into(), 0)]);
+        assert_eq!(
+            got,
+            vec![("c1".into(), "e1".into(), 1), ("c2".into(), "e3".into(), 0)]
+        );
         for j in &jobs3 {
             let f = s
-                .finish(&d, t0 + 700, "w2", j, Finish::Done { delivered: true }, Some(true))
+                .finish(
+                    &d,
+                    t0 + 700,
+                    "w2",
+                    j,
+                    Finish::Done { delivered: true },
+                    Some(true),
+                )
                 .await
                 .unwrap();
             log.push(format!("{f:?}"));
         }
         assert_eq!(s.health(&d).await.unwrap().failing_since_ms, None);
         // e1 delivered: not queued again by a repeated fan-out, but by a redelivery.
-        let q = s.enqueue(&d, t0 + 800, 3, false, None, &[("e1", "c1", "b1")]).await.unwrap();
+        let q = s
+            .enqueue(&d, t0 + 800, 3, false, None, &[("e1", "c1", "b1")])
+            .await
+            .unwrap();
         assert_eq!(q, vec![Queued::Duplicate]);
-        let q = s.enqueue(&d, t0 + 800, 3, true, None, &[("e1", "c1", "b1")]).await.unwrap();
+        let q = s
+            .enqueue(&d, t0 + 800, 3, true, None, &[("e1", "c1", "b1")])
+            .await
+            .unwrap();
         assert_eq!(q, vec![Queued::Queued]);
         // c1 is e2 then e1 again, in that order.
         for want in ["e2", "e1"] {
             let j = s.take(&d, t0 + 900, t0 + 2000, "w1", 4, 10).await.unwrap();
             assert_eq!(j.len(), 1);
             assert_eq!(j[0].event_id, want);
-            s.finish(&d, t0 + 900, "w1", &j[0], Finish::Done { delivered: true }, Some(true))
-                .await
-                .unwrap();
-        }
-        // Erasure of a conversation; disable / enable.
-        s.enqueue(&d, t0 + 1000, 10, false, None, &[("e5", "c3", "b5"), ("e6", "c3", "b6"), ("e7", "c4", "b7")])
+            s.finish(
+                &d,
+                t0 + 900,
+                "w1",
+                &j[0],
+                Finish::Done { delivered: true },
+                Some(true),
+            )
             .await
             .unwrap();
-        assert_eq!(s.forget(&d, t0 + 1000, &["c3".to_string()]).await.unwrap(), 2);
+        }
+        // Erasure of a conversation; disable / enable.
+        s.enqueue(
+            &d,
+            t0 + 1000,
+            10,
+            false,
+            None,
+            &[("e5", "c3", "b5"), ("e6", "c3", "b6"), ("e7", "c4", "b7")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.forget(&d, t0 + 1000, &["c3".to_string()]).await.unwrap(),
+            2
+        );
         assert_eq!(s.backlog(&d).await.unwrap().0, 1);
         assert!(s.disable(&d, t0 + 1100, "failing").await.unwrap());
         assert!(!s.disable(&d, t0 + 1100, "gone").await.unwrap());
         let h = s.health(&d).await.unwrap();
-        assert_eq!((h.disabled.as_deref(), h.disabled_at_ms), (Some("failing"), Some(t0 + 1100)));
-        assert!(s.take(&d, t0 + 1200, t0 + 2000, "w1", 4, 10).await.unwrap().is_empty());
         assert_eq!(
-            s.enqueue(&d, t0 + 1200, 10, false, None, &[("e8", "c4", "b8")]).await.unwrap(),
+            (h.disabled.as_deref(), h.disabled_at_ms),
+            (Some("failing"), Some(t0 + 1100))
+        );
+        assert!(s
+            .take(&d, t0 + 1200, t0 + 2000, "w1", 4, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.enqueue(&d, t0 + 1200, 10, false, None, &[("e8", "c4", "b8")])
+                .await
+                .unwrap(),
             vec![Queued::Disabled]
         );
         s.enable(&d).await.unwrap();
         let j = s.take(&d, t0 + 1300, t0 + 2000, "w1", 4, 10).await.unwrap();
-        assert_eq!(j.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(), vec!["e7"]);
+        assert_eq!(
+            j.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(),
+            vec!["e7"]
+        );
         // Attempts (without PostgreSQL): newest `kept`, ids counting up, oldest first.
         for i in 0..5 {
             s.record_attempt(&d, json!({"n": i}), 3).await.unwrap();
         }
         let a = s.attempts(&d).await.unwrap();
-        assert_eq!(a, vec![json!({"n": 2, "id": "3"}), json!({"n": 3, "id": "4"}), json!({"n": 4, "id": "5"})]);
+        assert_eq!(
+            a,
+            vec![
+                json!({"n": 2, "id": "3"}),
+                json!({"n": 3, "id": "4"}),
+                json!({"n": 4, "id": "5"})
+            ]
+        );
         // Fan-out leases: one holder at a time; a new holder gets a newer epoch, and the
         // old one, stalled past its lease, may no longer queue where the new one did.
-        let e1 = s.lease(0, "a", Duration::from_millis(300)).await.unwrap().unwrap();
-        assert_eq!(s.lease(0, "b", Duration::from_millis(300)).await.unwrap(), None);
-        assert_eq!(s.lease(0, "a", Duration::from_millis(300)).await.unwrap(), Some(e1));
+        let e1 = s
+            .lease(0, "a", Duration::from_millis(300))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.lease(0, "b", Duration::from_millis(300)).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.lease(0, "a", Duration::from_millis(300)).await.unwrap(),
+            Some(e1)
+        );
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let e2 = s.lease(0, "b", Duration::from_secs(5)).await.unwrap().unwrap();
+        let e2 = s
+            .lease(0, "b", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(e2 > e1);
-        let old = Fence { partition: 0, epoch: e1 };
-        let new = Fence { partition: 0, epoch: e2 };
+        let old = Fence {
+            partition: 0,
+            epoch: e1,
+        };
+        let new = Fence {
+            partition: 0,
+            epoch: e2,
+        };
         // The old holder before the new one queued here: allowed (it comes first anyway).
-        let other = DestKey { tenant: "acme".into(), id: "other".into() };
+        let other = DestKey {
+            tenant: "acme".into(),
+            id: "other".into(),
+        };
         assert_eq!(
-            s.enqueue(&other, t0, 10, false, Some(old), &[("x1", "c9", "b")]).await.unwrap(),
+            s.enqueue(&other, t0, 10, false, Some(old), &[("x1", "c9", "b")])
+                .await
+                .unwrap(),
             vec![Queued::Queued]
         );
         assert_eq!(
-            s.enqueue(&d, t0 + 1400, 10, false, Some(new), &[("e9", "c5", "b9")]).await.unwrap(),
+            s.enqueue(&d, t0 + 1400, 10, false, Some(new), &[("e9", "c5", "b9")])
+                .await
+                .unwrap(),
             vec![Queued::Queued]
         );
-        let stale = s.enqueue(&d, t0 + 1400, 10, false, Some(old), &[("e10", "c5", "b10")]).await;
-        assert!(matches!(stale, Err(switchboard::accept::BackendError::Fenced)), "{stale:?}");
+        let stale = s
+            .enqueue(&d, t0 + 1400, 10, false, Some(old), &[("e10", "c5", "b10")])
+            .await;
+        assert!(
+            matches!(stale, Err(switchboard::accept::BackendError::Fenced)),
+            "{stale:?}"
+        );
         // Another partition's epochs are its own.
         assert_eq!(
-            s.enqueue(&d, t0 + 1400, 10, false, Some(Fence { partition: 1, epoch: 1 }), &[("e11", "c6", "b11")]).await.unwrap(),
+            s.enqueue(
+                &d,
+                t0 + 1400,
+                10,
+                false,
+                Some(Fence {
+                    partition: 1,
+                    epoch: 1
+                }),
+                &[("e11", "c6", "b11")]
+            )
+            .await
+            .unwrap(),
             vec![Queued::Queued]
         );
         s.release(0, "b").await.unwrap();
-        assert!(s.lease(0, "a", Duration::from_secs(5)).await.unwrap().unwrap() > e2);
+        assert!(
+            s.lease(0, "a", Duration::from_secs(5))
+                .await
+                .unwrap()
+                .unwrap()
+                > e2
+        );
         log.push(format!("{:?}", s.backlog(&d).await.unwrap()));
         assert_eq!(s.purge(&d, t0 + 1500).await.unwrap(), 3);
         assert_eq!(s.backlog(&d).await.unwrap(), (0, None));
@@ -1023,7 +1166,10 @@ async fn a_destination_failing_too_long_is_disabled_and_audited() {
     };
     assert_eq!(v["disabled_reason"], "failing", "{v}");
     let failed = rx.got();
-    assert!(failed.len() >= 2, "retried before giving up on the destination");
+    assert!(
+        failed.len() >= 2,
+        "retried before giving up on the destination"
+    );
     assert!(failed.iter().all(|g| g.status == 500));
     // Failing for at least the configured second before it was disabled.
     assert!(failed.last().unwrap().at - failed[0].at >= Duration::from_millis(900));
@@ -1047,11 +1193,14 @@ async fn a_destination_failing_too_long_is_disabled_and_audited() {
     let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
     assert!(v["queued"].as_u64().unwrap() >= 1, "{v}");
     let (_, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts").await;
-    assert!(page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|a| a["outcome"] == "failed" && a["status"] == 500), "{page}");
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["outcome"] == "failed" && a["status"] == 500),
+        "{page}"
+    );
     app.stop().await;
 }
 
@@ -1078,7 +1227,8 @@ async fn data_deletion_callback_erases_queued_deliveries() {
     let (user_event, other_event) = (id_of(user), id_of(other));
     until(15, "both events attempted", || {
         let got = rx.got();
-        got.iter().any(|g| g.webhook_id == user_event) && got.iter().any(|g| g.webhook_id == other_event)
+        got.iter().any(|g| g.webhook_id == user_event)
+            && got.iter().any(|g| g.webhook_id == other_event)
     })
     .await;
     let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
@@ -1111,12 +1261,16 @@ async fn data_deletion_callback_erases_queued_deliveries() {
     // The receiver recovers: the other contact's event arrives, the erased one never does.
     *rx.script.lock().unwrap() = always(200);
     until(20, "the other contact's event", || {
-        rx.got().iter().any(|g| g.webhook_id == other_event && g.status == 200)
+        rx.got()
+            .iter()
+            .any(|g| g.webhook_id == other_event && g.status == 200)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        !rx.got().iter().any(|g| g.webhook_id == user_event && g.status == 200),
+        !rx.got()
+            .iter()
+            .any(|g| g.webhook_id == user_event && g.status == 200),
         "the erased contact's event was delivered"
     );
     app.stop().await;
@@ -1124,7 +1278,8 @@ async fn data_deletion_callback_erases_queued_deliveries() {
 
 /// Runs a receiver example on `port` until dropped; its stdout lines collected.
 struct ExampleReceiver {
-    child: tokio::process::Child,
+    /// Killed when dropped (kill_on_drop).
+    _child: tokio::process::Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
@@ -1148,11 +1303,20 @@ impl ExampleReceiver {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "the example does not listen on {port}");
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the example does not listen on {port}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ExampleReceiver { child, lines }
+        ExampleReceiver {
+            _child: child,
+            lines,
+        }
     }
 
     /// The event ids it printed (the last word of each line), in order.
@@ -1189,7 +1353,10 @@ async fn example_receives(cmd: impl Fn(u16) -> tokio::process::Command, what: &s
         assert_eq!(res.status(), 200);
     }
     let events = bodies(app.wait_for_events(6).await);
-    until(30, &format!("{what}: six events printed"), || rx.ids().len() >= 6).await;
+    until(30, &format!("{what}: six events printed"), || {
+        rx.ids().len() >= 6
+    })
+    .await;
     let printed = rx.ids();
     let mut want: Vec<String> = events
         .iter()
@@ -1199,7 +1366,10 @@ async fn example_receives(cmd: impl Fn(u16) -> tokio::process::Command, what: &s
     want.sort();
     got.sort();
     assert_eq!(got, want, "{what}: each event verified and printed once");
-    for conv in events.iter().map(|e| e["conversation_id"].as_str().unwrap()) {
+    for conv in events
+        .iter()
+        .map(|e| e["conversation_id"].as_str().unwrap())
+    {
         let order: Vec<&str> = events
             .iter()
             .filter(|e| e["conversation_id"] == conv)
@@ -1215,7 +1385,9 @@ async fn example_receives(cmd: impl Fn(u16) -> tokio::process::Command, what: &s
     let (_, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts?limit=100").await;
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 6, "{what}: {page}");
-    assert!(items.iter().all(|a| a["outcome"] == "delivered" && a["status"] == 204));
+    assert!(items
+        .iter()
+        .all(|a| a["outcome"] == "delivered" && a["status"] == 204));
     // Forged: a wrong signature, and a right one on a stale timestamp.
     let client = reqwest::Client::new();
     let body = events[0].to_string();
@@ -1232,7 +1404,10 @@ async fn example_receives(cmd: impl Fn(u16) -> tokio::process::Command, what: &s
         )
     };
     for (ts, sig) in [
-        (now, "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string()),
+        (
+            now,
+            "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
+        ),
         (now - 3600, sign(now - 3600)),
     ] {
         let r = client
@@ -1299,7 +1474,7 @@ async fn rust_receiver_example_verifies_real_deliveries() {
         .join("examples/receiver");
     if !crate::deploy::available(
         "the receiver example's binary (cargo test --all-targets builds it)",
-        &mut std::process::Command::new("test").arg("-x").arg(&bin),
+        std::process::Command::new("test").arg("-x").arg(&bin),
         "cargo build --examples",
     ) {
         return;

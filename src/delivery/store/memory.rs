@@ -240,7 +240,12 @@ impl MemoryStore {
         s.owner.remove(conv);
         match how {
             Finish::Done { .. } => {
-                if s.queues.get(conv).and_then(|q| q.front()).map(String::as_str) == Some(id) {
+                if s.queues
+                    .get(conv)
+                    .and_then(|q| q.front())
+                    .map(String::as_str)
+                    == Some(id)
+                {
                     s.pop_head(conv);
                 }
                 s.body.remove(id);
@@ -384,8 +389,7 @@ impl MemoryStore {
 
     pub fn release(&self, partition: usize, owner: &str) {
         let mut g = self.lock();
-        if g
-            .leases
+        if g.leases
             .get(&partition)
             .is_some_and(|(holder, _, _)| holder == owner)
         {
