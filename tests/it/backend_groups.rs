@@ -325,6 +325,23 @@ async fn a_redis_restart_after_an_aof_rewrite_does_not_inflate_the_persister_bac
     );
 }
 
+/// Reads and acknowledges everything the delivery group has not read, as its fan-out does.
+async fn fan_out_all(b: &Backend) -> Vec<switchboard::accept::StreamEntry> {
+    let mut all = Vec::new();
+    loop {
+        let got = b
+            .read_events_group(DELIVERY_GROUP, "fan", 100, BLOCK, IDLE)
+            .await
+            .unwrap();
+        if got.is_empty() {
+            return all;
+        }
+        let ids: Vec<String> = got.iter().map(|e| e.id.clone()).collect();
+        b.ack_events(DELIVERY_GROUP, &ids).await.unwrap();
+        all.extend(got);
+    }
+}
+
 /// While push delivery runs, retention waits for its fan-out group too (nothing it has not
 /// read is trimmed, also without the persister), up to `delivery.max_fanout_lag`: past it,
 /// retention trims anyway and counts every entry it removed unread — exactly: what the
@@ -346,20 +363,7 @@ async fn retention_waits_for_the_delivery_fan_out_up_to_its_bound() {
         assert_eq!(stream_keys(&b).await.len(), 250, "{name}");
         // Read and acknowledged: retention applies again (down towards 100; Redis trims
         // whole nodes).
-        let mut read = 0;
-        loop {
-            let got = b
-                .read_events_group(DELIVERY_GROUP, "fan", 100, BLOCK, IDLE)
-                .await
-                .unwrap();
-            if got.is_empty() {
-                break;
-            }
-            read += got.len();
-            let ids: Vec<String> = got.iter().map(|e| e.id.clone()).collect();
-            b.ack_events(DELIVERY_GROUP, &ids).await.unwrap();
-        }
-        assert_eq!(read, 250, "{name}");
+        assert_eq!(fan_out_all(&b).await.len(), 250, "{name}");
         let left = stream_keys(&b).await.len();
         assert!((100..250).contains(&left), "{name}: {left}");
         assert_eq!(b.events_trimmed_unread().await.unwrap(), 0, "{name}");
@@ -371,19 +375,11 @@ async fn retention_waits_for_the_delivery_fan_out_up_to_its_bound() {
         assert!(lost > 0, "{name}: the bound applies");
         let len = stream_keys(&b).await.len();
         assert!(len <= 400, "{name}: {len}");
-        let mut readable = 0;
-        loop {
-            let got = b
-                .read_events_group(DELIVERY_GROUP, "fan", 100, BLOCK, IDLE)
-                .await
-                .unwrap();
-            if got.is_empty() {
-                break;
-            }
-            readable += got.iter().filter(|e| !e.payload.is_empty()).count() as u64;
-            let ids: Vec<String> = got.iter().map(|e| e.id.clone()).collect();
-            b.ack_events(DELIVERY_GROUP, &ids).await.unwrap();
-        }
+        let readable = fan_out_all(&b)
+            .await
+            .iter()
+            .filter(|e| !e.payload.is_empty())
+            .count() as u64;
         assert_eq!(
             readable + lost,
             400,

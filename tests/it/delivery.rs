@@ -1233,22 +1233,7 @@ async fn data_deletion_callback_erases_queued_deliveries() {
     .await;
     let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
     assert_eq!(v["queued"], 2, "{v}");
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let signed = switchboard::verify::signed_request::sign(
-        "test-app-secret",
-        &json!({"algorithm": "HMAC-SHA256", "issued_at": now, "user_id": user}),
-    );
-    let res = app
-        .client
-        .post(app.url("/webhooks/meta_test/data-deletion"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "signed_request={}",
-            url::form_urlencoded::byte_serialize(signed.as_bytes()).collect::<String>()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let res = app.meta_data_deletion(SECRET, user).await;
     assert_eq!(res.status(), 200);
     let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
     assert_eq!(v["queued"], 1, "only the other contact's event waits: {v}");
