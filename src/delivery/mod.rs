@@ -27,7 +27,7 @@
 //! **Safety and record.** See [`send`]: checked addresses at every attempt, no redirects, a
 //! capped answer. Every attempt is recorded (status, latency, error; never a body): in
 //! PostgreSQL when enabled (`delivery_attempts`), else the newest ones per destination in
-//! Redis. 410 Gone disables the destination; so does failing without a 2xx for
+//! the store (Redis, or this process). 410 Gone disables the destination; so does failing without a 2xx for
 //! `delivery.disable_after_failing_secs` (an audit row when PostgreSQL is enabled).
 
 pub mod send;
