@@ -376,7 +376,7 @@ impl Delivery {
             if *stop.borrow() {
                 break;
             }
-            let done = match self.store.lease(index, &self.owner, FANOUT_LEASE).await {
+            let done = match self.fanout_lease(index, FANOUT_LEASE).await {
                 Ok(None) => {
                     held = false;
                     if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
@@ -384,12 +384,8 @@ impl Delivery {
                     }
                     continue;
                 }
-                Ok(Some(epoch)) => {
+                Ok(Some(fence)) => {
                     held = true;
-                    let fence = Fence {
-                        partition: index,
-                        epoch,
-                    };
                     // Claim idle 0: as the only holder, whatever is pending was left by a
                     // previous holder (or by this one's failed batch) and goes first, in
                     // stream order.
@@ -440,6 +436,21 @@ impl Delivery {
         let _ = part
             .retire_events_consumer(DELIVERY_GROUP, &self.owner)
             .await;
+    }
+
+    /// Takes or renews the fan-out lease of stream partition `partition` for `ttl`, as
+    /// `run` does between reads: the fence of what it queues while held, None when another
+    /// worker holds it.
+    pub async fn fanout_lease(
+        &self,
+        partition: usize,
+        ttl: Duration,
+    ) -> Result<Option<Fence>, BackendError> {
+        Ok(self
+            .store
+            .lease(partition, &self.owner, ttl)
+            .await?
+            .map(|epoch| Fence { partition, epoch }))
     }
 
     /// Queues a batch of events stream entries for every destination that wants them, as

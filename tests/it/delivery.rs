@@ -1474,3 +1474,72 @@ async fn rust_receiver_example_verifies_real_deliveries() {
     )
     .await;
 }
+
+/// The fan-out lease is fenced: a replica that stalled past its lease (another took it and
+/// queued) cannot queue its stale batch after its successor, and no longer holds the lease.
+#[tokio::test]
+async fn a_stalled_fan_out_cannot_queue_after_its_successor() {
+    use switchboard::accept::{Backend, BackendError, Limits, StreamEntry};
+    use switchboard::delivery::Delivery;
+    let config = delivery_config("http://127.0.0.1:9/hooks");
+    require_redis(&config.redis.url).await;
+    let replica = || {
+        let backend = Backend::Redis(Box::new(
+            switchboard::accept::redis::RedisBackend::new(
+                &config.redis,
+                Limits::from_config(&config),
+            )
+            .unwrap(),
+        ));
+        let admin = Arc::new(switchboard::admin::Admin::from_config(&config));
+        Delivery::new(&config, &backend, admin, None)
+            .unwrap()
+            .unwrap()
+    };
+    let (a, b) = (replica(), replica());
+    let entry = |n: u32| StreamEntry {
+        id: format!("1-{n}"),
+        key: format!("evt_fence_{n}"),
+        payload: json!({"event_id": format!("evt_fence_{n}"), "tenant": "acme",
+                        "kind": "message", "conversation_id": "conv_fence"})
+        .to_string(),
+    };
+    let stale = a
+        .fanout_lease(0, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        b.fanout_lease(0, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none(),
+        "one holder"
+    );
+    // a stalls past its lease; b takes over and queues the newer event.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let fresh = b
+        .fanout_lease(0, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    b.fan_entries(&[entry(2)], Some(fresh)).await.unwrap();
+    // a wakes up with its older batch: refused, nothing queued after b's event.
+    let r = a.fan_entries(&[entry(1)], Some(stale)).await;
+    assert!(matches!(r, Err(BackendError::Fenced)), "{r:?}");
+    assert!(a
+        .fanout_lease(0, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_none());
+    let crm = b.destination("acme", "crm").unwrap();
+    assert_eq!(
+        b.backlog(&crm.key).await.unwrap().0,
+        1,
+        "only the successor's event"
+    );
+    // The successor itself goes on.
+    b.fan_entries(&[entry(3)], Some(fresh)).await.unwrap();
+    assert_eq!(b.backlog(&crm.key).await.unwrap().0, 2);
+    b.purge(&crm.key).await.unwrap();
+}
