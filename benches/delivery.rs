@@ -17,7 +17,9 @@
 //! signature valid, each conversation in order.
 //!
 //! Knobs: EVENTS (20000), CONVERSATIONS (200), MAX_IN_FLIGHT (the destination's, default
-//! 8 as shipped), REDIS_URL. Without `--bench` (as `cargo test --all-targets` runs it) a
+//! 8 as shipped), RATE (events/s appended, paced per batch of 100; 0 = as fast as the
+//! stream takes them, the default: then the latency is mostly queueing behind the burst),
+//! REDIS_URL. Without `--bench` (as `cargo test --all-targets` runs it) a
 //! 300-event smoke run keeps the harness tested.
 
 use std::collections::HashMap;
@@ -225,6 +227,7 @@ fn main() {
     let events: u64 = if smoke { 300 } else { env_or("EVENTS", 20_000) };
     let convs: usize = env_or("CONVERSATIONS", 200);
     let max_in_flight: u32 = env_or("MAX_IN_FLIGHT", 8);
+    let rate: u64 = env_or("RATE", 0);
     let redis_url = env_or("REDIS_URL", "redis://127.0.0.1:6379".to_string());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -269,6 +272,11 @@ fn main() {
         let t0 = Instant::now();
         let mut seq = 0u64;
         while seq < events {
+            if rate > 0 {
+                // Paced: batch k leaves at k * 100 / rate seconds.
+                let due = t0 + Duration::from_secs_f64(seq as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
             let n = (events - seq).min(100);
             let batch: Vec<Item> = (0..n)
                 .map(|i| event(seq + i, ((seq + i) as usize) % convs))
@@ -302,8 +310,9 @@ fn main() {
             .expect("histogram");
         let cpu_us = cpu as f64 * 10_000.0 / delivered.max(1) as f64;
         println!(
-            "delivery bench{}: {events} events, {convs} conversations, one destination (max_in_flight {max_in_flight}), Redis backend",
-            if smoke { " (smoke)" } else { "" }
+            "delivery bench{}: {events} events, {convs} conversations, one destination (max_in_flight {max_in_flight}), Redis backend, appended {}",
+            if smoke { " (smoke)" } else { "" },
+            if rate > 0 { format!("at {rate}/s") } else { "as fast as possible".to_string() }
         );
         println!(
             "  events stream: {stream_rate:.0} events/s appended ({:.2} s)",
