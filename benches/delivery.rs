@@ -27,15 +27,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use hdrhistogram::Histogram;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use switchboard::accept::{Backend, Item, Limits};
 use switchboard::config::{BackendKind, Config};
 use switchboard::delivery::{Delivery, DELIVERY_GROUP};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+
+#[path = "support/receiver.rs"]
+mod support;
 
 /// As the `switchboard` binary: the allocator is part of what is measured.
 #[global_allocator]
@@ -79,74 +79,17 @@ struct Seen {
     latency_us: Mutex<Option<Histogram<u64>>>,
 }
 
-fn verify(key: &[u8], id: &str, ts: &str, body: &[u8], header: &str) -> bool {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(ts.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let want = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    );
-    header.split(' ').any(|s| s == want)
-}
-
 /// A keep-alive HTTP/1.1 receiver: verifies, records, answers 200.
 async fn receive(listener: TcpListener, seen: Arc<Seen>) {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(SECRET.trim_start_matches("whsec_"))
-        .expect("base64 secret");
-    let key = Arc::new(key);
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
         };
         let seen = seen.clone();
-        let key = key.clone();
         tokio::spawn(async move {
             let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-            loop {
-                let end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    let mut chunk = [0u8; 8192];
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let mut h: HashMap<String, String> = HashMap::new();
-                for l in head.lines().skip(1) {
-                    if let Some((k, v)) = l.split_once(':') {
-                        h.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                    }
-                }
-                let len: usize = h
-                    .get("content-length")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < end + len {
-                    let mut chunk = [0u8; 8192];
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let body = buf[end..end + len].to_vec();
-                buf.drain(..end + len);
-                let get = |k: &str| h.get(k).map(String::as_str).unwrap_or("");
-                let ok = verify(
-                    &key,
-                    get("webhook-id"),
-                    get("webhook-timestamp"),
-                    &body,
-                    get("webhook-signature"),
-                );
-                let status = if ok {
+            while let Some((headers, body)) = support::read_request(&mut sock, &mut buf).await {
+                let status = if support::verified(SECRET, &headers, &body) {
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let conv = v["conversation_id"].as_str().unwrap_or("").to_string();
                     let seq = v["bench_seq"].as_u64().unwrap_or(0);

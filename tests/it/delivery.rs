@@ -9,16 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use switchboard::config::{BackendKind, Config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 use crate::pg::*;
+
+#[path = "../../benches/support/receiver.rs"]
+mod support;
 
 /// A secret as receivers get it (32 bytes, base64).
 const DEST_SECRET: &str = "whsec_c3dpdGNoYm9hcmQtdGVzdC1kZXN0aW5hdGlvbi1zZWNyZXQ=";
@@ -43,23 +44,14 @@ struct Receiver {
     task: Option<JoinHandle<()>>,
 }
 
-/// Verifies a Standard Webhooks signature independently: HMAC-SHA256 of
-/// "{id}.{timestamp}.{body}" under the base64-decoded part after whsec_.
-fn verify(secret: &str, id: &str, ts: &str, body: &[u8], header: &str) -> bool {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    let expected = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    );
-    let fresh = ts
-        .parse::<i64>()
-        .is_ok_and(|t| (time::OffsetDateTime::now_utc().unix_timestamp() - t).abs() < 300);
-    fresh && header.split(' ').any(|s| s == expected)
+/// Verifies a request's Standard Webhooks signature independently of the gateway's
+/// signing code, and that its timestamp is fresh.
+fn verify(headers: &HashMap<String, String>, body: &[u8]) -> bool {
+    let fresh = headers
+        .get("webhook-timestamp")
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_some_and(|t| (time::OffsetDateTime::now_utc().unix_timestamp() - t).abs() < 300);
+    fresh && support::verified(DEST_SECRET, headers, body)
 }
 
 impl Receiver {
@@ -110,47 +102,11 @@ impl Receiver {
                 let script = script.clone();
                 conns.spawn(async move {
                     let mut buf = Vec::new();
-                    loop {
-                        // Headers.
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 8192];
-                            match sock.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        let headers: HashMap<String, String> = head
-                            .lines()
-                            .skip(1)
-                            .filter_map(|l| l.split_once(':'))
-                            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                            .collect();
-                        let len: usize = headers
-                            .get("content-length")
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < end + len {
-                            let mut chunk = [0u8; 8192];
-                            match sock.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let body: Vec<u8> = buf[end..end + len].to_vec();
-                        buf.drain(..end + len);
-                        let h = |k: &str| headers.get(k).cloned().unwrap_or_default();
-                        let id = h("webhook-id");
-                        let signature_ok = verify(
-                            DEST_SECRET,
-                            &id,
-                            &h("webhook-timestamp"),
-                            &body,
-                            &h("webhook-signature"),
-                        );
+                    while let Some((headers, body)) =
+                        support::read_request(&mut sock, &mut buf).await
+                    {
+                        let id = headers.get("webhook-id").cloned().unwrap_or_default();
+                        let signature_ok = verify(&headers, &body);
                         let n = got.lock().unwrap().len();
                         let (status, extra) = if signature_ok {
                             (script.lock().unwrap())(&id, n)
@@ -1377,17 +1333,8 @@ async fn example_receives(cmd: impl Fn(u16) -> tokio::process::Command, what: &s
     let client = reqwest::Client::new();
     let body = events[0].to_string();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let sign = |ts: i64| {
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(DEST_SECRET.strip_prefix("whsec_").unwrap())
-            .unwrap();
-        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-        mac.update(format!("evt_forged.{ts}.{body}").as_bytes());
-        format!(
-            "v1,{}",
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-        )
-    };
+    let sign =
+        |ts: i64| support::signature(DEST_SECRET, "evt_forged", &ts.to_string(), body.as_bytes());
     for (ts, sig) in [
         (
             now,
