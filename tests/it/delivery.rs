@@ -399,24 +399,44 @@ async fn two_replicas_deliver_each_event_once() {
     b.stop().await;
 }
 
-/// 410 Gone disables the destination: nothing more is sent, the API shows why.
+/// 410 Gone disables the destination: nothing more is sent, the API shows why (both
+/// backends).
 #[tokio::test]
 async fn gone_disables_the_destination() {
-    let rx = Receiver::start(always(410)).await;
-    let app = spawn_with(delivery_config(&rx.url())).await;
+    for backend in [BackendKind::Redis, BackendKind::Memory] {
+        gone_disables_the_destination_on(backend).await;
+    }
+}
+
+async fn gone_disables_the_destination_on(backend: BackendKind) {
+    // 503 first, so that all three are queued (retrying) before the receiver says 410: a
+    // disabled destination queues nothing new, and the memory backend is fast enough to
+    // disable it between two posts otherwise.
+    let rx = Receiver::start(always(503)).await;
+    let app = spawn_with(delivery_config_on(backend, &rx.url())).await;
     for i in 0..3 {
         app.post(&wa_from(&format!("3462000{i:04}"), &unique_wamid()))
             .await;
     }
-    until(15, "the first attempt", || !rx.got().is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while api_get(&app, "/v1/tenants/acme/destinations/crm").await.1["queued"] != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{backend:?}: three events queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    *rx.script.lock().unwrap() = always(410);
+    until(15, "a 410", || rx.got().iter().any(|g| g.status == 410)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let n = rx.got().len();
-    assert!(n <= 4, "at most the attempts in flight ({n})");
+    let gone = rx.got().iter().filter(|g| g.status == 410).count();
+    assert!(gone <= 3, "at most the attempts in flight ({gone})");
     let (s, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
     assert_eq!(s, 200);
     assert_eq!(v["enabled"], false, "{v}");
     assert_eq!(v["disabled_reason"], "gone");
-    assert!(v["queued"].as_u64().unwrap() >= 1, "the events wait: {v}");
+    assert_eq!(v["queued"], 3, "the events wait: {v}");
     // Later events are not queued; nothing more is sent.
     app.post(&wa_from("34620009999", &unique_wamid())).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -445,7 +465,7 @@ async fn gone_disables_the_destination() {
     )
     .await;
     assert_eq!(s, 409, "the file's settings change only in the file");
-    until(15, "the queued events", || {
+    until(15, &format!("{backend:?}: the queued events"), || {
         rx.got().iter().filter(|g| g.status == 200).count() >= 3
     })
     .await;
@@ -455,6 +475,12 @@ async fn gone_disables_the_destination() {
 /// A 429 with Retry-After: 2 delays the retry by 2 s (the backoff alone would be 50 ms).
 #[tokio::test]
 async fn retry_after_is_honoured() {
+    for backend in [BackendKind::Redis, BackendKind::Memory] {
+        retry_after_is_honoured_on(backend).await;
+    }
+}
+
+async fn retry_after_is_honoured_on(backend: BackendKind) {
     let rx = Receiver::start(Arc::new(|_, n| {
         if n == 0 {
             (429, vec![("retry-after".into(), "2".into())])
@@ -463,7 +489,7 @@ async fn retry_after_is_honoured() {
         }
     }))
     .await;
-    let app = spawn_with(delivery_config(&rx.url())).await;
+    let app = spawn_with(delivery_config_on(backend, &rx.url())).await;
     app.post(&wa_from("34630000001", &unique_wamid())).await;
     until(20, "the retry", || rx.got().len() >= 2).await;
     let got = rx.got();
@@ -477,8 +503,14 @@ async fn retry_after_is_honoured() {
 /// an unknown one.
 #[tokio::test]
 async fn redeliver_one_event_and_a_range() {
+    for backend in [BackendKind::Redis, BackendKind::Memory] {
+        redeliver_one_event_and_a_range_on(backend).await;
+    }
+}
+
+async fn redeliver_one_event_and_a_range_on(backend: BackendKind) {
     let rx = Receiver::start(always(200)).await;
-    let app = spawn_with(delivery_config(&rx.url())).await;
+    let app = spawn_with(delivery_config_on(backend, &rx.url())).await;
     app.post(&wa_from("34640000001", &unique_wamid())).await;
     // globex's event: never delivered to acme's destination.
     let other = wa_text_batch("222", &[unique_wamid()]);
