@@ -1135,8 +1135,14 @@ async fn store_conformance() {
 /// records it.
 #[tokio::test]
 async fn a_destination_failing_too_long_is_disabled_and_audited() {
+    for backend in [BackendKind::Redis, BackendKind::Memory] {
+        failing_too_long_on(backend).await;
+    }
+}
+
+async fn failing_too_long_on(backend: BackendKind) {
     let rx = Receiver::start(always(500)).await;
-    let mut config = with_destination(pg_config(BackendKind::Redis, &pg_url()), &rx.url());
+    let mut config = with_destination(pg_config(backend, &pg_url()), &rx.url());
     config.delivery.disable_after_failing_secs = 1;
     config.delivery.retry_max_ms = 200;
     let (_pg, c) = migrated(&config).await;
@@ -1149,7 +1155,7 @@ async fn a_destination_failing_too_long_is_disabled_and_audited() {
         if v["enabled"] == false {
             break v;
         }
-        assert!(Instant::now() < deadline, "not disabled: {v}");
+        assert!(Instant::now() < deadline, "{backend:?}: not disabled: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(v["disabled_reason"], "failing", "{v}");
