@@ -7,7 +7,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
 RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && for b in verify_normalize load routing; do echo 'fn main() {}' > benches/$b.rs; done \
+    && for b in verify_normalize load routing delivery; do echo 'fn main() {}' > benches/$b.rs; done \
     && cargo build --release --locked --bin switchboard || true
 COPY src ./src
 COPY benches ./benches

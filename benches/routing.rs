@@ -217,6 +217,7 @@ async fn backend(url: &str, prefix: &str, partitions: usize) -> Backend {
         deadletter_max_len: 1000,
         deadletter_max_age: Duration::from_secs(3600),
         persister_max_backlog: 1_000_000,
+        delivery_max_lag: None,
         memory_max_dedup_keys: 1,
     };
     let first = RedisBackend::new(&cfg, limits.clone()).expect("redis backend");

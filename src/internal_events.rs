@@ -49,6 +49,7 @@ pub const DELIVERY_OLDEST: &str = "switchboard_delivery_oldest_queued_seconds";
 pub const DELIVERY_FANOUT_LAG: &str = "switchboard_delivery_fanout_lag";
 pub const DELIVERY_DISABLED: &str = "switchboard_delivery_destinations_disabled_total";
 pub const DELIVERY_FAILURES: &str = "switchboard_delivery_failures_total";
+pub const DELIVERY_TRIMMED_UNREAD: &str = "switchboard_delivery_trimmed_unread_total";
 
 /// Queue wait buckets (seconds): 1 s .. 4 h.
 const WAIT_BUCKETS: &[f64] = &[
@@ -563,6 +564,28 @@ impl DeliverySampled {
         gauge!(DELIVERY_QUEUED).set(self.queued as f64);
         gauge!(DELIVERY_OLDEST).set(self.oldest.as_secs_f64());
         gauge!(DELIVERY_FANOUT_LAG).set(self.fanout_lag as f64);
+    }
+}
+
+/// The events stream's retention removed entries the delivery fan-out had not read: it was
+/// more than `delivery.max_fanout_lag` entries behind. Those events are not delivered
+/// (redeliver cannot bring them back: they left the stream). `total` is the count kept
+/// next to the stream (every replica reads the same), `new` what this sample added.
+pub struct DeliveryTrimmedUnread {
+    pub total: u64,
+    pub new: u64,
+}
+
+impl DeliveryTrimmedUnread {
+    pub fn emit(self) {
+        if self.new > 0 {
+            tracing::error!(
+                trimmed = self.new,
+                total = self.total,
+                "the events stream's retention removed events push delivery had not fanned out (more than delivery.max_fanout_lag behind): they are not delivered"
+            );
+        }
+        counter!(DELIVERY_TRIMMED_UNREAD).absolute(self.total);
     }
 }
 

@@ -44,11 +44,13 @@ struct Inner {
     events: VecDeque<(StreamId, String, String)>,
     deadletter: VecDeque<(StreamId, String, String)>,
     last_id: StreamId,
-    /// Consumer groups of the events stream. Every group here is protected from trimming
-    /// (the memory backend has no outside consumers; only the persister makes groups).
+    /// Consumer groups of the events stream (the persister's, the delivery fan-out's; the
+    /// memory backend has no outside consumers), protected from trimming (`trim_events`).
     groups: HashMap<String, Group>,
     /// The router lease: holder and expiry.
     lease: Option<(String, Instant)>,
+    /// Events stream entries trimmed before the delivery fan-out read them.
+    trimmed_unread: u64,
 }
 
 /// Redis-compatible stream id: milliseconds and a sequence number.
@@ -123,6 +125,7 @@ impl MemoryBackend {
                 last_id: StreamId::default(),
                 groups: HashMap::new(),
                 lease: None,
+                trimmed_unread: 0,
             })),
             inbound_ready: Arc::new(Notify::new()),
             events_ready: Arc::new(Notify::new()),
@@ -297,38 +300,56 @@ impl MemoryBackend {
     }
 
     /// Retention of the events stream; never removes an entry at or above a group's floor
-    /// (its oldest unacknowledged entry, else its last delivered one).
+    /// (its oldest unacknowledged entry, else its last delivered one) — the delivery
+    /// fan-out's only while delivery runs and it is at most `delivery_max_lag` behind; past
+    /// that, what is removed before it read it is counted in `trimmed_unread`.
     fn trim_events(&self, g: &mut Inner) {
-        let floor = g
-            .groups
-            .values()
-            .map(|gr| {
-                gr.pending
-                    .keys()
-                    .next()
-                    .copied()
-                    .unwrap_or(gr.last_delivered)
-            })
-            .min();
+        let mut floor: Option<StreamId> = None;
+        // The delivery group when it is too far behind to protect anything: an entry is
+        // unread when pending (handed out, not acknowledged) or past its last delivered.
+        let mut forced: Option<(StreamId, std::collections::BTreeSet<StreamId>)> = None;
+        for (name, gr) in &g.groups {
+            let f = gr
+                .pending
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(gr.last_delivered);
+            if name == super::DELIVERY_GROUP {
+                let Some(max) = self.limits.delivery_max_lag else {
+                    continue;
+                };
+                if Self::lag_of(g, name).is_some_and(|l| l.total() > max) {
+                    forced = Some((gr.last_delivered, gr.pending.keys().copied().collect()));
+                    continue;
+                }
+            }
+            floor = Some(floor.map_or(f, |x| x.min(f)));
+        }
         let below_floor = |id: &StreamId| floor.is_none_or(|f| *id < f);
         let max_len = self.limits.events_max_len;
-        if max_len > 0 {
-            while g.events.len() as u64 > max_len
-                && g.events.front().is_some_and(|(id, _, _)| below_floor(id))
-            {
-                g.events.pop_front();
+        let min_ms = (!self.limits.events_max_age.is_zero())
+            .then(|| now_ms().saturating_sub(self.limits.events_max_age.as_millis() as u64));
+        let mut unread = 0u64;
+        while let Some((id, _, _)) = g.events.front() {
+            let over_len = max_len > 0 && g.events.len() as u64 > max_len;
+            let too_old = min_ms.is_some_and(|m| id.0 < m);
+            if !(over_len || too_old) || !below_floor(id) {
+                break;
             }
-        }
-        if !self.limits.events_max_age.is_zero() {
-            let min_ms = now_ms().saturating_sub(self.limits.events_max_age.as_millis() as u64);
-            while g
-                .events
-                .front()
-                .is_some_and(|(id, _, _)| id.0 < min_ms && below_floor(id))
-            {
-                g.events.pop_front();
+            if let Some((last, pending)) = &forced {
+                if id > last || pending.contains(id) {
+                    unread += 1;
+                }
             }
+            g.events.pop_front();
         }
+        g.trimmed_unread += unread;
+    }
+
+    /// Entries retention removed before the delivery fan-out read them.
+    pub fn events_trimmed_unread(&self) -> u64 {
+        self.lock().trimmed_unread
     }
 
     /// Refuses to add to the events stream while the persister group has
@@ -364,6 +385,17 @@ impl MemoryBackend {
 
     pub fn ensure_events_group(&self, group: &str) {
         self.lock().groups.entry(group.to_string()).or_default();
+    }
+
+    /// A group positioned at the stream's end (it reads what is published from now on),
+    /// unless it exists.
+    pub fn ensure_events_group_at_end(&self, group: &str) {
+        let mut g = self.lock();
+        let last = g.events.back().map(|(id, _, _)| *id).unwrap_or_default();
+        g.groups.entry(group.to_string()).or_insert(Group {
+            last_delivered: last,
+            pending: BTreeMap::new(),
+        });
     }
 
     pub async fn read_events_group(

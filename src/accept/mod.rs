@@ -18,6 +18,13 @@
 //! and past `postgres.max_backlog` unpersisted entries publishing is refused
 //! ([`BackendError::Backpressure`]), so the router stops, the inbound backlog fills and the
 //! edge answers 503 — the providers keep the rest until Postgres is back.
+//!
+//! While push delivery runs ([`Limits::delivery_max_lag`]), retention waits for its fan-out
+//! group ([`DELIVERY_GROUP`]) the same way, but without refusing anything (one slow
+//! destination must not stop ingestion): once the group is more than
+//! `delivery.max_fanout_lag` entries behind, retention trims as if it did not exist, and
+//! the entries it removes before the fan-out read them are counted (a counter next to the
+//! stream, read by [`Backend::events_trimmed_unread`]) for the delivery metric and log.
 
 pub mod conn;
 pub mod deadletter;
@@ -32,6 +39,10 @@ use crate::config::Config;
 
 /// The persister's consumer group on the events stream (see the module docs on trimming).
 pub const PERSISTER_GROUP: &str = "persister";
+
+/// The push delivery fan-out's consumer group on the events stream: while delivery runs,
+/// retention waits for it too, up to `delivery.max_fanout_lag` entries behind.
+pub const DELIVERY_GROUP: &str = "delivery";
 
 /// Where a consumer group of the events stream stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -169,6 +180,10 @@ pub struct Limits {
     /// Most events stream entries the persister group may leave unacknowledged before
     /// publishing is refused (`postgres.max_backlog`).
     pub persister_max_backlog: u64,
+    /// While push delivery runs: how far behind its fan-out group ([`DELIVERY_GROUP`]) may
+    /// be with retention waiting for it (`delivery.max_fanout_lag`); None: it does not run
+    /// and its group (if left over) protects nothing.
+    pub delivery_max_lag: Option<u64>,
 }
 
 impl Limits {
@@ -182,6 +197,7 @@ impl Limits {
             deadletter_max_age: Duration::from_secs(c.streams.deadletter_max_age_secs),
             memory_max_dedup_keys: c.streams.memory_max_dedup_keys,
             persister_max_backlog: c.postgres.max_backlog,
+            delivery_max_lag: crate::config::delivery::runs(c).then_some(c.delivery.max_fanout_lag),
         }
     }
 }
@@ -400,13 +416,13 @@ impl Backend {
 
     /// Creates a consumer group of the events stream (every partition) positioned at its
     /// end, if it does not exist: it reads only what is published afterwards (push
-    /// delivery, which must not send the retained history to a new destination). Redis
-    /// only.
+    /// delivery, which must not send the retained history to a new destination).
     pub async fn ensure_events_group_at_end(&self, group: &str) -> Result<(), BackendError> {
         match self {
-            Backend::Memory(_) => Err(BackendError::Protocol(
-                "this needs the Redis backend".into(),
-            )),
+            Backend::Memory(b) => {
+                b.ensure_events_group_at_end(group);
+                Ok(())
+            }
             Backend::Redis(b) => b.ensure_events_group_at_end(group).await,
             Backend::Partitioned(p) => {
                 for part in p.parts() {
@@ -433,6 +449,22 @@ impl Backend {
             Backend::Memory(b) => Ok(b.events_group_lag(group)),
             Backend::Redis(b) => b.events_group_lag(group).await,
             Backend::Partitioned(p) => p.events_group_lag(group).await,
+        }
+    }
+
+    /// How many events stream entries retention removed before the delivery fan-out read
+    /// them (it was more than `delivery.max_fanout_lag` behind), every partition together.
+    pub async fn events_trimmed_unread(&self) -> Result<u64, BackendError> {
+        match self {
+            Backend::Memory(b) => Ok(b.events_trimmed_unread()),
+            Backend::Redis(b) => b.events_trimmed_unread().await,
+            Backend::Partitioned(p) => {
+                let mut n = 0;
+                for part in p.parts() {
+                    n += Box::pin(part.events_trimmed_unread()).await?;
+                }
+                Ok(n)
+            }
         }
     }
 

@@ -6,7 +6,9 @@
 -- ARGV[3] events min id for age retention ('0' = none)
 -- ARGV[4] persister group on the events stream   ARGV[5] its most unacknowledged entries
 -- ARGV[6] the lease holder publishing ('' = unfenced)
--- ARGV[7..] triples: inbound entry id, event id, event JSON
+-- ARGV[7] the delivery fan-out's group ('' = delivery does not run)   ARGV[8] its most lag
+-- with retention waiting for it
+-- ARGV[9..] triples: inbound entry id, event id, event JSON
 --
 -- Fencing: a router that lost the lease (it stalled past the lease time and another took
 -- over) is refused with a LEASE error before anything moves, so a conversation's events
@@ -23,7 +25,7 @@ if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then
   return redis.error_reply('LEASE another router holds this partition')
 end
 local maxlen = tonumber(ARGV[2])
-local first = 7
+local first = 9
 local n = (#ARGV - first + 1) / 3
 if n < 1 then
   return 0
@@ -32,9 +34,11 @@ local full, state = persister_full(KEYS[2], ARGV[4], tonumber(ARGV[5]))
 if full then
   return -1 - state
 end
--- With the persister group present, the persister's acknowledgements trim (never past what
--- it has stored); without it, each append trims as before.
-local plain = state == nil
+-- With the persister group (or the delivery fan-out's) present, their acknowledgements
+-- trim (never past what they have not stored or read); without them, each append trims as
+-- before.
+local trim = append_trim(KEYS[2], state, ARGV[7], tonumber(ARGV[8]))
+local plain = trim == 'plain'
 local ids = {}
 for i = first, #ARGV, 3 do
   ids[#ids + 1] = ARGV[i]
@@ -83,5 +87,8 @@ end
 each_chunk('XDEL')
 if plain and ARGV[3] ~= '0' then
   redis.call('XTRIM', KEYS[2], 'MINID', '~', ARGV[3])
+end
+if trim == 'after' then
+  trim_events(KEYS[2], maxlen, ARGV[3], ARGV[4], ARGV[7], tonumber(ARGV[8]))
 end
 return moved

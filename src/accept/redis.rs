@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::conn::{connect, with_hint, RedisConn};
 use super::{
     AcceptReport, BackendError, Batch, GroupLag, Limits, StreamEntry, StreamName, StreamStats,
-    PERSISTER_GROUP,
+    DELIVERY_GROUP, PERSISTER_GROUP,
 };
 use crate::config::RedisConfig;
 use crate::internal_events::ReplicaAckMissing;
@@ -628,6 +628,7 @@ impl RedisBackend {
             .arg(PERSISTER_GROUP)
             .arg(self.limits.persister_max_backlog)
             .arg(fence.unwrap_or(""));
+        self.delivery_args(&mut inv);
         for m in moves {
             inv.arg(&m.id).arg(&m.key).arg(&m.payload);
         }
@@ -722,6 +723,7 @@ impl RedisBackend {
             .arg(self.events_min_id())
             .arg(PERSISTER_GROUP)
             .arg(self.limits.persister_max_backlog);
+        self.delivery_args(&mut inv);
         for it in items {
             inv.arg(&it.key).arg(&it.payload);
         }
@@ -825,6 +827,29 @@ impl RedisBackend {
         }
     }
 
+    /// The delivery fan-out's group and bound, for the retention in `trim.lua` ('' and 0
+    /// when delivery does not run).
+    fn delivery_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        match self.limits.delivery_max_lag {
+            Some(max) => inv.arg(DELIVERY_GROUP).arg(max),
+            None => inv.arg("").arg(0),
+        };
+    }
+
+    /// How many events stream entries retention removed before the delivery fan-out read
+    /// them (it was more than `delivery.max_fanout_lag` behind), since the stream began.
+    pub async fn events_trimmed_unread(&self) -> Result<u64, BackendError> {
+        let mut conn = self.conn.clone();
+        let n: Option<u64> = self
+            .timed(
+                redis::cmd("GET")
+                    .arg(format!("{}:trimmed-unread", self.keys.events))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
     pub async fn ack_events(&self, group: &str, ids: &[String]) -> Result<usize, BackendError> {
         if ids.is_empty() {
             return Ok(0);
@@ -835,6 +860,7 @@ impl RedisBackend {
             .arg(self.limits.events_max_len)
             .arg(self.events_min_id())
             .arg(PERSISTER_GROUP);
+        self.delivery_args(&mut inv);
         for id in ids {
             inv.arg(id);
         }

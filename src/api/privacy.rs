@@ -67,6 +67,31 @@ fn tenant_known(state: &State, tenant: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A contact's erasure, the one every path takes (`DELETE .../contacts/{c}`, Meta's data
+/// deletion callback): what persist keeps (PostgreSQL, the streams, routing state, push
+/// delivery attempts) and the contact's events still waiting in push delivery queues.
+async fn erase_everywhere(
+    state: &State,
+    pg: &Postgres,
+    actor: &str,
+    tenant: &str,
+    contact: &str,
+) -> Result<privacy::Erased, PersistError> {
+    let mut erased = privacy::erase_contact(
+        pg,
+        &state.backend,
+        state.engine.as_deref(),
+        actor,
+        tenant,
+        contact,
+    )
+    .await?;
+    if let Some(d) = &state.delivery {
+        erased.delivery_queued = d.forget(tenant, &erased.conversation_ids).await?;
+    }
+    Ok(erased)
+}
+
 async fn erase(
     state: State,
     req: HttpRequest,
@@ -76,26 +101,9 @@ async fn erase(
     let pg = postgres(&state)?;
     let (tenant, contact) = path.into_inner();
     tenant_known(&state, &tenant)?;
-    let mut erased = privacy::erase_contact(
-        pg,
-        &state.backend,
-        state.engine.as_deref(),
-        &who.actor(),
-        &tenant,
-        &contact,
-    )
-    .await
-    .map_err(|e| failed("erase", e))?;
-    // The contact's events still waiting for push delivery (their conversations' queues).
-    if let Some(d) = &state.delivery {
-        erased.delivery_queued =
-            d.forget(&tenant, &erased.conversation_ids)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "erasure of queued deliveries failed");
-                    ApiError::Unavailable
-                })?;
-    }
+    let erased = erase_everywhere(&state, pg, &who.actor(), &tenant, &contact)
+        .await
+        .map_err(|e| failed("erase", e))?;
     Ok(HttpResponse::Ok().json(json!({ "erased": erased })))
 }
 
@@ -177,11 +185,12 @@ async fn data_deletion(
     let pg = postgres(&state)?;
     let code = privacy::deletion_request(
         pg,
-        &state.backend,
-        state.engine.as_deref(),
         &source,
         &tenants,
         &verified.user_id,
+        async |actor: &str, tenant: &str, contact: &str| {
+            erase_everywhere(&state, pg, actor, tenant, contact).await
+        },
     )
     .await
     .map_err(|e| failed("data_deletion", e))?;

@@ -14,7 +14,8 @@ use crate::event::EventKind;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// Run the delivery workers (with the Redis backend, when a destination can exist).
+    /// Run the delivery workers (when a destination can exist; state in Redis with the
+    /// Redis backend, in process with the memory backend).
     pub enabled: bool,
     /// Allow destinations on loopback, private, link-local, shared and metadata addresses
     /// (tests, or a gateway deliberately inside the receivers' network).
@@ -44,6 +45,18 @@ pub struct DeliveryConfig {
     pub batch_size: usize,
     /// Most events one `POST .../redeliver` may queue.
     pub redeliver_max_events: usize,
+    /// Events stream entries the fan-out may be behind (read but not acknowledged, or not
+    /// read yet) while the stream's retention waits for it. Past this many, retention
+    /// trims them anyway (its hard bound: the stream holds at most `streams.events_max_len`
+    /// plus this many), counted in `switchboard_delivery_trimmed_unread_total` and logged.
+    pub max_fanout_lag: u64,
+}
+
+/// Whether the delivery workers run for this configuration: enabled, and a destination can
+/// exist (one in the file, or PostgreSQL for the API's).
+pub fn runs(c: &super::Config) -> bool {
+    c.delivery.enabled
+        && (c.postgres.enabled || c.tenants.values().any(|t| !t.destinations.is_empty()))
 }
 
 pub fn defaults() -> DeliveryConfig {
@@ -62,6 +75,7 @@ pub fn defaults() -> DeliveryConfig {
         poll_ms: 200,
         batch_size: 256,
         redeliver_max_events: 10_000,
+        max_fanout_lag: 1_000_000,
     }
 }
 
@@ -123,8 +137,11 @@ pub fn validate(d: &DeliveryConfig, errs: &mut Vec<String>) {
     if d.retry_horizon_secs == 0 || d.retry_horizon_secs > 30 * 24 * 3600 {
         errs.push("delivery.retry_horizon_secs must be 1..=2592000 (30 days)".into());
     }
-    if d.disable_after_failing_secs < 60 {
-        errs.push("delivery.disable_after_failing_secs must be at least 60".into());
+    if d.disable_after_failing_secs == 0 {
+        errs.push("delivery.disable_after_failing_secs must be at least 1".into());
+    }
+    if d.max_fanout_lag == 0 {
+        errs.push("delivery.max_fanout_lag must be at least 1".into());
     }
     if !(100..=60_000).contains(&d.connect_timeout_ms) {
         errs.push("delivery.connect_timeout_ms must be 100..=60000".into());

@@ -827,11 +827,6 @@ impl Config {
                     &mut errs,
                 );
             }
-            if !t.destinations.is_empty() && self.backend != BackendKind::Redis {
-                errs.push(format!(
-                    "tenants.{tenant}.destinations: push delivery keeps its queues in Redis; set backend = \"redis\""
-                ));
-            }
         }
         if self.sources.is_empty() {
             errs.push("no [sources.<id>] defined: add at least one webhook source".into());

@@ -1,15 +1,18 @@
 //! Push delivery (docs/delivery.md): every event of a tenant POSTed to its destinations,
 //! signed like Standard Webhooks, at least once, each conversation in order.
 //!
-//! **Fan-out.** One worker per events stream partition at a time (a lease in Redis, as the
+//! **Fan-out.** One worker per events stream partition at a time (a lease, as the
 //! router's) reads the partition with the consumer group [`DELIVERY_GROUP`] (created at the
 //! stream's end: a new gateway does not push the retained history), puts each event at the
 //! tail of its conversation's queue of every enabled destination of its tenant that wants
 //! its kind, and only then acknowledges the entries. A worker that dies leaves them pending;
 //! the next lease holder takes them first (claimed at once, in stream order), and queuing an
 //! event twice is a no-op (`store`), so the fan-out is at least once and keeps the order.
+//! The lease is fenced like the router's `publish_fenced`: each taking of it has a newer
+//! epoch, and a destination refuses what an older epoch queues once a newer one queued
+//! there, so a holder that stalled past its lease never queues after its successor.
 //!
-//! **Attempts.** Each replica's dispatcher leases due conversations from Redis (at most
+//! **Attempts.** Each replica's dispatcher leases due conversations from the store (at most
 //! `max_in_flight` of a destination over every replica, at most
 //! `delivery.max_in_flight_total` in this one) and POSTs each one's head. The next event of
 //! a conversation is due only once the head got a 2xx or was given up; a failed head is due
@@ -17,16 +20,15 @@
 //! only its own conversation. A worker that dies holding a conversation loses its lease
 //! (timeout + margin) and another replica retries it: the only way a receiver sees an event
 //! twice without having failed it is such a takeover, and then with the same `webhook-id`.
-//! All of it is in Redis, so a restart loses nothing.
+//! With the Redis backend all of it is in Redis, so a restart loses nothing; with the
+//! memory backend it is in this process ([`store::memory`]), as the streams are, and a
+//! restart forgets it.
 //!
 //! **Safety and record.** See [`send`]: checked addresses at every attempt, no redirects, a
 //! capped answer. Every attempt is recorded (status, latency, error; never a body): in
 //! PostgreSQL when enabled (`delivery_attempts`), else the newest ones per destination in
-//! Redis. 410 Gone disables the destination; so does failing without a 2xx for
+//! the store (Redis, or this process). 410 Gone disables the destination; so does failing without a 2xx for
 //! `delivery.disable_after_failing_secs` (an audit row when PostgreSQL is enabled).
-//!
-//! Delivery needs the Redis backend: with the memory backend there is nothing durable to
-//! keep a retry in, and the configuration refuses destinations.
 
 pub mod send;
 pub mod store;
@@ -48,14 +50,14 @@ use crate::config::delivery::{DeliveryConfig, DestinationConfig};
 use crate::config::Config;
 use crate::event::EventKind;
 use crate::internal_events::{
-    DeliveryAttempted, DeliveryFailed, DeliverySampled, DestinationDisabled,
+    DeliveryAttempted, DeliveryFailed, DeliverySampled, DeliveryTrimmedUnread, DestinationDisabled,
 };
 use crate::persist::{PersistError, Postgres};
 pub use store::DestKey;
-use store::{Finish, Job, Queued, Store};
+use store::{Fence, Finish, Job, Queued, Store};
 
 /// The fan-out's consumer group on the events stream(s).
-pub const DELIVERY_GROUP: &str = "delivery";
+pub use crate::accept::DELIVERY_GROUP;
 
 /// How long a fan-out lease lasts without renewal (renewed between reads, every ≤ 1 s).
 const FANOUT_LEASE: Duration = Duration::from_secs(10);
@@ -84,6 +86,14 @@ pub struct Destination {
     pub key: DestKey,
     pub config: Arc<DestinationConfig>,
     pub origin: Origin,
+}
+
+fn redis_store(r: &crate::accept::redis::RedisBackend, config: &Config) -> Store {
+    Store::Redis(store::redis::RedisStore::new(
+        r.connection(),
+        &config.redis.key_prefix,
+        r.command_timeout(),
+    ))
 }
 
 /// The part of an event the fan-out reads.
@@ -172,27 +182,27 @@ pub fn retry_delay(s: &DeliveryConfig, failed: u32, retry_after: Option<Duration
 }
 
 impl Delivery {
-    /// The delivery worker of a configuration, or None when it does not run: disabled, the
-    /// memory backend (where destinations are refused), or no destination can exist (none
-    /// in the file and no PostgreSQL for API ones): then no consumer group is created and
-    /// nothing runs.
+    /// The delivery worker of a configuration, or None when it does not run: disabled, or
+    /// no destination can exist (none in the file and no PostgreSQL for API ones): then no
+    /// consumer group is created and nothing runs. Its state is in Redis with the Redis
+    /// backend, in this process with the memory backend.
     pub fn new(
         config: &Config,
         backend: &Backend,
         admin: Arc<Admin>,
         pg: Option<Postgres>,
     ) -> Result<Option<Delivery>, String> {
-        let in_file = config.tenants.values().any(|t| !t.destinations.is_empty());
-        if !config.delivery.enabled || !(in_file || config.postgres.enabled) {
+        if !crate::config::delivery::runs(config) {
             return Ok(None);
         }
-        let redis = match backend {
-            Backend::Redis(r) => r.as_ref().clone(),
+        // The memory backend's state lives in this process, as its streams do.
+        let store = match backend {
+            Backend::Redis(r) => redis_store(r, config),
             Backend::Partitioned(p) => match &p.parts()[0] {
-                Backend::Redis(r) => r.as_ref().clone(),
-                _ => return Ok(None),
+                Backend::Redis(r) => redis_store(r, config),
+                _ => Store::Memory(store::memory::MemoryStore::new()),
             },
-            Backend::Memory(_) => return Ok(None),
+            Backend::Memory(_) => Store::Memory(store::memory::MemoryStore::new()),
         };
         let file = config
             .tenants
@@ -211,11 +221,7 @@ impl Delivery {
             .collect();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         Ok(Some(Delivery {
-            store: Store::new(
-                redis.connection(),
-                &config.redis.key_prefix,
-                redis.command_timeout(),
-            ),
+            store,
             settings: config.delivery.clone(),
             file,
             admin,
@@ -370,15 +376,15 @@ impl Delivery {
             if *stop.borrow() {
                 break;
             }
-            let done = match self.store.lease(index, &self.owner, FANOUT_LEASE).await {
-                Ok(false) => {
+            let done = match self.fanout_lease(index, FANOUT_LEASE).await {
+                Ok(None) => {
                     held = false;
                     if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
                         break;
                     }
                     continue;
                 }
-                Ok(true) => {
+                Ok(Some(fence)) => {
                     held = true;
                     // Claim idle 0: as the only holder, whatever is pending was left by a
                     // previous holder (or by this one's failed batch) and goes first, in
@@ -389,11 +395,18 @@ impl Delivery {
                     };
                     match read {
                         Ok(entries) if entries.is_empty() => Ok(()),
-                        Ok(entries) => match self.fan_entries(&entries).await {
+                        Ok(entries) => match self.fan_entries(&entries, Some(fence)).await {
                             Ok(()) => {
                                 let ids: Vec<String> =
                                     entries.iter().map(|e| e.id.clone()).collect();
                                 part.ack_events(DELIVERY_GROUP, &ids).await.map(|_| ())
+                            }
+                            Err(BackendError::Fenced) => {
+                                // Stalled past the lease: a successor holds it and queued
+                                // already. Leave the entries to it (not acknowledged).
+                                held = false;
+                                tracing::warn!(owner = %self.owner, partition = index, "delivery fan-out lease lost while fanning out; the newer holder delivers the batch");
+                                Ok(())
                             }
                             Err(e) => Err(e),
                         },
@@ -425,8 +438,29 @@ impl Delivery {
             .await;
     }
 
-    /// Queues a batch of events stream entries for every destination that wants them.
-    async fn fan_entries(&self, entries: &[StreamEntry]) -> Result<(), BackendError> {
+    /// Takes or renews the fan-out lease of stream partition `partition` for `ttl`, as
+    /// `run` does between reads: the fence of what it queues while held, None when another
+    /// worker holds it.
+    pub async fn fanout_lease(
+        &self,
+        partition: usize,
+        ttl: Duration,
+    ) -> Result<Option<Fence>, BackendError> {
+        Ok(self
+            .store
+            .lease(partition, &self.owner, ttl)
+            .await?
+            .map(|epoch| Fence { partition, epoch }))
+    }
+
+    /// Queues a batch of events stream entries for every destination that wants them, as
+    /// the holder of the fan-out lease `fence` ([`BackendError::Fenced`] when a newer holder
+    /// queued already: then the rest is not queued).
+    pub async fn fan_entries(
+        &self,
+        entries: &[StreamEntry],
+        fence: Option<Fence>,
+    ) -> Result<(), BackendError> {
         let dests: Vec<Destination> = self
             .destinations()
             .into_iter()
@@ -466,6 +500,7 @@ impl Delivery {
                     now,
                     self.settings.max_queued_per_destination,
                     false,
+                    fence,
                     &args,
                 )
                 .await?;
@@ -1031,6 +1066,7 @@ impl Delivery {
                 now_ms(),
                 self.settings.max_queued_per_destination,
                 true,
+                None,
                 &args,
             )
             .await?;
@@ -1051,11 +1087,20 @@ impl Delivery {
     /// every hour.
     async fn sample(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut n: u64 = 0;
+        let mut trimmed: Option<u64> = None;
         loop {
             if sleep_or_stop(Duration::from_secs(5), &mut stop).await {
                 break;
             }
             n += 1;
+            if let Ok(total) = self.backend.events_trimmed_unread().await {
+                // The first sample only learns where the count stands.
+                let new = trimmed.map_or(0, |t| total.saturating_sub(t));
+                if trimmed != Some(total) {
+                    DeliveryTrimmedUnread { total, new }.emit();
+                }
+                trimmed = Some(total);
+            }
             let now = now_ms();
             let mut queued = 0;
             let mut oldest: Option<u64> = None;

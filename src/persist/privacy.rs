@@ -578,8 +578,10 @@ pub struct DeletionStatus {
 }
 
 /// Records a data deletion request for a Meta app-scoped user id and carries it out:
-/// the contact with that id is erased in every tenant the source serves. Returns the
-/// confirmation code.
+/// the contact with that id is erased in every tenant the source serves, by `erase`
+/// (actor, tenant, contact): the caller's whole erasure, [`erase_contact`] and what the
+/// layers above keep (push delivery queues), the same as for `DELETE .../contacts/{c}`.
+/// Returns the confirmation code.
 ///
 /// Meta's `user_id` here is app-scoped (the id the app sees through Facebook Login); the
 /// ids on messaging webhooks (PSID, IGSID, WhatsApp numbers) are different namespaces, so
@@ -587,11 +589,10 @@ pub struct DeletionStatus {
 /// kept either way, for the status URL and the audit log.
 pub async fn deletion_request(
     pg: &Postgres,
-    backend: &Backend,
-    engine: Option<&Engine>,
     source: &str,
     tenants: &[String],
     user_id: &str,
+    erase: impl AsyncFn(&str, &str, &str) -> Result<Erased, PersistError>,
 ) -> Result<String, PersistError> {
     let code = uuid::Uuid::new_v4().simple().to_string();
     let user_hash = short_hash(format!("{source}\n{user_id}").as_bytes());
@@ -608,7 +609,7 @@ pub async fn deletion_request(
     let mut erased = serde_json::Map::new();
     let actor = format!("meta:{source}");
     for tenant in tenants {
-        let e = erase_contact(pg, backend, engine, &actor, tenant, user_id).await?;
+        let e = erase(&actor, tenant, user_id).await?;
         erased.insert(
             tenant.clone(),
             serde_json::to_value(e).unwrap_or(Value::Null),

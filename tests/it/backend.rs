@@ -19,6 +19,7 @@ fn limits(max_backlog: u64) -> Limits {
         deadletter_max_len: 100,
         deadletter_max_age: Duration::from_secs(3600),
         persister_max_backlog: 1_000_000,
+        delivery_max_lag: None,
         memory_max_dedup_keys: 10_000,
     }
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use switchboard::accept::memory::MemoryBackend;
 use switchboard::accept::redis::RedisBackend;
-use switchboard::accept::{Backend, BackendError, Item, Limits, StreamName, PERSISTER_GROUP};
+use switchboard::accept::{
+    Backend, BackendError, Item, Limits, StreamName, DELIVERY_GROUP, PERSISTER_GROUP,
+};
 use switchboard::config::RedisConfig;
 
 use crate::helpers::*;
@@ -21,10 +23,15 @@ fn limits() -> Limits {
         deadletter_max_age: Duration::from_secs(3600),
         memory_max_dedup_keys: 10_000,
         persister_max_backlog: 40,
+        delivery_max_lag: None,
     }
 }
 
 async fn backends() -> Vec<Backend> {
+    backends_with(limits).await
+}
+
+async fn backends_with(limits: impl Fn() -> Limits) -> Vec<Backend> {
     let url = redis_url();
     require_redis(&url).await;
     let cfg = RedisConfig {
@@ -316,4 +323,75 @@ async fn a_redis_restart_after_an_aof_rewrite_does_not_inflate_the_persister_bac
             .total(),
         0
     );
+}
+
+/// Reads and acknowledges everything the delivery group has not read, as its fan-out does.
+async fn fan_out_all(b: &Backend) -> Vec<switchboard::accept::StreamEntry> {
+    let mut all = Vec::new();
+    loop {
+        let got = b
+            .read_events_group(DELIVERY_GROUP, "fan", 100, BLOCK, IDLE)
+            .await
+            .unwrap();
+        if got.is_empty() {
+            return all;
+        }
+        let ids: Vec<String> = got.iter().map(|e| e.id.clone()).collect();
+        b.ack_events(DELIVERY_GROUP, &ids).await.unwrap();
+        all.extend(got);
+    }
+}
+
+/// While push delivery runs, retention waits for its fan-out group too (nothing it has not
+/// read is trimmed, also without the persister), up to `delivery.max_fanout_lag`: past it,
+/// retention trims anyway and counts every entry it removed unread — exactly: what the
+/// group can still read plus what was counted is everything appended.
+#[tokio::test]
+async fn retention_waits_for_the_delivery_fan_out_up_to_its_bound() {
+    let bounded = || Limits {
+        events_max_len: 100,
+        delivery_max_lag: Some(300),
+        ..limits()
+    };
+    for b in backends_with(bounded).await {
+        let name = b.name();
+        b.ensure_events_group_at_end(DELIVERY_GROUP).await.unwrap();
+        for i in 0..5 {
+            assert_eq!(b.append_events(&items(i * 50, 50)).await.unwrap(), 50);
+        }
+        // Past events_max_len (100), and nothing was trimmed: the fan-out read none of it.
+        assert_eq!(stream_keys(&b).await.len(), 250, "{name}");
+        // Read and acknowledged: retention applies again (down towards 100; Redis trims
+        // whole nodes).
+        assert_eq!(fan_out_all(&b).await.len(), 250, "{name}");
+        let left = stream_keys(&b).await.len();
+        assert!((100..250).contains(&left), "{name}: {left}");
+        assert_eq!(b.events_trimmed_unread().await.unwrap(), 0, "{name}");
+        // 400 more, unread: past 300 behind, retention trims unread entries and counts them.
+        for i in 0..8 {
+            b.append_events(&items(1000 + i * 50, 50)).await.unwrap();
+        }
+        let lost = b.events_trimmed_unread().await.unwrap();
+        assert!(lost > 0, "{name}: the bound applies");
+        let len = stream_keys(&b).await.len();
+        assert!(len <= 400, "{name}: {len}");
+        let readable = fan_out_all(&b)
+            .await
+            .iter()
+            .filter(|e| !e.payload.is_empty())
+            .count() as u64;
+        assert_eq!(
+            readable + lost,
+            400,
+            "{name}: read {readable}, counted {lost}"
+        );
+    }
+    // A left-over delivery group protects nothing while delivery does not run.
+    for b in backends().await {
+        let name = b.name();
+        b.ensure_events_group_at_end(DELIVERY_GROUP).await.unwrap();
+        b.append_events(&items(0, 300)).await.unwrap();
+        let len = stream_keys(&b).await.len();
+        assert!(len < 300, "{name}: {len}");
+    }
 }

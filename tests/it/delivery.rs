@@ -9,16 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use switchboard::config::{BackendKind, Config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 use crate::pg::*;
+
+#[path = "../../benches/support/receiver.rs"]
+mod support;
 
 /// A secret as receivers get it (32 bytes, base64).
 const DEST_SECRET: &str = "whsec_c3dpdGNoYm9hcmQtdGVzdC1kZXN0aW5hdGlvbi1zZWNyZXQ=";
@@ -43,23 +44,14 @@ struct Receiver {
     task: Option<JoinHandle<()>>,
 }
 
-/// Verifies a Standard Webhooks signature independently: HMAC-SHA256 of
-/// "{id}.{timestamp}.{body}" under the base64-decoded part after whsec_.
-fn verify(secret: &str, id: &str, ts: &str, body: &[u8], header: &str) -> bool {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.strip_prefix("whsec_").unwrap())
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    let expected = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    );
-    let fresh = ts
-        .parse::<i64>()
-        .is_ok_and(|t| (time::OffsetDateTime::now_utc().unix_timestamp() - t).abs() < 300);
-    fresh && header.split(' ').any(|s| s == expected)
+/// Verifies a request's Standard Webhooks signature independently of the gateway's
+/// signing code, and that its timestamp is fresh.
+fn verify(headers: &HashMap<String, String>, body: &[u8]) -> bool {
+    let fresh = headers
+        .get("webhook-timestamp")
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_some_and(|t| (time::OffsetDateTime::now_utc().unix_timestamp() - t).abs() < 300);
+    fresh && support::verified(DEST_SECRET, headers, body)
 }
 
 impl Receiver {
@@ -110,47 +102,11 @@ impl Receiver {
                 let script = script.clone();
                 conns.spawn(async move {
                     let mut buf = Vec::new();
-                    loop {
-                        // Headers.
-                        let end = loop {
-                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                break i + 4;
-                            }
-                            let mut chunk = [0u8; 8192];
-                            match sock.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                        let headers: HashMap<String, String> = head
-                            .lines()
-                            .skip(1)
-                            .filter_map(|l| l.split_once(':'))
-                            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                            .collect();
-                        let len: usize = headers
-                            .get("content-length")
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < end + len {
-                            let mut chunk = [0u8; 8192];
-                            match sock.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let body: Vec<u8> = buf[end..end + len].to_vec();
-                        buf.drain(..end + len);
-                        let h = |k: &str| headers.get(k).cloned().unwrap_or_default();
-                        let id = h("webhook-id");
-                        let signature_ok = verify(
-                            DEST_SECRET,
-                            &id,
-                            &h("webhook-timestamp"),
-                            &body,
-                            &h("webhook-signature"),
-                        );
+                    while let Some((headers, body)) =
+                        support::read_request(&mut sock, &mut buf).await
+                    {
+                        let id = headers.get("webhook-id").cloned().unwrap_or_default();
+                        let signature_ok = verify(&headers, &body);
                         let n = got.lock().unwrap().len();
                         let (status, extra) = if signature_ok {
                             (script.lock().unwrap())(&id, n)
@@ -194,7 +150,16 @@ fn always(status: u16) -> Script {
 /// Redis backend, private networks allowed (the receiver is on loopback), fast retries,
 /// one destination `crm` of tenant acme at `url`.
 fn delivery_config(url: &str) -> Config {
-    let mut c = test_config(BackendKind::Redis);
+    delivery_config_on(BackendKind::Redis, url)
+}
+
+/// [`delivery_config`] on `backend`.
+fn delivery_config_on(backend: BackendKind, url: &str) -> Config {
+    with_destination(test_config(backend), url)
+}
+
+/// `c` with private networks allowed, fast retries and the destination `crm` of acme.
+fn with_destination(mut c: Config, url: &str) -> Config {
     c.delivery.allow_private_networks = true;
     c.delivery.retry_initial_ms = 50;
     c.delivery.retry_max_ms = 400;
@@ -332,6 +297,17 @@ fn check_delivery_log(events: &[Value], got: &[Got]) {
 /// conversation in order, duplicates only as retries of a failed attempt.
 #[tokio::test]
 async fn every_event_arrives_signed_and_in_order_through_failures_and_an_outage() {
+    proof(BackendKind::Redis).await;
+}
+
+/// The same proof on the memory backend (the shipped config.toml's): the queues live in
+/// the process, the semantics are the same.
+#[tokio::test]
+async fn memory_backend_delivers_every_event_in_order_through_failures_and_an_outage() {
+    proof(BackendKind::Memory).await;
+}
+
+async fn proof(backend: BackendKind) {
     let failing: Script = Arc::new(|_, _| {
         if u64::from_le_bytes(switchboard::crypto::sealed::random_bytes::<8>()) % 4 == 0 {
             (500, Vec::new())
@@ -340,7 +316,7 @@ async fn every_event_arrives_signed_and_in_order_through_failures_and_an_outage(
         }
     });
     let mut rx = Receiver::start(failing).await;
-    let app = spawn_with(delivery_config(&rx.url())).await;
+    let app = spawn_with(delivery_config_on(backend, &rx.url())).await;
     let contacts: Vec<String> = (0..8).map(|i| format!("3460000{i:04}")).collect();
     let mut sent = 0;
     for round in 0..12 {
@@ -376,7 +352,8 @@ async fn every_event_arrives_signed_and_in_order_through_failures_and_an_outage(
     check_delivery_log(&events, &got);
     let failures = got.iter().filter(|g| g.status != 200).count();
     assert!(failures > 0, "the receiver failed some requests");
-    // The attempts listing (no PostgreSQL: the newest ones kept in Redis) pages forward.
+    // The attempts listing (no PostgreSQL: the newest ones kept in Redis or in memory)
+    // pages forward.
     let (s, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts?limit=5").await;
     assert_eq!(s, 200, "{page}");
     assert_eq!(page["items"].as_array().unwrap().len(), 5);
@@ -422,24 +399,44 @@ async fn two_replicas_deliver_each_event_once() {
     b.stop().await;
 }
 
-/// 410 Gone disables the destination: nothing more is sent, the API shows why.
+/// 410 Gone disables the destination: nothing more is sent, the API shows why (both
+/// backends).
 #[tokio::test]
 async fn gone_disables_the_destination() {
-    let rx = Receiver::start(always(410)).await;
-    let app = spawn_with(delivery_config(&rx.url())).await;
+    for backend in [BackendKind::Redis, BackendKind::Memory] {
+        gone_disables_the_destination_on(backend).await;
+    }
+}
+
+async fn gone_disables_the_destination_on(backend: BackendKind) {
+    // 503 first, so that all three are queued (retrying) before the receiver says 410: a
+    // disabled destination queues nothing new, and the memory backend is fast enough to
+    // disable it between two posts otherwise.
+    let rx = Receiver::start(always(503)).await;
+    let app = spawn_with(delivery_config_on(backend, &rx.url())).await;
     for i in 0..3 {
         app.post(&wa_from(&format!("3462000{i:04}"), &unique_wamid()))
             .await;
     }
-    until(15, "the first attempt", || !rx.got().is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while api_get(&app, "/v1/tenants/acme/destinations/crm").await.1["queued"] != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "{backend:?}: three events queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    *rx.script.lock().unwrap() = always(410);
+    until(15, "a 410", || rx.got().iter().any(|g| g.status == 410)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let n = rx.got().len();
-    assert!(n <= 4, "at most the attempts in flight ({n})");
+    let gone = rx.got().iter().filter(|g| g.status == 410).count();
+    assert!(gone <= 3, "at most the attempts in flight ({gone})");
     let (s, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
     assert_eq!(s, 200);
     assert_eq!(v["enabled"], false, "{v}");
     assert_eq!(v["disabled_reason"], "gone");
-    assert!(v["queued"].as_u64().unwrap() >= 1, "the events wait: {v}");
+    assert_eq!(v["queued"], 3, "the events wait: {v}");
     // Later events are not queued; nothing more is sent.
     app.post(&wa_from("34620009999", &unique_wamid())).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -468,7 +465,7 @@ async fn gone_disables_the_destination() {
     )
     .await;
     assert_eq!(s, 409, "the file's settings change only in the file");
-    until(15, "the queued events", || {
+    until(15, &format!("{backend:?}: the queued events"), || {
         rx.got().iter().filter(|g| g.status == 200).count() >= 3
     })
     .await;
@@ -478,6 +475,12 @@ async fn gone_disables_the_destination() {
 /// A 429 with Retry-After: 2 delays the retry by 2 s (the backoff alone would be 50 ms).
 #[tokio::test]
 async fn retry_after_is_honoured() {
+    for backend in [BackendKind::Redis, BackendKind::Memory] {
+        retry_after_is_honoured_on(backend).await;
+    }
+}
+
+async fn retry_after_is_honoured_on(backend: BackendKind) {
     let rx = Receiver::start(Arc::new(|_, n| {
         if n == 0 {
             (429, vec![("retry-after".into(), "2".into())])
@@ -486,7 +489,7 @@ async fn retry_after_is_honoured() {
         }
     }))
     .await;
-    let app = spawn_with(delivery_config(&rx.url())).await;
+    let app = spawn_with(delivery_config_on(backend, &rx.url())).await;
     app.post(&wa_from("34630000001", &unique_wamid())).await;
     until(20, "the retry", || rx.got().len() >= 2).await;
     let got = rx.got();
@@ -500,8 +503,14 @@ async fn retry_after_is_honoured() {
 /// an unknown one.
 #[tokio::test]
 async fn redeliver_one_event_and_a_range() {
+    for backend in [BackendKind::Redis, BackendKind::Memory] {
+        redeliver_one_event_and_a_range_on(backend).await;
+    }
+}
+
+async fn redeliver_one_event_and_a_range_on(backend: BackendKind) {
     let rx = Receiver::start(always(200)).await;
-    let app = spawn_with(delivery_config(&rx.url())).await;
+    let app = spawn_with(delivery_config_on(backend, &rx.url())).await;
     app.post(&wa_from("34640000001", &unique_wamid())).await;
     // globex's event: never delivered to acme's destination.
     let other = wa_text_batch("222", &[unique_wamid()]);
@@ -595,12 +604,12 @@ async fn private_destinations_are_refused_by_config_and_at_delivery() {
         );
         assert!(!err.contains(DEST_SECRET), "the secret is never quoted");
     }
-    // The memory backend cannot keep destinations.
+    // The memory backend keeps destinations too (in process).
     let toml = format!(
         "{BASE_CONFIG}\n[tenants.acme.destinations.crm]\nurl = \"https://93.184.215.14/x\"\nsecret = \"{DEST_SECRET}\"\n"
     );
-    let err = Config::from_toml(&toml).unwrap_err().to_string();
-    assert!(err.contains("backend = \"redis\""), "{err}");
+    let c = Config::from_toml(&toml).unwrap();
+    assert_eq!(c.backend, BackendKind::Memory);
     // At delivery time (the sender alone, with private networks refused).
     let rx = Receiver::start(always(200)).await;
     let sender = switchboard::delivery::send::Sender::new(Duration::from_secs(1), false).unwrap();
@@ -816,4 +825,706 @@ async fn api_destinations_with_postgres() {
     assert!(keys.is_empty(), "{keys:?}");
     app.stop().await;
     let _ = std::fs::remove_file(dir);
+}
+
+/// The delivery store's contract (src/delivery/store): the same steps against the memory
+/// store and the Redis store (real Redis) give the same answers, and each answer is the
+/// one the contract says.
+#[tokio::test]
+async fn store_conformance() {
+    use switchboard::delivery::store::{
+        memory::MemoryStore, redis::RedisStore, DestKey, Fence, Finish, Queued, Store,
+    };
+    let url = redis_url();
+    require_redis(&url).await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let stores = [
+        Store::Memory(MemoryStore::new()),
+        Store::Redis(RedisStore::new(
+            switchboard::accept::conn::RedisConn::Single(conn),
+            &format!("dc-{}", uuid::Uuid::new_v4().simple()),
+            Duration::from_secs(5),
+        )),
+    ];
+    let mut logs: Vec<Vec<String>> = Vec::new();
+    for s in &stores {
+        let mut log: Vec<String> = Vec::new();
+        let d = DestKey {
+            tenant: "acme".into(),
+            id: "crm".into(),
+        };
+        let t0: u64 = 1_780_000_000_000;
+        // Two conversations; c1 holds e1, e2; c2 holds e3. Max 3 queued.
+        let q = s
+            .enqueue(
+                &d,
+                t0,
+                3,
+                false,
+                None,
+                &[("e1", "c1", "b1"), ("e2", "c1", "b2"), ("e3", "c2", "b3")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(q, vec![Queued::Queued; 3]);
+        let q = s
+            .enqueue(
+                &d,
+                t0,
+                3,
+                false,
+                None,
+                &[("e1", "c1", "b1"), ("e4", "c2", "b4")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(q, vec![Queued::Duplicate, Queued::Full]);
+        assert_eq!(s.backlog(&d).await.unwrap(), (3, Some(t0)));
+        // One in flight at most: only c1's head; then nothing more.
+        let jobs = s.take(&d, t0, t0 + 1000, "w1", 1, 10).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(
+            (
+                jobs[0].conversation.as_str(),
+                jobs[0].event_id.as_str(),
+                jobs[0].body.as_str()
+            ),
+            ("c1", "e1", "b1")
+        );
+        assert!(s
+            .take(&d, t0, t0 + 1000, "w1", 1, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        // Another worker cannot finish w1's lease.
+        let f = s
+            .finish(
+                &d,
+                t0 + 1,
+                "w2",
+                &jobs[0],
+                Finish::Done { delivered: true },
+                Some(true),
+            )
+            .await
+            .unwrap();
+        assert!(!f.held);
+        // w1's attempt fails: retried at t0+500, failing since t0+2; c2 is due meanwhile.
+        let f = s
+            .finish(
+                &d,
+                t0 + 2,
+                "w1",
+                &jobs[0],
+                Finish::Retry {
+                    due_ms: t0 + 500,
+                    attempts: 1,
+                },
+                Some(false),
+            )
+            .await
+            .unwrap();
+        assert!(f.held && f.more);
+        assert_eq!(f.failing_since_ms, t0 + 2);
+        let jobs2 = s.take(&d, t0 + 10, t0 + 600, "w1", 4, 10).await.unwrap();
+        assert_eq!(
+            jobs2
+                .iter()
+                .map(|j| j.event_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["e3"]
+        );
+        // The lease of c2 ends without a finish (the worker died): due again, to w2.
+        let jobs3 = s.take(&d, t0 + 600, t0 + 2000, "w2", 4, 10).await.unwrap();
+        let mut got: Vec<(String, String, u32)> = jobs3
+            .iter()
+            .map(|j| (j.conversation.clone(), j.event_id.clone(), j.attempts))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("c1".into(), "e1".into(), 1), ("c2".into(), "e3".into(), 0)]
+        );
+        for j in &jobs3 {
+            let f = s
+                .finish(
+                    &d,
+                    t0 + 700,
+                    "w2",
+                    j,
+                    Finish::Done { delivered: true },
+                    Some(true),
+                )
+                .await
+                .unwrap();
+            log.push(format!("{f:?}"));
+        }
+        assert_eq!(s.health(&d).await.unwrap().failing_since_ms, None);
+        // e1 delivered: not queued again by a repeated fan-out, but by a redelivery.
+        let q = s
+            .enqueue(&d, t0 + 800, 3, false, None, &[("e1", "c1", "b1")])
+            .await
+            .unwrap();
+        assert_eq!(q, vec![Queued::Duplicate]);
+        let q = s
+            .enqueue(&d, t0 + 800, 3, true, None, &[("e1", "c1", "b1")])
+            .await
+            .unwrap();
+        assert_eq!(q, vec![Queued::Queued]);
+        // c1 is e2 then e1 again, in that order.
+        for want in ["e2", "e1"] {
+            let j = s.take(&d, t0 + 900, t0 + 2000, "w1", 4, 10).await.unwrap();
+            assert_eq!(j.len(), 1);
+            assert_eq!(j[0].event_id, want);
+            s.finish(
+                &d,
+                t0 + 900,
+                "w1",
+                &j[0],
+                Finish::Done { delivered: true },
+                Some(true),
+            )
+            .await
+            .unwrap();
+        }
+        // Erasure of a conversation; disable / enable.
+        s.enqueue(
+            &d,
+            t0 + 1000,
+            10,
+            false,
+            None,
+            &[("e5", "c3", "b5"), ("e6", "c3", "b6"), ("e7", "c4", "b7")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.forget(&d, t0 + 1000, &["c3".to_string()]).await.unwrap(),
+            2
+        );
+        assert_eq!(s.backlog(&d).await.unwrap().0, 1);
+        assert!(s.disable(&d, t0 + 1100, "failing").await.unwrap());
+        assert!(!s.disable(&d, t0 + 1100, "gone").await.unwrap());
+        let h = s.health(&d).await.unwrap();
+        assert_eq!(
+            (h.disabled.as_deref(), h.disabled_at_ms),
+            (Some("failing"), Some(t0 + 1100))
+        );
+        assert!(s
+            .take(&d, t0 + 1200, t0 + 2000, "w1", 4, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.enqueue(&d, t0 + 1200, 10, false, None, &[("e8", "c4", "b8")])
+                .await
+                .unwrap(),
+            vec![Queued::Disabled]
+        );
+        s.enable(&d).await.unwrap();
+        let j = s.take(&d, t0 + 1300, t0 + 2000, "w1", 4, 10).await.unwrap();
+        assert_eq!(
+            j.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(),
+            vec!["e7"]
+        );
+        // Attempts (without PostgreSQL): newest `kept`, ids counting up, oldest first.
+        for i in 0..5 {
+            s.record_attempt(&d, json!({"n": i}), 3).await.unwrap();
+        }
+        let a = s.attempts(&d).await.unwrap();
+        assert_eq!(
+            a,
+            vec![
+                json!({"n": 2, "id": "3"}),
+                json!({"n": 3, "id": "4"}),
+                json!({"n": 4, "id": "5"})
+            ]
+        );
+        // Fan-out leases: one holder at a time; a new holder gets a newer epoch, and the
+        // old one, stalled past its lease, may no longer queue where the new one did.
+        let e1 = s
+            .lease(0, "a", Duration::from_millis(300))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.lease(0, "b", Duration::from_millis(300)).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.lease(0, "a", Duration::from_millis(300)).await.unwrap(),
+            Some(e1)
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let e2 = s
+            .lease(0, "b", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(e2 > e1);
+        let old = Fence {
+            partition: 0,
+            epoch: e1,
+        };
+        let new = Fence {
+            partition: 0,
+            epoch: e2,
+        };
+        // The old holder before the new one queued here: allowed (it comes first anyway).
+        let other = DestKey {
+            tenant: "acme".into(),
+            id: "other".into(),
+        };
+        assert_eq!(
+            s.enqueue(&other, t0, 10, false, Some(old), &[("x1", "c9", "b")])
+                .await
+                .unwrap(),
+            vec![Queued::Queued]
+        );
+        assert_eq!(
+            s.enqueue(&d, t0 + 1400, 10, false, Some(new), &[("e9", "c5", "b9")])
+                .await
+                .unwrap(),
+            vec![Queued::Queued]
+        );
+        let stale = s
+            .enqueue(&d, t0 + 1400, 10, false, Some(old), &[("e10", "c5", "b10")])
+            .await;
+        assert!(
+            matches!(stale, Err(switchboard::accept::BackendError::Fenced)),
+            "{stale:?}"
+        );
+        // Another partition's epochs are its own.
+        assert_eq!(
+            s.enqueue(
+                &d,
+                t0 + 1400,
+                10,
+                false,
+                Some(Fence {
+                    partition: 1,
+                    epoch: 1
+                }),
+                &[("e11", "c6", "b11")]
+            )
+            .await
+            .unwrap(),
+            vec![Queued::Queued]
+        );
+        s.release(0, "b").await.unwrap();
+        assert!(
+            s.lease(0, "a", Duration::from_secs(5))
+                .await
+                .unwrap()
+                .unwrap()
+                > e2
+        );
+        log.push(format!("{:?}", s.backlog(&d).await.unwrap()));
+        assert_eq!(s.purge(&d, t0 + 1500).await.unwrap(), 3);
+        assert_eq!(s.backlog(&d).await.unwrap(), (0, None));
+        assert_eq!(s.health(&d).await.unwrap(), Default::default());
+        s.purge(&other, t0).await.unwrap();
+        logs.push(log);
+    }
+    assert_eq!(logs[0], logs[1], "memory and Redis answer alike");
+}
+
+/// A destination whose every attempt fails for `delivery.disable_after_failing_secs` is
+/// disabled: nothing more is sent, the API says why, and with PostgreSQL an audit row
+/// records it.
+#[tokio::test]
+async fn a_destination_failing_too_long_is_disabled_and_audited() {
+    for backend in [BackendKind::Redis, BackendKind::Memory] {
+        failing_too_long_on(backend).await;
+    }
+}
+
+async fn failing_too_long_on(backend: BackendKind) {
+    let rx = Receiver::start(always(500)).await;
+    let mut config = with_destination(pg_config(backend, &pg_url()), &rx.url());
+    config.delivery.disable_after_failing_secs = 1;
+    config.delivery.retry_max_ms = 200;
+    let (_pg, c) = migrated(&config).await;
+    let app = spawn_with(config).await;
+    app.post(&wa_from("34670000001", &unique_wamid())).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let (s, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
+        assert_eq!(s, 200, "{v}");
+        if v["enabled"] == false {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{backend:?}: not disabled: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(v["disabled_reason"], "failing", "{v}");
+    let failed = rx.got();
+    assert!(
+        failed.len() >= 2,
+        "retried before giving up on the destination"
+    );
+    assert!(failed.iter().all(|g| g.status == 500));
+    // Failing for at least the configured second before it was disabled.
+    assert!(failed.last().unwrap().at - failed[0].at >= Duration::from_millis(900));
+    assert_eq!(
+        wait_count(
+            &c,
+            "SELECT count(*) FROM audit_log WHERE action = 'destination.disable'
+             AND after->>'reason' = 'failing' AND target = 'destination:crm'",
+            1,
+            10
+        )
+        .await,
+        1
+    );
+    // Nothing more is sent, the event waits (an attempt in flight may still land).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = rx.got().len();
+    app.post(&wa_from("34670000002", &unique_wamid())).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(rx.got().len(), n, "a disabled destination gets nothing");
+    let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
+    assert!(v["queued"].as_u64().unwrap() >= 1, "{v}");
+    let (_, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts").await;
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["outcome"] == "failed" && a["status"] == 500),
+        "{page}"
+    );
+    app.stop().await;
+}
+
+/// Meta's data deletion callback erases the contact's events waiting for push delivery,
+/// as `DELETE .../contacts/{c}` does (one erasure for every path); other contacts' stay.
+#[tokio::test]
+async fn data_deletion_callback_erases_queued_deliveries() {
+    let rx = Receiver::start(always(503)).await;
+    let config = with_destination(pg_config(BackendKind::Redis, &pg_url()), &rx.url());
+    let (_pg, c) = migrated(&config).await;
+    let app = spawn_with(config).await;
+    let user = "34680000001";
+    let other = "34680000002";
+    app.post(&wa_from(user, &unique_wamid())).await;
+    app.post(&wa_from(other, &unique_wamid())).await;
+    let events = bodies(app.wait_for_events(2).await);
+    let id_of = |contact: &str| {
+        events
+            .iter()
+            .find(|e| e["contact"]["id"] == contact)
+            .map(|e| e["event_id"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let (user_event, other_event) = (id_of(user), id_of(other));
+    until(15, "both events attempted", || {
+        let got = rx.got();
+        got.iter().any(|g| g.webhook_id == user_event)
+            && got.iter().any(|g| g.webhook_id == other_event)
+    })
+    .await;
+    let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
+    assert_eq!(v["queued"], 2, "{v}");
+    let res = app.meta_data_deletion(SECRET, user).await;
+    assert_eq!(res.status(), 200);
+    let (_, v) = api_get(&app, "/v1/tenants/acme/destinations/crm").await;
+    assert_eq!(v["queued"], 1, "only the other contact's event waits: {v}");
+    let detail: Value = c
+        .query_one("SELECT detail FROM deletion_requests", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(detail["acme"]["delivery_queued"], 1, "{detail}");
+    // The receiver recovers: the other contact's event arrives, the erased one never does.
+    *rx.script.lock().unwrap() = always(200);
+    until(20, "the other contact's event", || {
+        rx.got()
+            .iter()
+            .any(|g| g.webhook_id == other_event && g.status == 200)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !rx.got()
+            .iter()
+            .any(|g| g.webhook_id == user_event && g.status == 200),
+        "the erased contact's event was delivered"
+    );
+    app.stop().await;
+}
+
+/// Runs a receiver example on `port` until dropped; its stdout lines collected.
+struct ExampleReceiver {
+    /// Killed when dropped (kill_on_drop).
+    _child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ExampleReceiver {
+    async fn start(mut cmd: tokio::process::Command, port: u16) -> ExampleReceiver {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = cmd
+            .env("SWITCHBOARD_DESTINATION_SECRET", DEST_SECRET)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the example starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut r = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the example does not listen on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ExampleReceiver {
+            _child: child,
+            lines,
+        }
+    }
+
+    /// The event ids it printed (the last word of each line), in order.
+    fn ids(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+            .collect()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A receiver example against real signed deliveries from the gateway: every event is
+/// verified and printed once, in each conversation's order; a forged signature and a stale
+/// timestamp are refused.
+async fn example_receives(cmd: impl Fn(u16) -> tokio::process::Command, what: &str) {
+    let port = free_port();
+    let rx = ExampleReceiver::start(cmd(port), port).await;
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let app = spawn_with(delivery_config_on(BackendKind::Memory, &url)).await;
+    for i in 0..6 {
+        let res = app
+            .post(&wa_from(&format!("3469000{:04}", i % 2), &unique_wamid()))
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+    let events = bodies(app.wait_for_events(6).await);
+    until(30, &format!("{what}: six events printed"), || {
+        rx.ids().len() >= 6
+    })
+    .await;
+    let printed = rx.ids();
+    let mut want: Vec<String> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_string())
+        .collect();
+    let mut got = printed.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{what}: each event verified and printed once");
+    for conv in events
+        .iter()
+        .map(|e| e["conversation_id"].as_str().unwrap())
+    {
+        let order: Vec<&str> = events
+            .iter()
+            .filter(|e| e["conversation_id"] == conv)
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect();
+        let seen: Vec<&str> = printed
+            .iter()
+            .map(String::as_str)
+            .filter(|id| order.contains(id))
+            .collect();
+        assert_eq!(seen, order, "{what}: conversation {conv} in order");
+    }
+    let (_, page) = api_get(&app, "/v1/tenants/acme/destinations/crm/attempts?limit=100").await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 6, "{what}: {page}");
+    assert!(items
+        .iter()
+        .all(|a| a["outcome"] == "delivered" && a["status"] == 204));
+    // Forged: a wrong signature, and a right one on a stale timestamp.
+    let client = reqwest::Client::new();
+    let body = events[0].to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sign =
+        |ts: i64| support::signature(DEST_SECRET, "evt_forged", &ts.to_string(), body.as_bytes());
+    for (ts, sig) in [
+        (
+            now,
+            "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string(),
+        ),
+        (now - 3600, sign(now - 3600)),
+    ] {
+        let r = client
+            .post(&url)
+            .header("webhook-id", "evt_forged")
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sig)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{what}");
+    }
+    // And the right signature now is accepted (the check is not refusing everything).
+    let r = client
+        .post(&url)
+        .header("webhook-id", "evt_forged")
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", sign(now))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204, "{what}");
+    app.stop().await;
+    drop(rx);
+}
+
+/// examples/receiver.py (python3, standard library) against real deliveries.
+#[tokio::test]
+async fn python_receiver_example_verifies_real_deliveries() {
+    if !crate::deploy::available(
+        "python3",
+        std::process::Command::new("python3").arg("--version"),
+        "apt-get install python3",
+    ) {
+        return;
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/receiver.py");
+    let cache = std::env::temp_dir().join(format!("pyc-{}", uuid::Uuid::new_v4().simple()));
+    example_receives(
+        |port| {
+            let mut c = tokio::process::Command::new("python3");
+            c.arg("-u").arg(&script).arg(port.to_string());
+            c.env("PYTHONPYCACHEPREFIX", &cache);
+            c
+        },
+        "receiver.py",
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+/// examples/receiver.rs, as `cargo test --all-targets` builds it (next to the gateway's
+/// binary, in examples/), against real deliveries. Built only by --all-targets (or `cargo
+/// build --examples`): otherwise a notice, and under CI=true a failure.
+#[tokio::test]
+async fn rust_receiver_example_verifies_real_deliveries() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_switchboard"))
+        .parent()
+        .unwrap()
+        .join("examples/receiver");
+    if !crate::deploy::available(
+        "the receiver example's binary (cargo test --all-targets builds it)",
+        std::process::Command::new("test").arg("-x").arg(&bin),
+        "cargo build --examples",
+    ) {
+        return;
+    }
+    example_receives(
+        |port| {
+            let mut c = tokio::process::Command::new(&bin);
+            c.arg(port.to_string());
+            c
+        },
+        "receiver.rs",
+    )
+    .await;
+}
+
+/// The fan-out lease is fenced: a replica that stalled past its lease (another took it and
+/// queued) cannot queue its stale batch after its successor, and no longer holds the lease.
+#[tokio::test]
+async fn a_stalled_fan_out_cannot_queue_after_its_successor() {
+    use switchboard::accept::{Backend, BackendError, Limits, StreamEntry};
+    use switchboard::delivery::Delivery;
+    let config = delivery_config("http://127.0.0.1:9/hooks");
+    require_redis(&config.redis.url).await;
+    let replica = || {
+        let backend = Backend::Redis(Box::new(
+            switchboard::accept::redis::RedisBackend::new(
+                &config.redis,
+                Limits::from_config(&config),
+            )
+            .unwrap(),
+        ));
+        let admin = Arc::new(switchboard::admin::Admin::from_config(&config));
+        Delivery::new(&config, &backend, admin, None)
+            .unwrap()
+            .unwrap()
+    };
+    let (a, b) = (replica(), replica());
+    let entry = |n: u32| StreamEntry {
+        id: format!("1-{n}"),
+        key: format!("evt_fence_{n}"),
+        payload: json!({"event_id": format!("evt_fence_{n}"), "tenant": "acme",
+                        "kind": "message", "conversation_id": "conv_fence"})
+        .to_string(),
+    };
+    let stale = a
+        .fanout_lease(0, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        b.fanout_lease(0, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none(),
+        "one holder"
+    );
+    // a stalls past its lease; b takes over and queues the newer event.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let fresh = b
+        .fanout_lease(0, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    b.fan_entries(&[entry(2)], Some(fresh)).await.unwrap();
+    // a wakes up with its older batch: refused, nothing queued after b's event.
+    let r = a.fan_entries(&[entry(1)], Some(stale)).await;
+    assert!(matches!(r, Err(BackendError::Fenced)), "{r:?}");
+    assert!(a
+        .fanout_lease(0, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_none());
+    let crm = b.destination("acme", "crm").unwrap();
+    assert_eq!(
+        b.backlog(&crm.key).await.unwrap().0,
+        1,
+        "only the successor's event"
+    );
+    // The successor itself goes on.
+    b.fan_entries(&[entry(3)], Some(fresh)).await.unwrap();
+    assert_eq!(b.backlog(&crm.key).await.unwrap().0, 2);
+    b.purge(&crm.key).await.unwrap();
 }

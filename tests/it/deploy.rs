@@ -34,7 +34,7 @@ fn ci() -> bool {
 
 /// Whether an outside tool answers `probe`. When it does not: a failure under CI=true, else a
 /// notice saying what did not run.
-fn available(what: &str, probe: &mut Command, install: &str) -> bool {
+pub fn available(what: &str, probe: &mut Command, install: &str) -> bool {
     let ok = probe
         .stdout(Stdio::null())
         .stderr(Stdio::null())

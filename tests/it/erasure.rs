@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchboard::config::{BackendKind, Config};
-use switchboard::verify::signed_request::sign;
 
 use crate::helpers::*;
 use crate::pg::*;
@@ -272,22 +271,7 @@ async fn erase_every_copy(backend: BackendKind, partitions: usize) {
     assert_eq!(status, 404, "{backend:?}: x's conversation is forgotten");
 
     // Meta's data deletion callback for y: the same reach, and a0 is free.
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let signed = sign(
-        SECRET,
-        &json!({"algorithm": "HMAC-SHA256", "issued_at": now, "user_id": y}),
-    );
-    let res = app
-        .client
-        .post(app.url("/webhooks/meta_test/data-deletion"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "signed_request={}",
-            url::form_urlencoded::byte_serialize(signed.as_bytes()).collect::<String>()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let res = app.meta_data_deletion(SECRET, &y).await;
     assert_eq!(res.status(), 200);
     assert_eq!(load_of_a0(&app).await, 0, "{backend:?}: y's slot freed");
     assert_gone(

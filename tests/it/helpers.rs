@@ -127,6 +127,25 @@ pub async fn spawn_unchecked(config: Config) -> TestApp {
 }
 
 impl TestApp {
+    /// Meta's data deletion callback for `user`, signed with `secret` as Meta does.
+    pub async fn meta_data_deletion(&self, secret: &str, user: &str) -> reqwest::Response {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let signed = switchboard::verify::signed_request::sign(
+            secret,
+            &json!({"algorithm": "HMAC-SHA256", "issued_at": now, "user_id": user}),
+        );
+        self.client
+            .post(self.url("/webhooks/meta_test/data-deletion"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "signed_request={}",
+                url::form_urlencoded::byte_serialize(signed.as_bytes()).collect::<String>()
+            ))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A gateway already running elsewhere (e.g. the binary), at `base`.
     pub fn at(base: &str) -> TestApp {
         TestApp {

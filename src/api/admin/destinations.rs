@@ -33,7 +33,7 @@ fn delivery(state: &State) -> Result<&std::sync::Arc<Delivery>, ApiError> {
         .as_ref()
         .ok_or_else(|| ApiError::ConflictCode {
             code: "delivery_disabled",
-            message: "push delivery needs backend = \"redis\" and delivery.enabled = true".into(),
+            message: "push delivery is not running: set delivery.enabled = true (and, for destinations created through the API, [postgres] enabled)".into(),
         })
 }
 

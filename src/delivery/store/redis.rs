@@ -2,80 +2,39 @@
 //! conversation, the due and leased conversations, the health record and, without
 //! PostgreSQL, the newest attempts. Every key of a destination shares its hash tag
 //! `{<prefix>:dlv:<tenant>:<destination>}`, so each script call is one atomic step on one
-//! Redis Cluster slot; the fan-out's lease per stream partition is `{<prefix>:dlv}:fanout-lease:<n>`.
+//! Redis Cluster slot; the fan-out's lease per stream partition is `{<prefix>:dlv}:fanout-lease:<n>`,
+//! its epoch `{<prefix>:dlv}:fanout-epoch:<n>`.
 
 use std::time::Duration;
 
 use redis::{Script, Value};
 
 use crate::accept::conn::RedisConn;
-use crate::accept::redis::{LEASE_LUA, RELEASE_LUA};
+use crate::accept::redis::RELEASE_LUA;
 use crate::accept::BackendError;
 
-/// A destination's identity: its tenant and its id (unique within the tenant).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DestKey {
-    pub tenant: String,
-    pub id: String,
-}
+use super::{DestKey, Fence, Finish, Finished, Health, Job, Queued};
 
-/// One event leased for delivery: the head of its conversation's queue.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub conversation: String,
-    pub event_id: String,
-    pub body: String,
-    /// Failed attempts so far.
-    pub attempts: u32,
-    /// When it was queued (ms since the epoch): the horizon counts from here.
-    pub queued_ms: u64,
-}
-
-/// What one enqueued event became.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Queued {
-    Queued,
-    /// Already queued, or delivered recently (a repeated fan-out).
-    Duplicate,
-    /// `delivery.max_queued_per_destination` reached.
-    Full,
-    /// The destination is disabled (410 Gone, failing too long, or by an operator).
-    Disabled,
-}
-
-/// How an attempt ends for the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
-    /// Delivered or given up: the conversation's next event is due.
-    Done { delivered: bool },
-    /// Failed: try again at `due_ms`.
-    Retry { due_ms: u64, attempts: u32 },
-    /// Not an attempt (disabled meanwhile, stopping): due again at `due_ms`.
-    Release { due_ms: u64 },
-}
-
-/// The answer of [`Store::finish`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Finished {
-    /// False: the lease had ended and another worker holds the conversation.
-    pub held: bool,
-    /// Since when every attempt failed (ms), 0 when the last one reached the receiver.
-    pub failing_since_ms: u64,
-    /// Some conversation of the destination is waiting.
-    pub more: bool,
-}
-
-/// A destination's health record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Health {
-    /// Why it is disabled (`gone`, `failing`, `operator`), None when it is not.
-    pub disabled: Option<String>,
-    pub disabled_at_ms: Option<u64>,
-    pub failing_since_ms: Option<u64>,
-}
+/// The fan-out lease with an epoch (KEYS[2]) counted up whenever a worker takes it (not
+/// when it renews it): the fence of what that holder queues. Returns the epoch, 0 when
+/// another worker holds the lease.
+const FANOUT_LEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  local e = redis.call('GET', KEYS[2])
+  if e then
+    return tonumber(e)
+  end
+  return redis.call('INCR', KEYS[2])
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+";
 
 #[derive(Clone)]
-pub struct Store {
+pub struct RedisStore {
     conn: RedisConn,
     prefix: String,
     script: Script,
@@ -86,9 +45,9 @@ fn unavailable(e: redis::RedisError) -> BackendError {
     BackendError::Unavailable(e.to_string())
 }
 
-impl Store {
-    pub fn new(conn: RedisConn, prefix: &str, timeout: Duration) -> Store {
-        Store {
+impl RedisStore {
+    pub fn new(conn: RedisConn, prefix: &str, timeout: Duration) -> RedisStore {
+        RedisStore {
             conn,
             prefix: prefix.to_string(),
             script: Script::new(include_str!("delivery.lua")),
@@ -131,25 +90,38 @@ impl Store {
 
     /// Queues events (id, conversation, body) for a destination, each at the tail of its
     /// conversation's queue. `force`: a redelivery (queued even if delivered recently).
+    /// `fence`: the fan-out's lease epoch, refused ([`BackendError::Fenced`], nothing
+    /// queued by that call) when a newer holder already queued for this destination.
     pub async fn enqueue(
         &self,
         d: &DestKey,
         now_ms: u64,
         max_queued: u64,
         force: bool,
+        fence: Option<Fence>,
         events: &[(&str, &str, &str)],
     ) -> Result<Vec<Queued>, BackendError> {
         let mut out = Vec::with_capacity(events.len());
         // Bounded script calls: each runs alone in Redis.
         for chunk in events.chunks(200) {
-            let reply: Vec<i64> = self
+            let reply: Result<Vec<i64>, BackendError> = self
                 .call(d, "enqueue", now_ms, |inv| {
                     inv.arg(max_queued).arg(if force { "1" } else { "0" });
+                    match fence {
+                        Some(f) => inv.arg(f.partition).arg(f.epoch),
+                        None => inv.arg("").arg(0),
+                    };
                     for (id, conv, body) in chunk {
                         inv.arg(*id).arg(*conv).arg(*body);
                     }
                 })
-                .await?;
+                .await;
+            let reply = match reply {
+                Err(BackendError::Unavailable(e)) if e.contains("FENCED") => {
+                    return Err(BackendError::Fenced)
+                }
+                r => r?,
+            };
             out.extend(reply.into_iter().map(|r| match r {
                 1 => Queued::Queued,
                 0 => Queued::Duplicate,
@@ -398,20 +370,23 @@ impl Store {
     }
 
     /// The fan-out lease of stream partition `partition`: take or renew it for `ttl`.
+    /// Returns its epoch while held (a new one each time a worker takes it), None when
+    /// another worker holds it.
     pub async fn lease(
         &self,
         partition: usize,
         owner: &str,
         ttl: Duration,
-    ) -> Result<bool, BackendError> {
-        let script = Script::new(LEASE_LUA);
+    ) -> Result<Option<u64>, BackendError> {
+        let script = Script::new(FANOUT_LEASE_LUA);
         let mut inv = script.prepare_invoke();
         inv.key(format!("{{{}:dlv}}:fanout-lease:{partition}", self.prefix))
+            .key(format!("{{{}:dlv}}:fanout-epoch:{partition}", self.prefix))
             .arg(owner)
             .arg(ttl.as_millis().max(1) as u64);
         let mut conn = self.conn.clone();
-        let held: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
-        Ok(held == 1)
+        let epoch: i64 = self.timed(inv.invoke_async(&mut conn)).await?;
+        Ok((epoch > 0).then_some(epoch as u64))
     }
 
     /// Gives the fan-out lease up (at shutdown) when `owner` holds it.

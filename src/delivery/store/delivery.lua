@@ -12,24 +12,39 @@
 -- base..'recent'     zset    event id -> when it was delivered or given up (ms), the newest
 --                            RECENT_KEPT: a fan-out that runs twice does not queue it again
 -- base..'health'     hash    failing_since (ms), disabled (reason), disabled_at (ms)
+-- base..'fence'      hash    stream partition -> the newest fan-out lease epoch that queued
 --
 -- KEYS[1] base..'ready' (routes the call)   ARGV[1] op   ARGV[2] base   ARGV[3] now (ms)
 
 local op = ARGV[1]
 local base = ARGV[2]
 local now = tonumber(ARGV[3])
-local RECENT_KEPT = 10000
+local RECENT_KEPT = 10000 -- store::RECENT_KEPT
 
 local function qkey(conv) return base .. 'q:' .. conv end
 
 -- enqueue: ARGV[4] max queued   ARGV[5] force ('1': redelivery, ignores `recent`)
--- ARGV[6..] (event id, conversation, body) triples. Per event: 1 queued, 0 already queued
--- or recently delivered, -1 the queue is full, -2 the destination is disabled.
+-- ARGV[6] stream partition of the fan-out ('' = unfenced: a redelivery)   ARGV[7] its lease
+-- epoch   ARGV[8..] (event id, conversation, body) triples. Per event: 1 queued, 0 already
+-- queued or recently delivered, -1 the queue is full, -2 the destination is disabled.
+-- A FENCED error, nothing queued, when a fan-out holding a newer epoch of that partition's
+-- lease already queued here (this caller stalled past its lease: it must not queue after
+-- its successor).
 if op == 'enqueue' then
   local out = {}
+  if ARGV[6] ~= '' then
+    local epoch = tonumber(ARGV[7])
+    local seen = tonumber(redis.call('HGET', base .. 'fence', ARGV[6]) or '0')
+    if seen > epoch then
+      return redis.error_reply('FENCED a newer fan-out lease holder queued here')
+    end
+    if seen < epoch then
+      redis.call('HSET', base .. 'fence', ARGV[6], epoch)
+    end
+  end
   local disabled = redis.call('HEXISTS', base .. 'health', 'disabled') == 1
   local max = tonumber(ARGV[4])
-  for i = 6, #ARGV, 3 do
+  for i = 8, #ARGV, 3 do
     local id, conv, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     if disabled then
       out[#out + 1] = -2
@@ -194,7 +209,7 @@ if op == 'purge' then
   local n = redis.call('ZCARD', base .. 'age')
   redis.call('DEL', base .. 'body', base .. 'age', base .. 'ready', base .. 'inflight',
     base .. 'owner', base .. 'head', base .. 'recent', base .. 'health', base .. 'attempts',
-    base .. 'attempt-seq')
+    base .. 'attempt-seq', base .. 'fence')
   return n
 end
 
