@@ -379,7 +379,6 @@ fn row(name: &str, o: &Outcome) {
     );
 }
 
-
 /// What the sampler reads at one instant.
 #[derive(Clone, Copy, Default)]
 struct Sample {
