@@ -320,12 +320,7 @@ fn page(req: &HttpRequest) -> Result<(usize, Option<String>), ApiError> {
 }
 
 fn ms_text(ms: u64) -> Option<String> {
-    (ms > 0).then(|| {
-        crate::event::rfc3339(
-            time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-        )
-    })
+    (ms > 0).then(|| crate::event::ms_rfc3339(ms))
 }
 
 /// The parties of a listed conversation: the contact (id, name, phone...) only for keys

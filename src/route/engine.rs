@@ -31,7 +31,7 @@ use super::store::{
 use super::strategy::{Candidate, RankContext, Strategies};
 use crate::accept::{Backend, BackendError, Item, StreamEntry};
 use crate::config::routing::{Agent, Presence, RoutingConfig, Ruleset, Target};
-use crate::event::{rfc3339, Channel, SCHEMA_V1};
+use crate::event::{ms_rfc3339, Channel, SCHEMA_V1};
 use crate::internal_events::{RoutingDecided, RoutingDrained, RulesetApplied};
 
 /// Queue heads looked at per queue in one drain round.
@@ -1567,8 +1567,7 @@ pub struct LoadSummary {
 pub fn assignment_event(tenant: &str, e: &super::store::OutboxEntry) -> String {
     let meta: Value = serde_json::from_str(&e.meta).unwrap_or(Value::Null);
     let assignment: Value = serde_json::from_str(&e.assignment).unwrap_or(Value::Null);
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(e.at_ms as i128 * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let at = ms_rfc3339(e.at_ms);
     let mut ev = serde_json::Map::new();
     ev.insert("schema".into(), SCHEMA_V1.into());
     ev.insert("event_id".into(), e.event_id.clone().into());
@@ -1597,8 +1596,8 @@ pub fn assignment_event(tenant: &str, e: &super::store::OutboxEntry) -> String {
             ev.insert(k.into(), p.clone());
         }
     }
-    ev.insert("occurred_at".into(), rfc3339(at).into());
-    ev.insert("received_at".into(), rfc3339(at).into());
+    ev.insert("occurred_at".into(), at.clone().into());
+    ev.insert("received_at".into(), at.into());
     ev.insert("assignment".into(), assignment);
     Value::Object(ev).to_string()
 }

@@ -621,16 +621,8 @@ async fn replay(
 
     let mut report = Report {
         messages,
-        from: crate::event::rfc3339(
-            OffsetDateTime::from_unix_timestamp_nanos(first as i128 * 1_000_000)
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        ),
-        to: crate::event::rfc3339(
-            OffsetDateTime::from_unix_timestamp_nanos(
-                clock.load(Ordering::SeqCst) as i128 * 1_000_000,
-            )
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-        ),
+        from: crate::event::ms_rfc3339(first),
+        to: crate::event::ms_rfc3339(clock.load(Ordering::SeqCst)),
         tenants: BTreeMap::new(),
     };
     for (tenant, mut t) in tallies {

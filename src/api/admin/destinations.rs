@@ -203,12 +203,7 @@ async fn with_health(d: &Delivery, mut v: Value, key: &DestKey) -> Value {
     v
 }
 
-fn ms_text(ms: u64) -> String {
-    crate::event::rfc3339(
-        time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-    )
-}
+use crate::event::ms_rfc3339 as ms_text;
 
 pub(super) async fn list(
     state: State,
