@@ -125,6 +125,14 @@ fn of<'a>(ev: &'a [Value], contact: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// How many of `contact`'s decisions are `action`.
+fn count(ev: &[Value], contact: &str, action: &str) -> usize {
+    of(ev, contact)
+        .iter()
+        .filter(|a| a["action"] == action)
+        .count()
+}
+
 fn assigned<'a>(ev: &'a [Value], contact: &str) -> Option<&'a Value> {
     of(ev, contact)
         .into_iter()
@@ -214,29 +222,14 @@ async fn a_requeued_conversation_keeps_its_place_in_the_queue() {
             .status(),
         200
     );
-    until(&a, |ev| {
-        of(ev, "15550002002")
-            .iter()
-            .any(|a| a["action"] == "queued")
-    })
-    .await;
+    until(&a, |ev| count(ev, "15550002002", "queued") > 0).await;
     // ben goes offline (grace 0): the first is requeued ahead of the second, which has
     // waited less.
     presence(&b, "ben", "offline").await;
-    until(&a, |ev| {
-        of(ev, "15550002001")
-            .iter()
-            .any(|a| a["action"] == "requeued")
-    })
-    .await;
+    until(&a, |ev| count(ev, "15550002001", "requeued") > 0).await;
     presence(&a, "ana", "online").await;
     let ev = until(&b, |ev| {
-        of(ev, "15550002001")
-            .iter()
-            .filter(|a| a["action"] == "assigned")
-            .count()
-            == 2
-            || assigned(ev, "15550002002").is_some()
+        count(ev, "15550002001", "assigned") == 2 || assigned(ev, "15550002002").is_some()
     })
     .await;
     assert!(assigned(&ev, "15550002002").is_none(), "{ev:#?}");
@@ -257,12 +250,7 @@ async fn overflowed_conversations_wait_in_the_rules_fallback_queue_with_its_requ
             .status(),
         200
     );
-    let ev = until(&a, |ev| {
-        of(ev, "15550009001")
-            .iter()
-            .any(|a| a["action"] == "overflowed")
-    })
-    .await;
+    let ev = until(&a, |ev| count(ev, "15550009001", "overflowed") > 0).await;
     let over = of(&ev, "15550009001")
         .into_iter()
         .find(|a| a["action"] == "overflowed")
@@ -331,14 +319,7 @@ async fn a_sticky_assignment_reports_the_agents_own_team() {
             .status(),
         200
     );
-    let ev = until(&a, |ev| {
-        of(ev, "15550003001")
-            .iter()
-            .filter(|a| a["action"] == "assigned")
-            .count()
-            == 2
-    })
-    .await;
+    let ev = until(&a, |ev| count(ev, "15550003001", "assigned") == 2).await;
     let back = of(&ev, "15550003001")
         .into_iter()
         .rfind(|a| a["action"] == "assigned")
@@ -843,14 +824,7 @@ async fn agents_take_offers_over_their_stream_and_answer_on_either_replica() {
             .status(),
         200
     );
-    let ev = until(&a, |ev| {
-        of(ev, "15550006002")
-            .iter()
-            .filter(|x| x["action"] == "expired")
-            .count()
-            >= 2
-    })
-    .await;
+    let ev = until(&a, |ev| count(ev, "15550006002", "expired") >= 2).await;
     let actions: Vec<&str> = of(&ev, "15550006002")
         .iter()
         .map(|x| x["action"].as_str().unwrap())
@@ -959,12 +933,7 @@ async fn the_example_agent_app_takes_offers_from_its_stream() {
             .status(),
         200
     );
-    let ev = until(&app, |ev| {
-        of(ev, "15550007001")
-            .iter()
-            .any(|a| a["action"] == "accepted")
-    })
-    .await;
+    let ev = until(&app, |ev| count(ev, "15550007001", "accepted") > 0).await;
     // The app's own log: the offer, then the conversation as its own once the accepted
     // event reaches it over the stream.
     let stdout = child.stdout.take().unwrap();

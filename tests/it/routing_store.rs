@@ -97,6 +97,34 @@ fn item(event: &str, conv: &str, candidates: &[&str]) -> RouteItem {
     }
 }
 
+/// A queued conversation of team:support to assign to one of `candidates`.
+fn deq(conv: &str, candidates: &[&str]) -> DequeueItem {
+    DequeueItem {
+        conv: conv.into(),
+        queue: "team:support".into(),
+        team: Some("support".into()),
+        strategy: "least_loaded".into(),
+        reason: "capacity freed".into(),
+        candidates: candidates.iter().map(|c| c.to_string()).collect(),
+        considered: candidates.len() as u32,
+        offer: None,
+    }
+}
+
+/// The heads of every queue, in service order.
+async fn heads(s: &RoutingStore) -> Vec<switchboard::route::store::QueuedConv> {
+    s.snapshot(
+        "acme",
+        &SnapshotRequest {
+            queue_heads: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .queued
+}
+
 fn v(d: &Decided) -> Value {
     serde_json::from_str(&d.assignment).unwrap()
 }
@@ -218,20 +246,11 @@ conform!(
             assert_eq!(d[0].action, "queued");
             out.push(v(&d[0]));
         }
-        let snap = s
-            .snapshot(
-                "acme",
-                &SnapshotRequest {
-                    queue_heads: 10,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let order: Vec<&str> = snap.queued.iter().map(|q| q.conv.as_str()).collect();
+        let queued = heads(&s).await;
+        let order: Vec<&str> = queued.iter().map(|q| q.conv.as_str()).collect();
         assert_eq!(order, ["c3", "c2", "c4"], "priority first, then oldest");
-        assert_eq!(snap.queued[0].priority, 50);
-        assert_eq!(snap.queued[1].queued_ms, T0 + 1);
+        assert_eq!(queued[0].priority, 50);
+        assert_eq!(queued[1].queued_ms, T0 + 1);
 
         let closed = s
             .close("acme", &st, T0 + 10_000, "c1", "done")
@@ -246,18 +265,13 @@ conform!(
             .await
             .unwrap()
             .is_none());
-        let deq = |conv: &str| DequeueItem {
-            conv: conv.into(),
-            queue: "team:support".into(),
-            team: Some("support".into()),
-            strategy: "least_loaded".into(),
-            reason: "capacity freed".into(),
-            candidates: vec!["a".into()],
-            considered: 1,
-            offer: None,
-        };
         let r = s
-            .dequeue("acme", &st, T0 + 12_000, &[deq("c3"), deq("c2")])
+            .dequeue(
+                "acme",
+                &st,
+                T0 + 12_000,
+                &[deq("c3", &["a"]), deq("c2", &["a"])],
+            )
             .await
             .unwrap();
         let got = r[0].as_ref().expect("VIP assigned");
@@ -464,18 +478,9 @@ conform!(waiting_too_long_overflows_to_the_fallback_queue, |s| {
     assert_eq!(a["team"], "overflow");
     assert_eq!(a["strategy"], "round_robin");
     // It now waits for the fallback target, which the engine serves with its requirements.
-    let snap = s
-        .snapshot(
-            "acme",
-            &SnapshotRequest {
-                queue_heads: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(snap.queued[0].target.as_deref(), Some("rule:r1:fallback"));
-    assert_eq!(snap.queued[0].rule.as_deref(), Some("r1"));
+    let queued = heads(&s).await;
+    assert_eq!(queued[0].target.as_deref(), Some("rule:r1:fallback"));
+    assert_eq!(queued[0].rule.as_deref(), Some("r1"));
     vec![v(&d[0]), a]
 });
 
@@ -714,17 +719,12 @@ fn offering(event: &str, conv: &str, candidates: &[&str], max_missed: u32) -> Ro
 
 fn offer_deq(conv: &str, candidates: &[&str]) -> DequeueItem {
     DequeueItem {
-        conv: conv.into(),
-        queue: "team:support".into(),
-        team: Some("support".into()),
-        strategy: "least_loaded".into(),
         reason: "capacity freed; rule r1 → team support, least_loaded".into(),
-        candidates: candidates.iter().map(|c| c.to_string()).collect(),
-        considered: candidates.len() as u32,
         offer: Some(Offer {
             timeout_ms: 30_000,
             max_missed: 3,
         }),
+        ..deq(conv, candidates)
     }
 }
 
@@ -834,18 +834,9 @@ conform!(an_offer_holds_a_slot_until_it_is_answered_or_expires, |s| {
         "a did not answer within 30 s: back to team:support"
     );
     t.push(expired);
-    let snap = s
-        .snapshot(
-            "acme",
-            &SnapshotRequest {
-                queue_heads: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(snap.queued.len(), 1);
-    assert_eq!(snap.queued[0].declined, ["a"]);
+    let queued = heads(&s).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].declined, ["a"]);
     // Offered to the next candidate from the queue, with how long it waited.
     let r = s
         .dequeue("acme", &st, T0 + 31_000, &[offer_deq("c1", &["b", "a"])])
@@ -1126,21 +1117,7 @@ conform!(
             .unwrap();
         let before = av(&s).await;
         let (r, change) = s
-            .dequeue_tracked(
-                "acme",
-                &st,
-                T0 + 10,
-                &[DequeueItem {
-                    conv: "c4".into(),
-                    queue: "team:support".into(),
-                    team: Some("support".into()),
-                    strategy: "least_loaded".into(),
-                    reason: "capacity freed".into(),
-                    candidates: vec!["a".into()],
-                    considered: 1,
-                    offer: None,
-                }],
-            )
+            .dequeue_tracked("acme", &st, T0 + 10, &[deq("c4", &["a"])])
             .await
             .unwrap();
         t.push(v(r[0].as_ref().unwrap()));

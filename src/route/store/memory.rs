@@ -447,6 +447,14 @@ impl Tenant {
         c.expires_ms = Some(now + s.closed_ttl_ms);
     }
 
+    /// A decision that changes nothing (kept, waiting, an offer pending): remembered for
+    /// the event, not recorded (as `unchanged` in route.lua).
+    fn unchanged(&mut self, it: &RouteItem, o: &Outcome, now: u64) -> Decided {
+        let d = decided(o, false);
+        self.remember(&it.conv, &it.event_id, &d, now);
+        d
+    }
+
     fn route_one(
         &mut self,
         s: &Settings,
@@ -494,9 +502,7 @@ impl Tenant {
                         ms: due.saturating_sub(now),
                     },
                 };
-                let d = decided(&o, false);
-                self.remember(&it.conv, &it.event_id, &d, now);
-                return d;
+                return self.unchanged(it, &o, now);
             }
             Some(ConvState::Open) | Some(ConvState::Offered) => {
                 let owner = owner.unwrap_or_default();
@@ -521,9 +527,7 @@ impl Tenant {
                         },
                         why: Why::Kept,
                     };
-                    let d = decided(&o, false);
-                    self.remember(&it.conv, &it.event_id, &d, now);
-                    return d;
+                    return self.unchanged(it, &o, now);
                 }
                 self.release(&it.conv);
                 freed = true;
@@ -548,9 +552,7 @@ impl Tenant {
                         ms: now.saturating_sub(queued_ms),
                     },
                 };
-                let d = decided(&o, false);
-                self.remember(&it.conv, &it.event_id, &d, now);
-                return d;
+                return self.unchanged(it, &o, now);
             }
             Some(ConvState::Queued) => self.unqueue(&it.conv),
             _ => {}
