@@ -1,6 +1,6 @@
 //! Load harness: the whole gateway against a no-op actix endpoint, in the same run.
 //!
-//! `cargo bench --bench load` sends unique, correctly signed ~2 KB WhatsApp webhooks over
+//! `cargo bench --bench load` sends unique, correctly signed ~2 KB WhatsApp webhooks from 1,000 senders over
 //! N keep-alive connections for T seconds, first to a no-op actix server (its own process,
 //! same worker count, reads the body, answers 200), then to the real `switchboard` binary
 //! with the shipped `config.toml` on the Redis backend — routing on, as shipped; only the
@@ -98,11 +98,15 @@ impl Outcome {
     }
 }
 
-/// Builds a realistic WhatsApp Cloud API text webhook of about 2 KB with a unique wamid.
+/// Contacts the webhooks come from, in turn: each is its own conversation for routing.
+const SENDERS: u64 = 1_000;
+
+/// Builds a realistic WhatsApp Cloud API text webhook of about 2 KB with a unique wamid, from
+/// one of [`SENDERS`] contacts.
 struct BodyMaker {
     head: String,
+    middle: String,
     tail: String,
-    phone_number_id: String,
 }
 
 impl BodyMaker {
@@ -112,21 +116,27 @@ impl BodyMaker {
             "Hello, I would like to know more about the order I placed last week. ".repeat(22);
         BodyMaker {
             head: format!(
-                r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"{phone_number_id}"}},"contacts":[{{"profile":{{"name":"Sheena Nelson"}},"wa_id":"16505551234"}}],"messages":[{{"from":"16505551234","id":"wamid."#
+                r#"{{"object":"whatsapp_business_account","entry":[{{"id":"102290129340398","changes":[{{"value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550783881","phone_number_id":"{phone_number_id}"}},"contacts":[{{"profile":{{"name":"Sheena Nelson"}},"wa_id":""#
             ),
+            middle: r#""}],"messages":[{"from":""#.to_string(),
             tail: format!(
                 r#"","timestamp":"1749416383","type":"text","text":{{"body":"{text}"}}}}]}},"field":"messages"}}]}}]}}"#
             ),
-            phone_number_id: phone_number_id.to_string(),
         }
     }
 
+    /// Request `seq` of connection `conn`: the sender moves on with every request, so the
+    /// connections together cycle through all the senders.
     fn make(&self, conn: usize, seq: u64, run: &str) -> Bytes {
-        let mut s = String::with_capacity(self.head.len() + self.tail.len() + 48);
+        let sender = format!("1650555{:04}", (seq * 7919 + conn as u64) % SENDERS);
+        let mut s = String::with_capacity(self.head.len() + self.tail.len() + 96);
         s.push_str(&self.head);
+        s.push_str(&sender);
+        s.push_str(&self.middle);
+        s.push_str(&sender);
+        s.push_str(r#"","id":"wamid."#);
         s.push_str(&format!("LOAD{run}C{conn}S{seq}"));
         s.push_str(&self.tail);
-        let _ = &self.phone_number_id;
         Bytes::from(s)
     }
 }
