@@ -35,7 +35,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamRea
 use redis::{RedisError, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::{connect, with_hint, RedisConn};
+use super::conn::{client_for, connect, with_hint, RedisConn};
 use super::{
     AcceptReport, BackendError, Batch, GroupLag, Limits, StreamEntry, StreamName, StreamStats,
     DELIVERY_GROUP, PERSISTER_GROUP,
@@ -56,6 +56,9 @@ pub struct Keys {
     pub lease: String,
     /// Written before `WAIT` when an accept found only duplicates (see `accept_group`).
     ack_fence: String,
+    /// `<publish_fence>:<router>`: bumped when a router's publish check refuses, so that
+    /// the transaction behind it does nothing (see `publish_transaction`).
+    publish_fence: String,
     dedup_prefix: String,
     legacy_dedup_prefix: String,
 }
@@ -73,6 +76,7 @@ impl Keys {
             deadletter: format!("{tag}:deadletter"),
             lease: format!("{tag}:router-lease"),
             ack_fence: format!("{tag}:ack-fence"),
+            publish_fence: format!("{tag}:publish-fence"),
             dedup_prefix: format!("{tag}:dedup:v2:"),
             legacy_dedup_prefix: format!("{tag}:dedup:v1:"),
         }
@@ -114,6 +118,11 @@ pub struct RedisBackend {
     config: std::sync::Arc<RedisConfig>,
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
+    /// A single server (not a cluster, not followed through Sentinel): the client the
+    /// router's publish transactions connect with, and their connection (see
+    /// `publish_transaction`).
+    publish_client: Option<redis::Client>,
+    publish_conn: std::sync::Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
     /// Queue of the group-commit task; `None` when created outside a runtime (each accept
     /// is then its own script call) and in the task's own copy.
     combiner: Option<mpsc::Sender<Pending>>,
@@ -145,6 +154,24 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return 0
 ";
+
+/// The publish transaction's check and retention (see `publish_transaction`), sent whole
+/// with `EVAL` (they run once per batch): an `EVALSHA` refused with `NOSCRIPT` after a
+/// restart of Redis must not let the transaction run unchecked.
+static PUBLISH_CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{}\n{}",
+        include_str!("trim.lua"),
+        include_str!("publish_check.lua")
+    )
+});
+static PUBLISH_TRIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{}\n{}",
+        include_str!("trim.lua"),
+        include_str!("publish_trim.lua")
+    )
+});
 
 /// Delete the lease only when ours.
 pub const RELEASE_LUA: &str = r"
@@ -221,6 +248,12 @@ impl RedisBackend {
             command_timeout,
             last_claim: std::sync::Arc::new(AtomicU64::new(0)),
             config: std::sync::Arc::new(cfg.clone()),
+            publish_client: if cfg.sentinel_nodes.is_empty() && cfg.cluster_nodes.is_empty() {
+                Some(client_for(cfg, &cfg.url).map_err(invalid)?)
+            } else {
+                None
+            },
+            publish_conn: Default::default(),
             combiner: None,
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -617,6 +650,153 @@ impl RedisBackend {
         if moves.is_empty() {
             return Ok(0);
         }
+        match fence {
+            Some(owner) => match &self.publish_client {
+                Some(client) => self.publish_transaction(client, moves, owner).await,
+                None => self.publish_script(moves, fence).await,
+            },
+            _ => self.publish_script(moves, fence).await,
+        }
+    }
+
+    /// [`Self::publish`] by the lease holder, as a transaction of plain commands on the
+    /// router's own connection: `WATCH` of the lease and of the router's fence key and the
+    /// check of publish_check.lua; then, when the check passed, `MULTI`, `XACK`, one `XADD`
+    /// per entry, `XDEL`, the retention of publish_trim.lua and `EXEC`. The events' bytes
+    /// reach Redis as plain command arguments: a script would copy them and hash every byte
+    /// once more (Lua interns each string it is given), about a third of the publish step's
+    /// cost. The lease expiring or changing hands between the check and the `EXEC` makes the
+    /// `EXEC` do nothing. The connection is the router's alone and is never silently
+    /// replaced (a reconnect would drop the `WATCH`): after any error it is dropped, and the
+    /// next publish opens a new one and checks again.
+    async fn publish_transaction(
+        &self,
+        client: &redis::Client,
+        moves: &[StreamEntry],
+        owner: &str,
+    ) -> Result<usize, BackendError> {
+        let mut slot = self.publish_conn.lock().await;
+        let result = self.publish_on(client, &mut slot, moves, owner).await;
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        client: &redis::Client,
+        slot: &mut Option<redis::aio::MultiplexedConnection>,
+        moves: &[StreamEntry],
+        owner: &str,
+    ) -> Result<usize, BackendError> {
+        if slot.is_none() {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(self.config.connect_timeout_ms)))
+                .set_response_timeout(Some(self.command_timeout));
+            let conn = self
+                .timed(client.get_multiplexed_async_connection_with_config(&config))
+                .await?;
+            *slot = Some(conn);
+        }
+        let conn = slot
+            .as_mut()
+            .ok_or_else(|| BackendError::Unavailable("no publish connection".into()))?;
+        let keys = &self.keys;
+        let fence = format!("{}:{owner}", keys.publish_fence);
+        let mut check = redis::pipe();
+        check.cmd("WATCH").arg(&keys.lease).arg(&fence).ignore();
+        check
+            .cmd("EVAL")
+            .arg(PUBLISH_CHECK.as_str())
+            .arg(4)
+            .arg(&keys.lease)
+            .arg(&fence)
+            .arg(&keys.inbound)
+            .arg(&keys.events)
+            .arg(owner)
+            .arg(ROUTER_GROUP)
+            .arg(&moves[0].id)
+            .arg(PERSISTER_GROUP)
+            .arg(self.limits.persister_max_backlog);
+        let (answer,): (Vec<i64>,) = self.timed(check.query_async(conn)).await?;
+        match answer.as_slice() {
+            [0] => {}
+            other => {
+                let _: () = self.timed(redis::cmd("UNWATCH").query_async(conn)).await?;
+                return match other {
+                    [1] => Err(BackendError::Fenced),
+                    [2, n] => appended(-1 - n),
+                    // An earlier attempt, whose reply was lost, published the batch.
+                    [3] => Ok(0),
+                    _ => Err(BackendError::Unavailable(format!(
+                        "publish check: unexpected answer {other:?}"
+                    ))),
+                };
+            }
+        }
+        let mut tx = redis::pipe();
+        tx.cmd("MULTI").ignore();
+        tx.cmd("XACK").arg(&keys.inbound).arg(ROUTER_GROUP).ignore();
+        for m in moves {
+            tx.arg(&m.id);
+        }
+        for m in moves {
+            tx.cmd("XADD")
+                .arg(&keys.events)
+                .arg("*")
+                .arg("event_id")
+                .arg(&m.key)
+                .arg("event")
+                .arg(&m.payload)
+                .ignore();
+        }
+        tx.cmd("XDEL").arg(&keys.inbound).ignore();
+        for m in moves {
+            tx.arg(&m.id);
+        }
+        let (dgroup, dmax) = match self.limits.delivery_max_lag {
+            Some(max) => (DELIVERY_GROUP, max),
+            None => ("", 0),
+        };
+        tx.cmd("EVAL")
+            .arg(PUBLISH_TRIM.as_str())
+            .arg(1)
+            .arg(&keys.events)
+            .arg(self.limits.events_max_len)
+            .arg(self.events_min_id())
+            .arg(PERSISTER_GROUP)
+            .arg(dgroup)
+            .arg(dmax)
+            .ignore();
+        tx.cmd("EXEC");
+        // EXEC's reply: nil when a watched key changed (nothing done), else one reply per
+        // command, where an error (a missing group, say) fails the call: the batch is then
+        // retried, and the check finds whether it was published.
+        let (done,): (Option<Vec<Value>>,) = self.timed(tx.query_async(conn)).await?;
+        match done {
+            Some(replies) => {
+                if let Some(Value::ServerError(e)) =
+                    replies.iter().find(|r| matches!(r, Value::ServerError(_)))
+                {
+                    return Err(BackendError::Unavailable(format!(
+                        "publish transaction: {e:?}"
+                    )));
+                }
+                Ok(moves.len())
+            }
+            None => Err(BackendError::Unavailable(
+                "publish transaction not run: the lease changed during it".into(),
+            )),
+        }
+    }
+
+    /// [`Self::publish`] as one script (unfenced, and on a Redis Cluster).
+    async fn publish_script(
+        &self,
+        moves: &[StreamEntry],
+        fence: Option<&str>,
+    ) -> Result<usize, BackendError> {
         let min_id = self.events_min_id();
         let mut inv = self.publish_script.prepare_invoke();
         inv.key(&self.keys.inbound)

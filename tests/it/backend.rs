@@ -337,6 +337,9 @@ async fn the_router_lease_is_exclusive_fences_publishes_and_hands_over_pending_e
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].key, "evt_3");
         assert_eq!(b.publish_fenced("r2", &rest).await.unwrap(), 1);
+        // The same batch again (a retry after a reply that was lost) moves nothing more.
+        assert_eq!(b.publish_fenced("r2", &rest).await.unwrap(), 0, "{name}");
+        assert_eq!(b.publish_fenced("r2", &pending).await.unwrap(), 0, "{name}");
         let events = b.read(StreamName::Events, 10, None).await.unwrap();
         let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["evt_1", "evt_2", "evt_3"], "{name}");
