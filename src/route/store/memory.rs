@@ -447,14 +447,8 @@ impl Tenant {
         c.expires_ms = Some(now + s.closed_ttl_ms);
     }
 
-    /// A decision that changes nothing (kept, waiting, an offer pending): remembered for
-    /// the event, not recorded (as `unchanged` in route.lua).
-    fn unchanged(&mut self, it: &RouteItem, o: &Outcome, now: u64) -> Decided {
-        let d = decided(o, false);
-        self.remember(&it.conv, &it.event_id, &d, now);
-        d
-    }
-
+    /// Decisions that change nothing (kept, waiting, an offer pending) are neither recorded
+    /// nor remembered, as `unchanged` in route.lua.
     fn route_one(
         &mut self,
         s: &Settings,
@@ -502,7 +496,7 @@ impl Tenant {
                         ms: due.saturating_sub(now),
                     },
                 };
-                return self.unchanged(it, &o, now);
+                return decided(&o, false);
             }
             Some(ConvState::Open) | Some(ConvState::Offered) => {
                 let owner = owner.unwrap_or_default();
@@ -527,7 +521,7 @@ impl Tenant {
                         },
                         why: Why::Kept,
                     };
-                    return self.unchanged(it, &o, now);
+                    return decided(&o, false);
                 }
                 self.release(&it.conv);
                 freed = true;
@@ -552,7 +546,7 @@ impl Tenant {
                         ms: now.saturating_sub(queued_ms),
                     },
                 };
-                return self.unchanged(it, &o, now);
+                return decided(&o, false);
             }
             Some(ConvState::Queued) => self.unqueue(&it.conv),
             _ => {}

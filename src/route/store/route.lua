@@ -13,11 +13,15 @@
 --   a:<agent>   hash   p presence, ps since, cap, cc:<ch> channel cap, l load, l:<ch>, last,
 --                      tms teams (comma-separated), mo offers missed in a row
 --   roster      set    agents of the current rule set
---   c:<conv>    string the conversation, four sections separated by \30: its state (JSON of
---                      the STATE fields), its parties (JSON, for the assignment events it
---                      produces), its recent decisions (event id, space, freed flag,
---                      assignment JSON) and its history (JSON entries, newest last), the
---                      entries of a section separated by \31 (JSON never holds either)
+--   c:<conv>    string the conversation: '#' and the time of the contact's last message (13
+--                      digits, ms; zeros when none: a fixed width, so that a message that
+--                      changes nothing else rewrites just these bytes with SETRANGE), then
+--                      four sections separated by \30: its state (JSON of the other STATE
+--                      fields), its parties (JSON, for the assignment events it produces),
+--                      its recent decisions that changed something (event id, space, freed
+--                      flag, assignment JSON) and its history (JSON entries, newest last),
+--                      the entries of a section separated by \31 (JSON never holds either).
+--                      Written by earlier versions without the '#' header: read as well.
 --   o:<agent>   set    the agent's open conversations
 --   q:<queue>   zset   queued conversations, score (100 - priority) * 1e13 + queued ms
 --   queues      set    names of non-empty queues       nq  string: conversations queued
@@ -188,8 +192,8 @@ local function pack_state(c)
   return table.concat(t, '|')
 end
 
-local function sections(raw)
-  local out, from = {}, 1
+local function sections(raw, from)
+  local out = {}
   for _ = 1, 3 do
     local p = string.find(raw, RS, from, true)
     if not p then
@@ -203,30 +207,56 @@ local function sections(raw)
 end
 
 -- A loaded conversation is its state table (STATE fields only, all strings, so that
--- encoding it back is cheap) plus, in BOOK, its other sections and the state it had.
+-- encoding it back is cheap) plus, in BOOK, its other sections, the state it had, whether
+-- it was stored with the last message header (hdr) and whether anything but the last
+-- message time changed since it was loaded (dirty: then save() writes it whole).
 local BOOK = {}
+local LM_WIDTH = 13
+local NO_LM = string.rep('0', LM_WIDTH)
 
 local function load(conv)
   local raw = redis.call('GET', ckey(conv))
   local c, b
   if raw then
-    local sec = sections(raw)
+    local from, lm = 1, nil
+    if string.byte(raw, 1) == 35 then
+      lm = string.sub(raw, 2, 1 + LM_WIDTH)
+      from = 2 + LM_WIDTH
+    end
+    local sec = sections(raw, from)
     c = cjson.decode(sec[1])
-    b = {meta = sec[2] or '', dec = sec[3] or '', hist = sec[4] or ''}
+    if lm ~= nil then
+      c.lm = nil
+      if lm ~= NO_LM then
+        c.lm = tostring(tonumber(lm))
+      end
+    end
+    b = {meta = sec[2] or '', dec = sec[3] or '', hist = sec[4] or '', hdr = lm ~= nil}
   else
     c = {}
-    b = {meta = '', dec = '', hist = ''}
+    b = {meta = '', dec = '', hist = '', dirty = true}
   end
   b.st0 = c.st
   BOOK[c] = b
   return c
 end
 
+local function lm_header(c)
+  if c.lm == nil then
+    return NO_LM
+  end
+  return string.format('%013d', int(c.lm))
+end
+
 -- Writes the conversation; a closed (or never routed) one is forgotten after closed_ttl,
 -- one that becomes active again is kept.
 local function save(conv, c)
   local b = BOOK[c]
-  local value = cjson.encode(c) .. RS .. b.meta .. RS .. b.dec .. RS .. b.hist
+  local lm = c.lm
+  c.lm = nil
+  local value = '#' .. lm_header({lm = lm}) .. cjson.encode(c) .. RS .. b.meta .. RS .. b.dec
+    .. RS .. b.hist
+  c.lm = lm
   if c.st == nil or (c.st == 'closed' and b.st0 ~= 'closed') then
     redis.call('SET', ckey(conv), value, 'PX', closed_ttl)
   elseif c.st == 'closed' then
@@ -279,6 +309,7 @@ local function touch(c, conv, throttle)
   ctx.idle_add[conv] = true
   ctx.idle_rem[conv] = nil
   c.tch = now_text
+  BOOK[c].dirty = true
 end
 
 local function untouch(c, conv)
@@ -590,12 +621,18 @@ end
 
 -- Operations --------------------------------------------------------------------------
 
--- A decision that changes nothing (kept, waiting, an offer pending): remembered for the
--- event, not recorded.
+-- A decision that changes nothing (kept, waiting, an offer pending): neither recorded nor
+-- remembered (deciding it again gives the conversation's state at that time, and leaves
+-- room in the decisions kept for those that changed something). When nothing but the last
+-- message time changed, only its bytes are rewritten.
 local function unchanged(res, c, conv, eid, a)
   local json = compact(a)
-  remember(c, eid, false, json)
-  save(conv, c)
+  local b = BOOK[c]
+  if b.dirty or not b.hdr then
+    save(conv, c)
+  elseif b.lm_changed then
+    redis.call('SETRANGE', ckey(conv), 1, lm_header(c))
+  end
   out(res, a, json, false)
 end
 
@@ -613,10 +650,14 @@ local function route_one(it, res, excluded)
   if c.ch == nil then
     BOOK[c].meta = it.meta
   end
+  if c.ch ~= it.channel then
+    BOOK[c].dirty = true
+  end
   c.ch = it.channel
   local message = it.mode == 'message'
   if message then
     c.lm = now_text
+    BOOK[c].lm_changed = true
   end
   touch(c, conv, message)
   local freed, previous = false, nil
