@@ -12,8 +12,11 @@
 //!
 //! Two floors are measured in the same run, so that CPU figures compare across machines: the
 //! no-op server's CPU per request, and redis-server's CPU for a plain `SET NX` + `XADD` of the
-//! same body per request (pipelined, 64 at a time: what a minimal dedup-and-enqueue service
-//! costs Redis).
+//! same body per request (pipelined, 64 at a time over one connection: what a minimal
+//! dedup-and-enqueue service costs Redis at best). For context it also measures the same
+//! requests sent one at a time on each of 64 connections, as a service that sends each
+//! webhook's commands on a pooled connection would (Redis then pays its per-call overhead
+//! on every request).
 //!
 //! Knobs (environment): CONNECTIONS (64), DURATION_SECS (10), WARMUP_SECS (2),
 //! REDIS_URL (redis://127.0.0.1:6379), WORKERS (2), ROUTING (1: the shipped demo tenant's
@@ -433,8 +436,20 @@ impl Probe {
     }
 }
 
+/// How the floor's requests reach Redis.
+#[derive(Clone, Copy)]
+enum FloorMode {
+    /// All on one multiplexed connection: concurrent requests share its writes and reads
+    /// (the strict floor the goal is judged against).
+    Shared,
+    /// Each of the connections on its own, one request at a time: what a service that
+    /// sends each webhook's two commands on a pooled connection costs Redis (context).
+    PerConnection,
+}
+
 /// redis-server's CPU per request for the floor: `SET <id> 1 NX EX <ttl>` + `XADD` of the
 /// body (MAXLEN ~), pipelined, `concurrency` requests in flight, `n` requests in all.
+#[allow(clippy::too_many_arguments)]
 fn redis_floor_us(
     rt: &tokio::runtime::Runtime,
     p: &Params,
@@ -443,19 +458,28 @@ fn redis_floor_us(
     n: u64,
     redis_pid: u32,
     ticks: u64,
+    mode: FloorMode,
 ) -> f64 {
     let client = redis::Client::open(p.redis_url.as_str()).expect("redis url");
-    let conn = rt
-        .block_on(client.get_multiplexed_async_connection())
-        .expect("Redis for the floor");
+    let connect = || {
+        rt.block_on(client.get_multiplexed_async_connection())
+            .expect("Redis for the floor")
+    };
+    let shared = connect();
+    let conns: Vec<_> = (0..p.connections)
+        .map(|_| match mode {
+            FloorMode::Shared => shared.clone(),
+            FloorMode::PerConnection => connect(),
+        })
+        .collect();
     let before = cpu_us(redis_pid, ticks);
     let next = Arc::new(AtomicU64::new(0));
     let stream = format!("{{{prefix}}}:floor");
     rt.block_on(async {
         let mut tasks = Vec::new();
-        for _ in 0..p.connections {
+        for conn in conns {
             let (mut conn, next, body, stream) =
-                (conn.clone(), next.clone(), body.clone(), stream.clone());
+                (conn, next.clone(), body.clone(), stream.clone());
             let prefix = prefix.to_string();
             tasks.push(tokio::spawn(async move {
                 loop {
@@ -629,19 +653,24 @@ fn main() {
     // 3. The Redis floor: a plain SET NX + XADD of the same body, as many as the gateway
     //    accepted in its window (at least 1,000).
     let floor_n = gateway.ok.clamp(1_000, 200_000);
-    let redis_floor = redis_pid.map(|pid| {
-        let us = redis_floor_us(
-            &rt,
-            &p,
-            maker.make(0, 0, &run),
-            &format!("{prefix}f"),
-            floor_n,
-            pid,
-            ticks,
-        );
-        cleanup(&mut redis_conn, &format!("{prefix}f"));
-        us
-    });
+    let mut floor = |mode| {
+        redis_pid.map(|pid| {
+            let us = redis_floor_us(
+                &rt,
+                &p,
+                maker.make(0, 0, &run),
+                &format!("{prefix}f"),
+                floor_n,
+                pid,
+                ticks,
+                mode,
+            );
+            cleanup(&mut redis_conn, &format!("{prefix}f"));
+            us
+        })
+    };
+    let redis_floor = floor(FloorMode::Shared);
+    let redis_floor_per_conn = floor(FloorMode::PerConnection);
 
     let secs = p.duration.as_secs_f64();
     let accepted = gateway.rps();
@@ -685,8 +714,10 @@ fn main() {
         "CPU µs per webhook in the window: gateway {gw_cpu:.1}, redis-server {redis_cpu:.1}; whole run with the router's catch-up: gateway {gw_cpu_all:.1}, redis-server {redis_cpu_all:.1}"
     );
     println!(
-        "floors in this run: no-op server {noop_cpu:.1} µs/request; redis-server SET NX + XADD {} µs/request",
-        redis_floor.map_or("n/a (redis-server not on this machine)".into(), |f| format!("{f:.1}"))
+        "floors in this run: no-op server {noop_cpu:.1} µs/request; redis-server SET NX + XADD {} µs/request (one shared connection: the goal's floor; {} with each of the {} connections sending one request at a time)",
+        redis_floor.map_or("n/a (redis-server not on this machine)".into(), |f| format!("{f:.1}")),
+        redis_floor_per_conn.map_or("n/a".into(), |f| format!("{f:.1}")),
+        p.connections,
     );
     println!(
         "gateway RSS: peak {:.1} MiB, at end {:.1} MiB",
