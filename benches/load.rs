@@ -478,8 +478,7 @@ fn redis_floor_us(
     rt.block_on(async {
         let mut tasks = Vec::new();
         for conn in conns {
-            let (mut conn, next, body, stream) =
-                (conn, next.clone(), body.clone(), stream.clone());
+            let (mut conn, next, body, stream) = (conn, next.clone(), body.clone(), stream.clone());
             let prefix = prefix.to_string();
             tasks.push(tokio::spawn(async move {
                 loop {

@@ -204,7 +204,7 @@ pub fn hint(error: &str) -> Option<&'static str> {
         ]) {
             "Redis refused the credentials: put user:password in redis.url (rediss://user:password@host:port)"
         } else if has(&["noperm"]) {
-            "the Redis ACL user lacks a permission the gateway needs (it runs scripts, streams and keys under redis.key_prefix)"
+            "the Redis ACL user lacks a permission the gateway needs (it runs scripts, transactions, streams and keys under redis.key_prefix)"
         } else if has(&[
             "connection reset",
             "broken pipe",
