@@ -156,8 +156,8 @@ return 0
 ";
 
 /// The publish transaction's check and retention (see `publish_transaction`), sent whole
-/// with `EVAL` (they run once per batch): an `EVALSHA` refused with `NOSCRIPT` after a
-/// restart of Redis must not let the transaction run unchecked.
+/// with `EVAL` (they run once per batch): inside the transaction, an `EVALSHA` refused with
+/// `NOSCRIPT` (after a restart of Redis) would fail only after the appends.
 static PUBLISH_CHECK: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{}\n{}",

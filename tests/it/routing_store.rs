@@ -1127,6 +1127,11 @@ conform!(
     }
 );
 
+/// Routes `items` for tenant acme at `at` with the default settings.
+async fn route_at(s: &RoutingStore, at: u64, items: &[RouteItem]) -> Vec<Decided> {
+    s.route("acme", &settings(), at, &[], items).await.unwrap()
+}
+
 // A message that changes nothing (kept, waiting) moves only the conversation's last message
 // time, and is not remembered: the same event routed again is decided again, from the
 // state at that time, while a decision that changed something still comes back as made.
@@ -1134,55 +1139,43 @@ conform!(unchanged_decisions_move_only_the_last_message_time, |s| {
     setup(&s, &[spec("a", 1, &[])]).await;
     let st = settings();
     let mut out = Vec::new();
-    let first = s
-        .route(
-            "acme",
-            &st,
-            T0,
-            &[],
-            &[item("e1", "c1", &["a"]), item("e2", "c2", &["a"])],
-        )
-        .await
-        .unwrap();
+    let first = route_at(
+        &s,
+        T0,
+        &[item("e1", "c1", &["a"]), item("e2", "c2", &["a"])],
+    )
+    .await;
     assert_eq!(
         (first[0].action.as_str(), first[1].action.as_str()),
         ("assigned", "queued")
     );
-    let later = s
-        .route(
-            "acme",
-            &st,
-            T0 + 5_000,
-            &[],
-            &[item("e3", "c1", &["a"]), item("e4", "c2", &["a"])],
-        )
-        .await
-        .unwrap();
+    let later = route_at(
+        &s,
+        T0 + 5_000,
+        &[item("e3", "c1", &["a"]), item("e4", "c2", &["a"])],
+    )
+    .await;
     assert_eq!(
         (later[0].action.as_str(), later[1].action.as_str()),
         ("kept", "waiting")
     );
     assert_eq!(live(&s, "c1").await.last_message_ms, T0 + 5_000);
     assert_eq!(live(&s, "c2").await.last_message_ms, T0 + 5_000);
-    // c1 closes and c2 gets agent a; then the batch of e1..e4 is routed again.
+    // c1 closes, which frees its agent; then the batch of e1..e4 is routed again.
     s.close("acme", &st, T0 + 6_000, "c1", "resolved")
         .await
         .unwrap();
-    let again = s
-        .route(
-            "acme",
-            &st,
-            T0 + 7_000,
-            &[],
-            &[
-                item("e1", "c1", &["a"]),
-                item("e2", "c2", &["a"]),
-                item("e3", "c1", &["a"]),
-                item("e4", "c2", &["a"]),
-            ],
-        )
-        .await
-        .unwrap();
+    let again = route_at(
+        &s,
+        T0 + 7_000,
+        &[
+            item("e1", "c1", &["a"]),
+            item("e2", "c2", &["a"]),
+            item("e3", "c1", &["a"]),
+            item("e4", "c2", &["a"]),
+        ],
+    )
+    .await;
     let actions: Vec<&str> = again.iter().map(|d| d.action.as_str()).collect();
     // e1 and e2 as they were made; e3 and e4 decided again: c1, closed since, is routed
     // afresh and queues behind c2, which still waits for the same agent.
@@ -1193,6 +1186,11 @@ conform!(unchanged_decisions_move_only_the_last_message_time, |s| {
     out.push(Value::from(live(&s, "c1").await.last_message_ms));
     out
 });
+
+/// A key's bytes as Redis holds them.
+async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<u8> {
+    redis::cmd("GET").arg(key).query_async(conn).await.unwrap()
+}
 
 /// Conversations stored by earlier versions (no last message header: the time in the state
 /// JSON) are read as before, and written in the current form at their next change.
@@ -1209,18 +1207,10 @@ async fn redis_reads_conversations_stored_without_the_last_message_header() {
         Duration::from_secs(5),
     )));
     setup(&s, &[spec("a", 1, &[])]).await;
-    let st = settings();
-    let d = s
-        .route("acme", &st, T0, &[], &[item("e1", "c1", &["a"])])
-        .await
-        .unwrap();
+    let d = route_at(&s, T0, &[item("e1", "c1", &["a"])]).await;
     assert_eq!(d[0].action, "assigned");
     let key = format!("{{{prefix}:rt:acme}}:c:c1");
-    let raw: Vec<u8> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let raw = get(&mut conn, &key).await;
     assert_eq!(raw[0], b'#');
     assert_eq!(&raw[1..14], format!("{T0:013}").as_bytes());
     // As an earlier version wrote it.
@@ -1239,30 +1229,17 @@ async fn redis_reads_conversations_stored_without_the_last_message_header() {
         (T0 - 1_000, Some("a"))
     );
     // A message that changes nothing else writes it in the current form.
-    let d = s
-        .route("acme", &st, T0 + 2_000, &[], &[item("e2", "c1", &["a"])])
-        .await
-        .unwrap();
+    let d = route_at(&s, T0 + 2_000, &[item("e2", "c1", &["a"])]).await;
     assert_eq!(
         (d[0].action.as_str(), v(&d[0])["agent"].as_str()),
         ("kept", Some("a"))
     );
     assert_eq!(live(&s, "c1").await.last_message_ms, T0 + 2_000);
-    let raw: Vec<u8> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let raw = get(&mut conn, &key).await;
     assert_eq!(&raw[..14], format!("#{:013}", T0 + 2_000).as_bytes());
     // The next one rewrites only the header.
-    s.route("acme", &st, T0 + 3_000, &[], &[item("e3", "c1", &["a"])])
-        .await
-        .unwrap();
-    let now: Vec<u8> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    route_at(&s, T0 + 3_000, &[item("e3", "c1", &["a"])]).await;
+    let now = get(&mut conn, &key).await;
     assert_eq!(&now[..14], format!("#{:013}", T0 + 3_000).as_bytes());
     assert_eq!(now[14..], raw[14..]);
 }

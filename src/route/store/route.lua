@@ -241,11 +241,13 @@ local function load(conv)
   return c
 end
 
-local function lm_header(c)
-  if c.lm == nil then
+-- The header's digits for a last message time (a string of ms, nil when none); capped at 13
+-- digits (the year 2286).
+local function lm_header(lm)
+  if lm == nil then
     return NO_LM
   end
-  return string.format('%013d', int(c.lm))
+  return string.format('%013d', math.min(int(lm), 9999999999999))
 end
 
 -- Writes the conversation; a closed (or never routed) one is forgotten after closed_ttl,
@@ -254,7 +256,7 @@ local function save(conv, c)
   local b = BOOK[c]
   local lm = c.lm
   c.lm = nil
-  local value = '#' .. lm_header({lm = lm}) .. cjson.encode(c) .. RS .. b.meta .. RS .. b.dec
+  local value = '#' .. lm_header(lm) .. cjson.encode(c) .. RS .. b.meta .. RS .. b.dec
     .. RS .. b.hist
   c.lm = lm
   if c.st == nil or (c.st == 'closed' and b.st0 ~= 'closed') then
@@ -631,7 +633,7 @@ local function unchanged(res, c, conv, eid, a)
   if b.dirty or not b.hdr then
     save(conv, c)
   elseif b.lm_changed then
-    redis.call('SETRANGE', ckey(conv), 1, lm_header(c))
+    redis.call('SETRANGE', ckey(conv), 1, lm_header(c.lm))
   end
   out(res, a, json, false)
 end
