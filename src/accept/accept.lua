@@ -29,7 +29,7 @@ local id_base = payload_base + total
 local dedup_prefix_len = string.len(KEYS[1]) - string.len('inbound') + string.len('dedup:v2:')
 
 local function seen(i)
-  return redis.call('EXISTS', KEYS[2 + i]) == 1 or redis.call('EXISTS', KEYS[2 + total + i]) == 1
+  return redis.call('EXISTS', KEYS[2 + i], KEYS[2 + total + i]) > 0
 end
 
 local backlog = redis.call('XLEN', KEYS[1])

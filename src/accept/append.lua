@@ -25,7 +25,7 @@ local appended = 0
 local n = (#KEYS - 1) / 2
 for i = 2, 1 + n do
   local j = 8 + (i - 2) * 2
-  if redis.call('EXISTS', KEYS[i]) == 0 and redis.call('EXISTS', KEYS[i + n]) == 0 then
+  if redis.call('EXISTS', KEYS[i], KEYS[i + n]) == 0 then
     local id
     if maxlen > 0 and plain then
       id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'event_id', ARGV[j], 'event', ARGV[j + 1])
