@@ -650,11 +650,8 @@ impl RedisBackend {
         if moves.is_empty() {
             return Ok(0);
         }
-        match fence {
-            Some(owner) => match &self.publish_client {
-                Some(client) => self.publish_transaction(client, moves, owner).await,
-                None => self.publish_script(moves, fence).await,
-            },
+        match (fence, &self.publish_client) {
+            (Some(owner), Some(client)) => self.publish_transaction(client, moves, owner).await,
             _ => self.publish_script(moves, fence).await,
         }
     }
@@ -786,12 +783,12 @@ impl RedisBackend {
                 Ok(moves.len())
             }
             None => Err(BackendError::Unavailable(
-                "publish transaction not run: the lease changed during it".into(),
+                "publish transaction not run: the lease or the fence changed during it".into(),
             )),
         }
     }
 
-    /// [`Self::publish`] as one script (unfenced, and on a Redis Cluster).
+    /// [`Self::publish`] as one script: unfenced, on a Redis Cluster and through Sentinel.
     async fn publish_script(
         &self,
         moves: &[StreamEntry],
