@@ -448,7 +448,8 @@ enum FloorMode {
 }
 
 /// redis-server's CPU per request for the floor: `SET <id> 1 NX EX <ttl>` + `XADD` of the
-/// body (MAXLEN ~), pipelined, `concurrency` requests in flight, `n` requests in all.
+/// body (MAXLEN ~) as one pipeline per request, `p.connections` requests in flight over the
+/// connections `mode` says, `n` requests in all.
 #[allow(clippy::too_many_arguments)]
 fn redis_floor_us(
     rt: &tokio::runtime::Runtime,

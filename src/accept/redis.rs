@@ -752,10 +752,7 @@ impl RedisBackend {
         for m in moves {
             tx.arg(&m.id);
         }
-        let (dgroup, dmax) = match self.limits.delivery_max_lag {
-            Some(max) => (DELIVERY_GROUP, max),
-            None => ("", 0),
-        };
+        let (dgroup, dmax) = self.delivery_group();
         tx.cmd("EVAL")
             .arg(PUBLISH_TRIM.as_str())
             .arg(1)
@@ -1006,11 +1003,17 @@ impl RedisBackend {
 
     /// The delivery fan-out's group and bound, for the retention in `trim.lua` ('' and 0
     /// when delivery does not run).
-    fn delivery_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
+    fn delivery_group(&self) -> (&'static str, u64) {
         match self.limits.delivery_max_lag {
-            Some(max) => inv.arg(DELIVERY_GROUP).arg(max),
-            None => inv.arg("").arg(0),
-        };
+            Some(max) => (DELIVERY_GROUP, max),
+            None => ("", 0),
+        }
+    }
+
+    /// [`Self::delivery_group`] as a script's next two arguments.
+    fn delivery_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        let (group, max) = self.delivery_group();
+        inv.arg(group).arg(max);
     }
 
     /// How many events stream entries retention removed before the delivery fan-out read
