@@ -166,8 +166,9 @@ fn events(n: usize, tenants: usize) -> Vec<Item> {
             text: Some(text),
             ..Message::default()
         });
-        e.raw =
-            Some(serde_json::json!({"from": "x", "id": format!("wamid.bench{i}"), "type": "text"}));
+        e.raw = Some(switchboard::event::Raw::of(
+            &serde_json::json!({"from": "x", "id": format!("wamid.bench{i}"), "type": "text"}),
+        ));
         e.derive_conversation_id();
         out.push(Item {
             key: e.event_id.clone(),

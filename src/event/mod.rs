@@ -267,11 +267,48 @@ pub struct Event {
     /// The provider's original object for this event (one message/status/change, not the
     /// whole batch). Omitted when the source sets `include_raw = false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw: Option<serde_json::Value>,
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub raw: Option<Raw>,
     /// The provider's identity of what happened (see [`dedup_key`]); never serialized. The
     /// event id is derived from it and the source ([`event_id`]).
     #[serde(skip)]
     pub dedup_key: String,
+}
+
+/// An event's `raw`: the provider's object as the compact JSON text it serializes to. It is
+/// written once, when the event is normalized, and then passes through the gateway, the
+/// streams, the router and the persister as text, never rebuilt as a tree; [`Raw::to_value`]
+/// parses it for whoever reads into it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Raw(Box<serde_json::value::RawValue>);
+
+impl Raw {
+    /// The JSON text of `v`.
+    pub fn of(v: &serde_json::Value) -> Raw {
+        // A Value has string keys only: serializing it cannot fail.
+        Raw(serde_json::value::to_raw_value(v).unwrap_or_else(|_| {
+            serde_json::value::RawValue::from_string("null".into()).expect("valid JSON")
+        }))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The object, parsed.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Equal when they hold the same JSON value (texts that differ only in spacing or key
+/// order are equal).
+impl PartialEq for Raw {
+    fn eq(&self, other: &Raw) -> bool {
+        self.get() == other.get() || self.to_value() == other.to_value()
+    }
 }
 
 impl Event {

@@ -634,7 +634,7 @@ mod tests {
         let n = run_get(
             "https://h/w?originator=31612345678&recipient=31970001234567&id=x&body=a&body=b",
         );
-        let raw = n.events[0].raw.as_ref().unwrap();
+        let raw = n.events[0].raw.as_ref().unwrap().to_value();
         assert_eq!(raw["body"], serde_json::json!(["a", "b"]));
     }
 

@@ -62,8 +62,10 @@ pub fn millis(v: &Value, key: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(n.checked_mul(1_000_000)?).ok()
 }
 
-pub fn raw(ctx: &Context<'_>, v: &Value) -> Option<Value> {
-    ctx.include_raw.then(|| v.clone())
+/// The event's `raw` from the provider's object: its JSON text, written straight from the
+/// parsed payload (no copy of the tree).
+pub fn raw(ctx: &Context<'_>, v: &Value) -> Option<crate::event::Raw> {
+    ctx.include_raw.then(|| crate::event::Raw::of(v))
 }
 
 pub fn finish(mut event: Event, out: &mut Normalized) {
