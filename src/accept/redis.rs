@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
 use redis::{RedisError, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -580,15 +580,10 @@ impl RedisBackend {
             .arg("STREAMS")
             .arg(&self.keys.inbound)
             .arg(">")
-            .query_async::<Option<StreamReadReply>>(&mut blocking)
+            .query_async::<Value>(&mut blocking)
             .await;
         match read {
-            Ok(Some(reply)) => Ok(reply
-                .keys
-                .into_iter()
-                .flat_map(|k| k.ids.into_iter().map(entry))
-                .collect()),
-            Ok(None) => Ok(Vec::new()),
+            Ok(reply) => group_read(reply),
             Err(e) if e.to_string().contains("NOGROUP") => {
                 self.ensure_group().await?;
                 Ok(Vec::new())
@@ -984,15 +979,10 @@ impl RedisBackend {
             .arg("STREAMS")
             .arg(&self.keys.events)
             .arg(">")
-            .query_async::<Option<StreamReadReply>>(&mut blocking)
+            .query_async::<Value>(&mut blocking)
             .await;
         match read {
-            Ok(Some(reply)) => Ok(reply
-                .keys
-                .into_iter()
-                .flat_map(|k| k.ids.into_iter().map(entry))
-                .collect()),
-            Ok(None) => Ok(Vec::new()),
+            Ok(reply) => group_read(reply),
             Err(e) if e.to_string().contains("NOGROUP") => {
                 self.ensure_events_group(group).await?;
                 Ok(Vec::new())
@@ -1301,35 +1291,80 @@ fn autoclaimed(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
             "XAUTOCLAIM reply has no entries".into(),
         ));
     };
-    let mut out = Vec::with_capacity(claimed.len());
-    for item in claimed {
-        let Value::Array(mut pair) = item else {
-            continue;
-        };
-        if pair.is_empty() {
-            continue;
+    Ok(claimed.into_iter().filter_map(stream_entry).collect())
+}
+
+/// XREADGROUP's reply, taken apart without copying the entries' bytes: nil (the block
+/// timed out), or per stream [name, entries] (an array of pairs in RESP2, a map in RESP3).
+fn group_read(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
+    let streams: Vec<Value> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+        other => {
+            return Err(BackendError::Protocol(format!(
+                "XREADGROUP reply is not an array: {other:?}"
+            )))
         }
-        let fields = if pair.len() > 1 { pair.pop() } else { None };
-        let id = match pair.pop() {
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
-            Some(Value::SimpleString(s)) => s,
-            _ => continue,
-        };
-        let mut e = StreamId {
-            id,
-            ..StreamId::default()
-        };
-        if let Some(Value::Array(kv)) = fields {
-            let mut it = kv.into_iter();
-            while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                if let Value::BulkString(k) = k {
-                    e.map.insert(String::from_utf8_lossy(&k).into_owned(), v);
-                }
-            }
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        if let Value::Array(entries) = entries {
+            out.extend(entries.into_iter().filter_map(stream_entry));
         }
-        out.push(entry(e));
     }
     Ok(out)
+}
+
+/// One stream entry as XREADGROUP and XAUTOCLAIM return it: [id, [field, value, ...]]
+/// (the fields nil or absent when it was deleted meanwhile: an empty payload).
+fn stream_entry(item: Value) -> Option<StreamEntry> {
+    let Value::Array(pair) = item else {
+        return None;
+    };
+    let mut pair = pair.into_iter();
+    let id = into_string(pair.next()?)?;
+    let (mut payload, mut key) = (None, None);
+    let (mut dl_payload, mut dl_key) = (None, None);
+    if let Some(Value::Array(kv)) = pair.next() {
+        let mut it = kv.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            let slot = match &k {
+                Value::BulkString(k) => match k.as_slice() {
+                    b"event" => &mut payload,
+                    b"event_id" => &mut key,
+                    b"deadletter" => &mut dl_payload,
+                    b"deadletter_id" => &mut dl_key,
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            *slot = into_string(v);
+        }
+    }
+    Some(StreamEntry {
+        id,
+        key: key.or(dl_key).unwrap_or_default(),
+        payload: payload.or(dl_payload).unwrap_or_default(),
+    })
+}
+
+/// A bulk or simple string reply as a `String` (invalid UTF-8 replaced, never dropped).
+fn into_string(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
 }
 
 fn entry(mut id: StreamId) -> StreamEntry {
