@@ -1380,3 +1380,78 @@ fn entry(mut id: StreamId) -> StreamEntry {
         payload,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry_value(id: &str, fields: &[(&str, &str)]) -> Value {
+        let kv = fields
+            .iter()
+            .flat_map(|(k, v)| [bulk(k), bulk(v)])
+            .collect();
+        Value::Array(vec![bulk(id), Value::Array(kv)])
+    }
+
+    fn ids_keys_payloads(entries: &[StreamEntry]) -> Vec<(&str, &str, &str)> {
+        entries
+            .iter()
+            .map(|e| (e.id.as_str(), e.key.as_str(), e.payload.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn group_reads_in_resp2_and_resp3_give_the_same_entries() {
+        let entries = Value::Array(vec![
+            entry_value("1-0", &[("event_id", "evt_a"), ("event", "{\"a\":1}")]),
+            entry_value(
+                "2-0",
+                &[("deadletter", "{\"d\":1}"), ("deadletter_id", "dl_b")],
+            ),
+            // Deleted after it was delivered: no fields.
+            Value::Array(vec![bulk("3-0"), Value::Nil]),
+            // Not an entry: skipped.
+            Value::Nil,
+        ]);
+        let want = vec![
+            ("1-0", "evt_a", "{\"a\":1}"),
+            ("2-0", "dl_b", "{\"d\":1}"),
+            ("3-0", "", ""),
+        ];
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            bulk("{p}:inbound"),
+            entries.clone(),
+        ])]);
+        let resp3 = Value::Map(vec![(bulk("{p}:inbound"), entries)]);
+        assert_eq!(ids_keys_payloads(&group_read(resp2).unwrap()), want);
+        assert_eq!(ids_keys_payloads(&group_read(resp3).unwrap()), want);
+        assert!(group_read(Value::Nil).unwrap().is_empty());
+        assert!(group_read(Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn an_entry_with_both_kinds_of_field_is_read_as_an_event() {
+        let e = stream_entry(entry_value(
+            "1-0",
+            &[
+                ("deadletter", "d"),
+                ("event", "e"),
+                ("deadletter_id", "dl"),
+                ("event_id", "evt"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!((e.key.as_str(), e.payload.as_str()), ("evt", "e"));
+        // Invalid UTF-8 is replaced, not dropped.
+        let e = stream_entry(Value::Array(vec![
+            bulk("1-0"),
+            Value::Array(vec![bulk("event"), Value::BulkString(vec![0xff, b'x'])]),
+        ]))
+        .unwrap();
+        assert_eq!(e.payload, "\u{fffd}x");
+    }
+}
