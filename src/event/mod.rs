@@ -287,9 +287,8 @@ impl Raw {
     /// The JSON text of `v`.
     pub fn of(v: &serde_json::Value) -> Raw {
         // A Value has string keys only: serializing it cannot fail.
-        Raw(serde_json::value::to_raw_value(v).unwrap_or_else(|_| {
-            serde_json::value::RawValue::from_string("null".into()).expect("valid JSON")
-        }))
+        Raw(serde_json::value::to_raw_value(v)
+            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()))
     }
 
     /// The JSON text.
