@@ -951,12 +951,17 @@ async fn the_example_agent_app_takes_offers_from_its_stream() {
     });
     let mut log = String::new();
     // Generous: the loop ends as soon as the app took the offer; a machine busy compiling
-    // can take seconds to start a Python process.
+    // can take seconds to start a Python process. It waits without blocking the thread:
+    // this test's runtime also drives the gateway's Redis connections, and the app's
+    // stream stalls while it is blocked (the accepted event then never reaches the app).
     let deadline = Instant::now() + Duration::from_secs(30);
     while !log.contains("\"took\": \"conv_") && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            log.push_str(&line);
-            log.push('\n');
+        match rx.try_recv() {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
     let _ = child.kill();
