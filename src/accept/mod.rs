@@ -498,6 +498,18 @@ impl Backend {
         }
     }
 
+    /// How many of `ids`, inbound entries deleted by a privacy erasure, a router still
+    /// holds in a batch it read and has not published yet: that batch still publishes its
+    /// copy of them. Always 0 in memory, whose publish moves only entries still in the
+    /// inbound stream.
+    pub async fn inbound_in_flight(&self, ids: &[String]) -> Result<usize, BackendError> {
+        match self {
+            Backend::Memory(_) => Ok(0),
+            Backend::Redis(b) => b.inbound_in_flight(ids).await,
+            Backend::Partitioned(p) => p.inbound_in_flight(ids).await,
+        }
+    }
+
     /// Deletes entries from a stream by id (privacy erasure); returns how many existed.
     pub async fn delete_entries(
         &self,

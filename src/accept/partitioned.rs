@@ -219,19 +219,35 @@ impl Partitioned {
         stream: StreamName,
         ids: &[String],
     ) -> Result<usize, BackendError> {
+        let mut total = 0;
+        for (p, ids) in self.by_partition(ids).iter().enumerate() {
+            if !ids.is_empty() {
+                total += Box::pin(self.parts[p].delete_entries(stream, ids)).await?;
+            }
+        }
+        Ok(total)
+    }
+
+    pub async fn inbound_in_flight(&self, ids: &[String]) -> Result<usize, BackendError> {
+        let mut total = 0;
+        for (p, ids) in self.by_partition(ids).iter().enumerate() {
+            if !ids.is_empty() {
+                total += Box::pin(self.parts[p].inbound_in_flight(ids)).await?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// `ids` (as this backend hands them out, `p<n>/<id>`) by partition, as each
+    /// partition knows them.
+    fn by_partition(&self, ids: &[String]) -> Vec<Vec<String>> {
         let mut sub: Vec<Vec<String>> = vec![Vec::new(); self.parts.len()];
         for id in ids {
             if let Some((p, raw)) = split_id(id).filter(|(p, _)| *p < self.parts.len()) {
                 sub[p].push(raw.to_string());
             }
         }
-        let mut total = 0;
-        for (p, ids) in sub.iter().enumerate() {
-            if !ids.is_empty() {
-                total += Box::pin(self.parts[p].delete_entries(stream, ids)).await?;
-            }
-        }
-        Ok(total)
+        sub
     }
 }
 

@@ -1079,6 +1079,35 @@ impl RedisBackend {
         self.retire(&self.keys.events, group, consumer).await
     }
 
+    /// How many of `ids` (inbound entries) a router has read and not yet published: the
+    /// router group's pending list still holds them (deleting an entry leaves it there).
+    pub async fn inbound_in_flight(&self, ids: &[String]) -> Result<usize, BackendError> {
+        let mut conn = self.conn.clone();
+        let mut n = 0;
+        for chunk in ids.chunks(500) {
+            let mut p = redis::pipe();
+            for id in chunk {
+                p.cmd("XPENDING")
+                    .arg(&self.keys.inbound)
+                    .arg(ROUTER_GROUP)
+                    .arg(id)
+                    .arg(id)
+                    .arg(1);
+            }
+            let replies: Vec<Value> = match self.timed(p.query_async(&mut conn)).await {
+                Ok(r) => r,
+                // No router ever read this stream: nothing is in flight.
+                Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            n += replies
+                .iter()
+                .filter(|r| matches!(r, Value::Array(a) if !a.is_empty()))
+                .count();
+        }
+        Ok(n)
+    }
+
     pub async fn delete_entries(
         &self,
         stream: StreamName,

@@ -6,6 +6,8 @@
 //! [`contact_hash`] — enough to answer "was this contact erased, when, by whom" for someone
 //! who knows the id, not enough to recover it.
 
+use std::time::{Duration, Instant};
+
 use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -13,7 +15,7 @@ use tokio_postgres::GenericClient;
 
 use super::{PersistError, Postgres};
 use crate::accept::deadletter::DeadLetterRecord;
-use crate::accept::{Backend, StreamEntry, StreamName};
+use crate::accept::{Backend, BackendError, StreamEntry, StreamName};
 use crate::event::short_hash;
 use crate::internal_events::PrivacyOperation;
 use crate::route::Engine;
@@ -86,13 +88,15 @@ struct ProbeParty {
     id: String,
 }
 
-/// Erases a contact of a tenant, every copy the gateway holds (DESIGN.md invariant 7): its
-/// messages, statuses, deliveries, assignments and conversations in Postgres; its entries of
-/// the inbound and events streams and the dead letters that mention it (every partition);
-/// its conversations' routing state (through `engine`: an open conversation frees its
-/// agent's slot). Idempotent: erasing again removes what arrived since (and nothing else).
-/// Events of the contact already on their way (accepted before the erasure, not yet stored)
-/// are not stored afterwards: the `erasures` row makes the persister drop them.
+/// Erases a contact of a tenant, every copy the gateway holds (docs/architecture.md,
+/// invariant 7): its messages, statuses, deliveries, assignments and conversations in
+/// Postgres; its entries of the inbound and events streams and the dead letters that
+/// mention it (every partition), including the copies that router batches in flight
+/// publish ([`wait_for_routers`]); its conversations' routing state (through `engine`: an
+/// open conversation frees its agent's slot). Idempotent: erasing again removes what
+/// arrived since (and nothing else). Events of the contact already on their way (accepted
+/// before the erasure, not yet stored) are not stored afterwards: the `erasures` row makes
+/// the persister drop them.
 pub async fn erase_contact(
     pg: &Postgres,
     backend: &Backend,
@@ -158,10 +162,11 @@ pub async fn erase_contact(
             .await?;
         tx.commit().await?;
     }
-    let (n, c) = erase_from_stream(backend, StreamName::Inbound, tenant, contact).await?;
+    let (inbound, n, c) = erase_from_stream(backend, StreamName::Inbound, tenant, contact).await?;
     out.inbound_entries = n as u64;
     convs.extend(c);
-    let (n, c) = erase_from_stream(backend, StreamName::Events, tenant, contact).await?;
+    wait_for_routers(backend, &inbound).await?;
+    let (_, n, c) = erase_from_stream(backend, StreamName::Events, tenant, contact).await?;
     out.stream_entries = n as u64;
     convs.extend(c);
     let dead: Vec<String> = contact_dead_letters(backend, contact)
@@ -224,14 +229,45 @@ async fn for_each_entry(
     Ok(())
 }
 
-/// Deletes the contact's events from the inbound or events stream; returns how many, and
-/// the conversations they belong to.
+/// How long an erasure waits for routers to publish the batches that hold inbound entries
+/// it deleted ([`wait_for_routers`]). A router publishes a batch within milliseconds; one
+/// that cannot (Redis refusing, the persister's backlog full) makes the erasure fail, to be
+/// called again.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until no router holds any of `deleted` (the contact's inbound entries this erasure
+/// deleted) in a batch it read and has not published yet. Such a batch still publishes its
+/// copy of them to the events stream, and the pass over that stream that follows must find
+/// that copy; routing state is erased after it too, so that the batch's routing call cannot
+/// bring the conversation back.
+async fn wait_for_routers(backend: &Backend, deleted: &[String]) -> Result<(), PersistError> {
+    if deleted.is_empty() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + IN_FLIGHT_WAIT;
+    loop {
+        let n = backend.inbound_in_flight(deleted).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(PersistError::Backend(BackendError::Unavailable(format!(
+                "{n} of the contact's events are still being routed after {} s; erase again",
+                IN_FLIGHT_WAIT.as_secs()
+            ))));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Deletes the contact's events from the inbound or events stream; returns their ids, how
+/// many existed, and the conversations they belong to.
 async fn erase_from_stream(
     backend: &Backend,
     stream: StreamName,
     tenant: &str,
     contact: &str,
-) -> Result<(usize, Vec<String>), PersistError> {
+) -> Result<(Vec<String>, usize, Vec<String>), PersistError> {
     let mut ids = Vec::new();
     let mut convs = Vec::new();
     for_each_entry(backend, stream, |e| {
@@ -243,7 +279,8 @@ async fn erase_from_stream(
         }
     })
     .await?;
-    Ok((backend.delete_entries(stream, &ids).await?, convs))
+    let n = backend.delete_entries(stream, &ids).await?;
+    Ok((ids, n, convs))
 }
 
 /// The dead letters that mention `contact`, with their records. A dead letter is a payload

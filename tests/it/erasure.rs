@@ -1,9 +1,10 @@
-//! A contact's erasure reaches every copy the gateway holds (DESIGN.md invariant 7):
-//! PostgreSQL, every stream, routing state (closing the open conversation and freeing its
-//! agent's slot, which goes to the next waiting conversation), and dead letters — through
-//! the API and through Meta's data deletion callback, on both backends. The checks read
-//! everything: every key under the test's prefix (every entry of every stream, every
-//! member of every set) and every row of every table of the test's schema.
+//! A contact's erasure reaches every copy the gateway holds (docs/architecture.md,
+//! invariant 7): PostgreSQL, every stream, routing state (closing the open conversation and
+//! freeing its agent's slot, which goes to the next waiting conversation), and dead letters
+//! — through the API and through Meta's data deletion callback, on both backends. The
+//! checks read everything: every key under the test's prefix (every entry of every stream,
+//! every member of every set) and every row of every table of the test's schema. Also the
+//! copy a router publishes from a batch it read before the erasure.
 
 use std::time::{Duration, Instant};
 
@@ -301,4 +302,95 @@ async fn erasure_reaches_every_copy_on_redis_with_partitions() {
 #[tokio::test]
 async fn erasure_reaches_every_copy_in_memory() {
     erase_every_copy(BackendKind::Memory, 1).await;
+}
+
+/// A router read the contact's message before the erasure and publishes its batch only
+/// after the erasure deleted the message from the inbound stream (the batch still holds
+/// its copy, and publishing moves it to the events stream). The erasure waits for that
+/// batch before it goes over the events stream, so the copy is found and deleted there.
+#[tokio::test]
+async fn an_erasure_waits_for_the_batch_a_router_is_publishing() {
+    use switchboard::accept::{Batch, Item, StreamName};
+    use switchboard::event::{Channel, Direction, Event, EventKind, Party, Provider};
+
+    let config = config(BackendKind::Redis);
+    let (pg, c) = migrated(&config).await;
+    require_redis(&config.redis.url).await;
+    let backend = switchboard::state::build_backend(&config).unwrap();
+    let (x, x_name) = contact();
+    let mut e = Event::new(
+        EventKind::Message,
+        Provider::Meta,
+        Channel::Whatsapp,
+        Direction::Inbound,
+        "acme",
+        "meta_test",
+        format!("meta:wamid:{}", unique_wamid()),
+        None,
+        time::OffsetDateTime::now_utc(),
+    );
+    e.contact = Some(Party {
+        id: x.clone(),
+        name: Some(x_name.clone()),
+        ..Party::default()
+    });
+    e.business = Some(Party {
+        id: PHONE_ID.into(),
+        ..Party::default()
+    });
+    e.derive_conversation_id();
+    let item = Item {
+        key: e.event_id.clone(),
+        payload: e.to_json(),
+        shard: e.conversation_id.clone(),
+        legacy_key: None,
+    };
+    backend
+        .accept(Batch {
+            events: vec![item],
+            dead_letters: Vec::new(),
+        })
+        .await
+        .unwrap();
+
+    // The router takes the message into a batch (its first read creates the group).
+    assert!(backend.lease("r1", Duration::from_secs(30)).await.unwrap());
+    let mut batch = Vec::new();
+    for _ in 0..3 {
+        batch = backend
+            .read_inbound(
+                "r1",
+                10,
+                Duration::from_millis(100),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        if !batch.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(batch.len(), 1);
+
+    let started = Instant::now();
+    let erase =
+        switchboard::persist::privacy::erase_contact(&pg, &backend, None, "test", "acme", &x);
+    let router = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        backend.publish_fenced("r1", &batch).await
+    };
+    let (erased, published) = tokio::join!(erase, router);
+    let erased = erased.unwrap();
+    assert_eq!(published.unwrap(), 1, "the batch moved its copy");
+    assert_eq!(erased.inbound_entries, 1);
+    assert_eq!(erased.stream_entries, 1, "the erasure deleted the copy");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let events = backend.read(StreamName::Events, 100, None).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| !e.payload.contains(&x) && !e.payload.contains(&x_name)),
+        "{events:?}"
+    );
+    drop_schema(&c, &config.postgres.schema).await;
 }

@@ -1,5 +1,5 @@
-//! Tenant isolation of delivery identities (DESIGN.md invariant 3): what one source
-//! receives can never mark what another source receives as a duplicate. The non-Meta
+//! Tenant isolation of delivery identities (docs/architecture.md, invariant 3): what one
+//! source receives can never mark what another source receives as a duplicate. The non-Meta
 //! providers are covered in `providers::source_scoped_identity`.
 
 use serde_json::Value;

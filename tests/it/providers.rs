@@ -457,10 +457,10 @@ async fn receipt(res: reqwest::Response) -> (u64, u64) {
     )
 }
 
-/// A delivery's identity is scoped to its source (DESIGN.md invariant 3): the same provider
-/// message delivered to two sources of two tenants (whoever controls a source's secret can
-/// post any provider id to it) is accepted by both, each once; a redelivery to either is
-/// still a duplicate. On both backends.
+/// A delivery's identity is scoped to its source (docs/architecture.md, invariant 3): the
+/// same provider message delivered to two sources of two tenants (whoever controls a
+/// source's secret can post any provider id to it) is accepted by both, each once; a
+/// redelivery to either is still a duplicate. On both backends.
 async fn same_message_on_two_sources(provider: &str) {
     let (path, expected) = cases(provider)
         .into_iter()
