@@ -119,10 +119,12 @@ pub struct RedisBackend {
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
     /// A single server (not a cluster, not followed through Sentinel): the client the
-    /// router's publish transactions connect with, and their connection (see
-    /// `publish_transaction`).
+    /// router's publish transactions connect with (through Sentinel: the current primary's,
+    /// asked for at each publish), and their connection with the address it was opened to
+    /// (see `publish_transaction`).
     publish_client: Option<redis::Client>,
-    publish_conn: std::sync::Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    publish_conn:
+        std::sync::Arc<tokio::sync::Mutex<Option<(String, redis::aio::MultiplexedConnection)>>>,
     /// Queue of the group-commit task; `None` when created outside a runtime (each accept
     /// is then its own script call) and in the task's own copy.
     combiner: Option<mpsc::Sender<Pending>>,
@@ -645,8 +647,19 @@ impl RedisBackend {
         if moves.is_empty() {
             return Ok(0);
         }
-        match (fence, &self.publish_client) {
-            (Some(owner), Some(client)) => self.publish_transaction(client, moves, owner).await,
+        match (fence, &self.publish_client, &self.conn) {
+            (Some(owner), Some(client), _) => {
+                self.publish_transaction(client, "", moves, owner).await
+            }
+            (Some(owner), None, RedisConn::Sentinel(sentinel)) => {
+                let (addr, client) = sentinel.primary_client().await.map_err(unavailable)?;
+                let result = self.publish_transaction(&client, &addr, moves, owner).await;
+                if matches!(result, Err(BackendError::Unavailable(_))) {
+                    // The primary may have moved (a demoted one answers READONLY).
+                    sentinel.refresh_soon();
+                }
+                result
+            }
             _ => self.publish_script(moves, fence).await,
         }
     }
@@ -660,38 +673,43 @@ impl RedisBackend {
     /// cost. The lease expiring or changing hands between the check and the `EXEC` makes the
     /// `EXEC` do nothing. The connection is the router's alone and is never silently
     /// replaced (a reconnect would drop the `WATCH`): after any error it is dropped, and the
-    /// next publish opens a new one and checks again.
+    /// next publish opens a new one and checks again. Through Sentinel it goes to the
+    /// primary the sentinels name (`addr`), and is opened again when they name another.
     async fn publish_transaction(
         &self,
         client: &redis::Client,
+        addr: &str,
         moves: &[StreamEntry],
         owner: &str,
     ) -> Result<usize, BackendError> {
         let mut slot = self.publish_conn.lock().await;
-        let result = self.publish_on(client, &mut slot, moves, owner).await;
+        let result = self.publish_on(client, addr, &mut slot, moves, owner).await;
         if result.is_err() {
             *slot = None;
         }
         result
     }
 
+    /// The transaction on the connection in `slot`, opened first when there is none or it
+    /// was opened to another address than `addr` (Sentinel named a new primary).
     async fn publish_on(
         &self,
         client: &redis::Client,
-        slot: &mut Option<redis::aio::MultiplexedConnection>,
+        addr: &str,
+        slot: &mut Option<(String, redis::aio::MultiplexedConnection)>,
         moves: &[StreamEntry],
         owner: &str,
     ) -> Result<usize, BackendError> {
-        if slot.is_none() {
+        if slot.as_ref().is_none_or(|(opened_to, _)| opened_to != addr) {
             let config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(Duration::from_millis(self.config.connect_timeout_ms)))
                 .set_response_timeout(Some(self.command_timeout));
             let conn = self
                 .timed(client.get_multiplexed_async_connection_with_config(&config))
                 .await?;
-            *slot = Some(conn);
+            *slot = Some((addr.to_string(), conn));
         }
-        let conn = slot
+        let (_, conn) = slot
             .as_mut()
             .ok_or_else(|| BackendError::Unavailable("no publish connection".into()))?;
         let keys = &self.keys;
@@ -780,7 +798,7 @@ impl RedisBackend {
         }
     }
 
-    /// [`Self::publish`] as one script: unfenced, on a Redis Cluster and through Sentinel.
+    /// [`Self::publish`] as one script: unfenced, and on a Redis Cluster.
     async fn publish_script(
         &self,
         moves: &[StreamEntry],

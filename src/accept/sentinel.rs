@@ -50,6 +50,9 @@ struct Inner {
 struct Primary {
     addr: String,
     conn: ConnectionManager,
+    /// What connections of their own to it are opened with (the router's publish
+    /// transactions).
+    client: redis::Client,
 }
 
 fn now_ms() -> u64 {
@@ -191,10 +194,11 @@ impl SentinelConn {
                 return Ok(p);
             }
         }
-        let conn = ConnectionManager::new_lazy_with_config(client, inner.conf.clone())?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), inner.conf.clone())?;
         let fresh = Primary {
             addr: addr.clone(),
             conn,
+            client,
         };
         let previous = inner
             .primary
@@ -213,8 +217,20 @@ impl SentinelConn {
         Ok(fresh)
     }
 
+    /// The primary's address and a client to open a connection of one's own to it (one
+    /// that a `WATCH` can rely on): the known primary, else a lookup now. Whoever uses it
+    /// calls [`Self::refresh_soon`] after an error, as commands sent through this
+    /// connection do themselves.
+    pub async fn primary_client(&self) -> Result<(String, redis::Client), RedisError> {
+        let p = match self.current() {
+            Some(p) => p,
+            None => self.lookup().await?,
+        };
+        Ok((p.addr, p.client))
+    }
+
     /// A background lookup, unless one runs or ran less than [`REFRESH_MIN`] ago.
-    fn refresh_soon(&self) {
+    pub fn refresh_soon(&self) {
         let last = self.inner.last_lookup_ms.load(Ordering::Relaxed);
         if now_ms().saturating_sub(last) < REFRESH_MIN.as_millis() as u64 {
             return;
