@@ -118,10 +118,10 @@ pub struct RedisBackend {
     config: std::sync::Arc<RedisConfig>,
     /// When the router last looked for abandoned entries (ms since the epoch; 0 = now due).
     last_claim: std::sync::Arc<AtomicU64>,
-    /// A single server (not a cluster, not followed through Sentinel): the client the
-    /// router's publish transactions connect with (through Sentinel: the current primary's,
-    /// asked for at each publish), and their connection with the address it was opened to
-    /// (see `publish_transaction`).
+    /// The client the router's publish transactions connect with, for a single server
+    /// (through Sentinel the current primary's client is asked for at each publish; a
+    /// cluster publishes with the script), and their connection with the address it was
+    /// opened to (see `publish_transaction`).
     publish_client: Option<redis::Client>,
     publish_conn:
         std::sync::Arc<tokio::sync::Mutex<Option<(String, redis::aio::MultiplexedConnection)>>>,

@@ -222,10 +222,7 @@ impl SentinelConn {
     /// calls [`Self::refresh_soon`] after an error, as commands sent through this
     /// connection do themselves.
     pub async fn primary_client(&self) -> Result<(String, redis::Client), RedisError> {
-        let p = match self.current() {
-            Some(p) => p,
-            None => self.lookup().await?,
-        };
+        let p = self.known_or_lookup().await?;
         Ok((p.addr, p.client))
     }
 
@@ -250,14 +247,19 @@ impl SentinelConn {
     /// The primary's connection: the known one (looking again in the background when due),
     /// else a lookup now.
     async fn primary(&self) -> Result<ConnectionManager, RedisError> {
+        Ok(self.known_or_lookup().await?.conn)
+    }
+
+    /// The known primary (looking again in the background when due), else a lookup now.
+    async fn known_or_lookup(&self) -> Result<Primary, RedisError> {
         if let Some(p) = self.current() {
             let last = self.inner.last_lookup_ms.load(Ordering::Relaxed);
             if now_ms().saturating_sub(last) >= REFRESH_EVERY.as_millis() as u64 {
                 self.refresh_soon();
             }
-            return Ok(p.conn);
+            return Ok(p);
         }
-        Ok(self.lookup().await?.conn)
+        self.lookup().await
     }
 
     fn after(&self, r: &Result<impl Sized, RedisError>) {
