@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
 use redis::{RedisError, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -493,21 +492,23 @@ impl RedisBackend {
     ) -> Result<Vec<StreamEntry>, BackendError> {
         let key = self.keys.stream(stream);
         let mut conn = self.conn.clone();
-        let reply: StreamRangeReply = match after {
+        match after {
             Some(after) => {
-                self.timed(
-                    redis::cmd("XRANGE")
-                        .arg(key)
-                        .arg(format!("({after}"))
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(limit)
-                        .query_async(&mut conn),
-                )
-                .await?
+                let reply: Vec<Value> = self
+                    .timed(
+                        redis::cmd("XRANGE")
+                            .arg(key)
+                            .arg(format!("({after}"))
+                            .arg("+")
+                            .arg("COUNT")
+                            .arg(limit)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                Ok(reply.into_iter().filter_map(stream_entry).collect())
             }
             None => {
-                let mut r: StreamRangeReply = self
+                let reply: Vec<Value> = self
                     .timed(
                         redis::cmd("XREVRANGE")
                             .arg(key)
@@ -518,11 +519,9 @@ impl RedisBackend {
                             .query_async(&mut conn),
                     )
                     .await?;
-                r.ids.reverse();
-                r
+                Ok(reply.into_iter().rev().filter_map(stream_entry).collect())
             }
-        };
-        Ok(reply.ids.into_iter().map(entry).collect())
+        }
     }
 
     async fn ensure_group(&self) -> Result<(), BackendError> {
@@ -555,10 +554,10 @@ impl RedisBackend {
         // them costs a scan of the pending list, so it is done at most every claim_idle / 4.
         if self.claim_due(claim_idle) {
             match self.autoclaim_inbound(consumer, claim_idle, count).await {
-                Ok(reply) if !reply.claimed.is_empty() => {
+                Ok(claimed) if !claimed.is_empty() => {
                     // More may be waiting: look again on the next call.
                     self.last_claim.store(0, Ordering::Relaxed);
-                    return Ok(reply.claimed.into_iter().map(entry).collect());
+                    return Ok(claimed);
                 }
                 Ok(_) => {}
                 Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => {
@@ -854,20 +853,22 @@ impl RedisBackend {
         consumer: &str,
         min_idle: Duration,
         count: usize,
-    ) -> Result<StreamAutoClaimReply, BackendError> {
+    ) -> Result<Vec<StreamEntry>, BackendError> {
         let mut conn = self.conn.clone();
-        self.timed(
-            redis::cmd("XAUTOCLAIM")
-                .arg(&self.keys.inbound)
-                .arg(ROUTER_GROUP)
-                .arg(consumer)
-                .arg(min_idle.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut conn),
-        )
-        .await
+        let reply = self
+            .timed(
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&self.keys.inbound)
+                    .arg(ROUTER_GROUP)
+                    .arg(consumer)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        autoclaimed(reply)
     }
 
     /// Every entry read but not yet routed, by anyone, handed to `consumer` in stream
@@ -881,7 +882,7 @@ impl RedisBackend {
             .autoclaim_inbound(consumer, Duration::ZERO, count)
             .await
         {
-            Ok(reply) => Ok(reply.claimed.into_iter().map(entry).collect()),
+            Ok(claimed) => Ok(claimed),
             Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => {
                 self.ensure_group().await?;
                 Ok(Vec::new())
@@ -1312,19 +1313,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Takes a field's value out of an entry (no copy; invalid UTF-8, which the gateway never
-/// writes, is replaced rather than failing the batch).
-fn take_field(id: &mut StreamId, name: &str) -> Option<String> {
-    match id.map.remove(name)? {
-        Value::BulkString(b) => Some(
-            String::from_utf8(b)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        ),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
-
 /// XAUTOCLAIM's reply: [next start, claimed entries, deleted ids (Redis 7)]. Claimed
 /// entries deleted meanwhile come back as ids without fields, with an empty payload.
 fn autoclaimed(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
@@ -1369,8 +1357,9 @@ fn group_read(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
     Ok(out)
 }
 
-/// One stream entry as XREADGROUP and XAUTOCLAIM return it: [id, [field, value, ...]]
-/// (the fields nil or absent when it was deleted meanwhile: an empty payload).
+/// One stream entry as XRANGE, XREADGROUP and XAUTOCLAIM return it: [id, [field, value,
+/// ...]] (the fields nil or absent when it was deleted meanwhile: an empty payload), its
+/// strings moved, not copied.
 fn stream_entry(item: Value) -> Option<StreamEntry> {
     let Value::Array(pair) = item else {
         return None;
@@ -1402,7 +1391,8 @@ fn stream_entry(item: Value) -> Option<StreamEntry> {
     })
 }
 
-/// A bulk or simple string reply as a `String` (invalid UTF-8 replaced, never dropped).
+/// A bulk or simple string reply as a `String` (invalid UTF-8, which the gateway never
+/// writes, is replaced rather than failing the batch).
 fn into_string(v: Value) -> Option<String> {
     match v {
         Value::BulkString(b) => Some(
@@ -1411,20 +1401,6 @@ fn into_string(v: Value) -> Option<String> {
         ),
         Value::SimpleString(s) => Some(s),
         _ => None,
-    }
-}
-
-fn entry(mut id: StreamId) -> StreamEntry {
-    let payload = take_field(&mut id, "event")
-        .or_else(|| take_field(&mut id, "deadletter"))
-        .unwrap_or_default();
-    let key = take_field(&mut id, "event_id")
-        .or_else(|| take_field(&mut id, "deadletter_id"))
-        .unwrap_or_default();
-    StreamEntry {
-        id: id.id,
-        key,
-        payload,
     }
 }
 
