@@ -854,12 +854,26 @@ impl RedisBackend {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<StreamEntry>, BackendError> {
+        self.autoclaim(&self.keys.inbound, ROUTER_GROUP, consumer, min_idle, count)
+            .await
+    }
+
+    /// Entries of `group` on `stream` pending for at least `min_idle`, from the oldest,
+    /// given to `consumer`.
+    async fn autoclaim(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
         let mut conn = self.conn.clone();
         let reply = self
             .timed(
                 redis::cmd("XAUTOCLAIM")
-                    .arg(&self.keys.inbound)
-                    .arg(ROUTER_GROUP)
+                    .arg(stream)
+                    .arg(group)
                     .arg(consumer)
                     .arg(min_idle.as_millis() as u64)
                     .arg("0-0")
@@ -960,27 +974,12 @@ impl RedisBackend {
     ) -> Result<Vec<StreamEntry>, BackendError> {
         // Abandoned entries first. Unlike the router's, this group's reads are rare (one
         // batch per persister write), so it looks every time.
-        let mut conn = self.conn.clone();
-        let claimed: Result<Value, BackendError> = self
-            .timed(
-                redis::cmd("XAUTOCLAIM")
-                    .arg(&self.keys.events)
-                    .arg(group)
-                    .arg(consumer)
-                    .arg(claim_idle.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn),
-            )
-            .await;
-        match claimed {
-            Ok(reply) => {
-                let entries = autoclaimed(reply)?;
-                if !entries.is_empty() {
-                    return Ok(entries);
-                }
-            }
+        match self
+            .autoclaim(&self.keys.events, group, consumer, claim_idle, count)
+            .await
+        {
+            Ok(entries) if !entries.is_empty() => return Ok(entries),
+            Ok(_) => {}
             Err(BackendError::Unavailable(e)) if e.contains("NOGROUP") => {
                 self.ensure_events_group(group).await?
             }
