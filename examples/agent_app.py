@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""An agent's app on switchboard's routing API (docs/routing.md): it goes online, follows
-its own work over Server-Sent Events, answers the conversations offered to it, and closes
+"""An agent's app on switchboard's routing API (docs/routing.md): it follows its own work
+over Server-Sent Events, goes online once that stream is open, answers the conversations offered to it, and closes
 each conversation after "handling" it.
 
 Standard library only:
@@ -12,7 +12,9 @@ Use the agent's own API key in production (POST /v1/api-keys with role "agent" a
 "agent": "bob"): it can only follow and act as that agent.
 
 What it shows:
-- presence: PUT .../agents/{agent}/presence online at start, offline at exit;
+- presence: PUT .../agents/{agent}/presence online once its stream is open (the stream
+  starts after the newest event when it opens: going online first could let an offer be
+  made before the stream opened, and the app would never see it), offline at exit;
 - GET .../agents/{agent}/stream: one long response of `id:`/`event:`/`data:` frames and
   `:` heartbeat comments; the app never polls;
 - resuming: it remembers the last `id` it handled and reconnects with `Last-Event-ID`, so
@@ -128,6 +130,7 @@ class App:
         self.seq = {}  # conversation -> last seq applied
         self.mine = {}  # conversation -> when it became ours
         self.stop = threading.Event()
+        self.online = False
 
     def log(self, **kv):
         print(json.dumps(kv), flush=True)
@@ -184,6 +187,11 @@ class App:
                 with self.api.request("GET", f"{self.api.base}/stream", headers=headers,
                                       timeout=3 * heartbeat_secs) as res:
                     backoff = 1
+                    if not self.online:
+                        # The stream's start is fixed before its first byte: from now on
+                        # every offer made to us reaches us over it.
+                        self.online = True
+                        self.log(presence=self.api.presence("online"))
                     for f in frames(res):
                         if self.stop.is_set():
                             return
@@ -228,7 +236,6 @@ def main():
         app.mine[c["conversation_id"]] = time.monotonic()
         app.seq[c["conversation_id"]] = c.get("seq", 0)
         app.log(holding=c["conversation_id"], since=c["since"])
-    app.log(presence=api.presence("online"))
     try:
         app.follow(args.heartbeat_secs)
     except KeyboardInterrupt:
