@@ -22,6 +22,7 @@ pub const BACKEND_ERRORS: &str = "switchboard_backend_errors_total";
 pub const BACKPRESSURE: &str = "switchboard_backpressure_total";
 pub const EDGE_REFUSED: &str = "switchboard_http_edge_refused_total";
 pub const REPLICA_ACK_MISSING: &str = "switchboard_replica_ack_missing_total";
+pub const DUPLICATES_DROPPED: &str = "switchboard_inbound_duplicates_dropped_total";
 pub const STREAM_LENGTH: &str = "switchboard_stream_length";
 pub const STREAM_PENDING: &str = "switchboard_stream_pending";
 pub const ROUTED_EVENTS: &str = "switchboard_routed_events_total";
@@ -262,6 +263,22 @@ impl ReplicaAckMissing {
             "too few redis replicas acknowledged an accept (redis.min_replicas_acked); answering 503"
         );
         counter!(REPLICA_ACK_MISSING).increment(1);
+    }
+}
+
+/// The router dropped inbound entries that an accept transaction wrote for duplicates (the
+/// answer already counted them as duplicates).
+pub struct DuplicatesDropped {
+    pub count: usize,
+}
+
+impl DuplicatesDropped {
+    pub fn emit(self) {
+        tracing::debug!(
+            count = self.count,
+            "dropped inbound entries written for duplicates"
+        );
+        counter!(DUPLICATES_DROPPED).increment(self.count as u64);
     }
 }
 

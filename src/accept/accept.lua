@@ -15,7 +15,9 @@
 --
 -- Returns, per request in order: {-1, backlog} when its fresh events would push the inbound
 -- stream past its bound (nothing of it written), else {0, f1, f2, ...} with 1 = stored,
--- 0 = duplicate per item. The dedup key's value is the stream id the item was stored under.
+-- 0 = duplicate per item; then the inbound stream's length after the call and the id of the
+-- last entry it appended there, as two integers ms, seq (0, 0: none). The dedup key's value
+-- is the stream id the item was stored under.
 local ttl = tonumber(ARGV[1])
 local max_backlog = tonumber(ARGV[2])
 local dl_max = tonumber(ARGV[3])
@@ -33,6 +35,7 @@ local function seen(i)
 end
 
 local backlog = redis.call('XLEN', KEYS[1])
+local last_id = nil
 local out = {}
 local item = 0
 local event = 0
@@ -71,6 +74,7 @@ for r = 1, n_req do
         if is_event then
           id = redis.call('XADD', KEYS[1], '*', 'event_id', ARGV[id_base + event], 'event', ARGV[payload_base + item])
           backlog = backlog + 1
+          last_id = id
         else
           id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', dl_max, '*', 'deadletter_id', string.sub(key, dedup_prefix_len + 1), 'deadletter', ARGV[payload_base + item])
           dead_stored = true
@@ -86,4 +90,12 @@ end
 if dead_stored then
   redis.call('XTRIM', KEYS[2], 'MINID', dl_min_id)
 end
+out[#out + 1] = backlog
+local ms, seq = 0, 0
+if last_id then
+  local m, q = string.match(last_id, '^(%d+)-(%d+)$')
+  ms, seq = tonumber(m), tonumber(q)
+end
+out[#out + 1] = ms
+out[#out + 1] = seq
 return out

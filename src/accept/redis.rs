@@ -3,9 +3,12 @@
 //! Data structures (all keys share the hash tag `{prefix}`, so every script touches one
 //! slot of a Redis Cluster):
 //! - `{prefix}:inbound` — stream of accepted events not yet routed; field `event_id` and
-//!   `event` (JSON). Consumer group `router`. Entries are deleted once routed (XACK + XDEL in
-//!   one script), so its length *is* the backlog; it is never trimmed, and accept refuses
-//!   (503) past `inbound_max_backlog` instead.
+//!   `event` (JSON); written by an accept transaction, also `tok` (the token its dedup key
+//!   was set to, or that it tried to set: a duplicate's entry, which the router drops) and
+//!   `lk` (the event's legacy identity, when it has one). Consumer group `router`. Entries
+//!   are deleted once routed (XACK + XDEL in one transaction), so its length *is* the
+//!   backlog; it is never trimmed, and accept refuses (503) past `inbound_max_backlog`
+//!   instead (to within `TRANSACTION_MARGIN` per gateway process).
 //! - `{prefix}:events` — stream the CRM backends read with XREADGROUP; fields `event_id`,
 //!   `event`. Trimmed approximately to `events_max_len` and/or `events_max_age_secs`, but
 //!   while the consumer group `persister` exists never past its oldest unacknowledged entry
@@ -16,7 +19,8 @@
 //!   Trimmed approximately to `deadletter_max_len`, and exactly to `deadletter_max_age_secs`
 //!   (on every dead letter stored, and by [`RedisBackend::trim_deadletters`]).
 //! - `{prefix}:dedup:v2:<event id | dead-letter id>` — string holding the stream id the item
-//!   was stored under; expires after `dedup_ttl_secs`. The version changes with the id
+//!   was stored under (by the script) or the token of its entry (by a transaction); expires
+//!   after `dedup_ttl_secs`. The version changes with the id
 //!   derivation: `v1` keys were written by versions whose event ids were not scoped to the
 //!   source. They are still checked (an item is a duplicate when its `v2` key or the `v1` key
 //!   of its [legacy identity](super::Item::legacy) exists), never written; they expire within
@@ -85,7 +89,10 @@ impl Keys {
     }
     /// Where an earlier version kept the dedup key of an item (see the module docs).
     pub fn legacy_dedup(&self, item: &super::Item) -> String {
-        format!("{}{}", self.legacy_dedup_prefix, item.legacy())
+        self.legacy_dedup_of(item.legacy())
+    }
+    fn legacy_dedup_of(&self, legacy: &str) -> String {
+        format!("{}{legacy}", self.legacy_dedup_prefix)
     }
     fn stream(&self, s: StreamName) -> &str {
         match s {
@@ -127,6 +134,49 @@ pub struct RedisBackend {
     /// Queue of the group-commit task; `None` when created outside a runtime (each accept
     /// is then its own script call) and in the task's own copy.
     combiner: Option<mpsc::Sender<Pending>>,
+    /// The inbound stream's length as accepts saw it: far enough below the bound, accepts
+    /// run as a transaction of plain commands instead of the script (see
+    /// `accept_transaction`).
+    backlog_seen: std::sync::Arc<std::sync::Mutex<BacklogSeen>>,
+    /// Whether accepts may run as a transaction (not on a Redis Cluster, whose connection
+    /// routes each command on its own).
+    transactions: bool,
+    /// Tokens marking which of an event's entries holds its dedup key (`tok` field):
+    /// this process's random prefix and a counter.
+    token_prefix: std::sync::Arc<str>,
+    token_seq: std::sync::Arc<AtomicU64>,
+}
+
+/// The inbound backlog as the accepts of this process saw it, in the order Redis ran them:
+/// the id of the last entry a call appended orders its figure, so that a call whose answer
+/// is handled late cannot put back an older, lower one.
+#[derive(Debug, Clone, Copy, Default)]
+struct BacklogSeen {
+    /// The last entry appended by the call that saw `backlog`.
+    after: (u64, u64),
+    /// None before the first accept.
+    backlog: Option<u64>,
+}
+
+impl BacklogSeen {
+    /// A call saw `backlog` after its appends, the last being `after` (None: it appended
+    /// nothing, so its figure is not ordered and may only raise the one kept).
+    fn note(&mut self, after: Option<(u64, u64)>, backlog: u64) {
+        match after {
+            Some(id) if id > self.after => {
+                self.after = id;
+                self.backlog = Some(backlog);
+            }
+            Some(_) => {}
+            None => self.backlog = Some(self.backlog.map_or(backlog, |b| b.max(backlog))),
+        }
+    }
+}
+
+/// A stream id `<ms>-<seq>` as a pair that orders like the id.
+fn id_pair(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// Accepts that replicas must acknowledge before the 2xx.
@@ -233,6 +283,7 @@ impl RedisBackend {
         } else {
             None
         };
+        let transactions = !matches!(conn, RedisConn::Cluster(_));
         let mut backend = RedisBackend {
             conn,
             blocking,
@@ -256,6 +307,10 @@ impl RedisBackend {
             },
             publish_conn: Default::default(),
             combiner: None,
+            backlog_seen: Default::default(),
+            transactions,
+            token_prefix: uuid::Uuid::new_v4().simple().to_string()[..16].into(),
+            token_seq: std::sync::Arc::new(AtomicU64::new(0)),
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (tx, rx) = mpsc::channel(COMBINER_QUEUE);
@@ -333,8 +388,148 @@ impl RedisBackend {
         }
     }
 
-    /// One script call for several requests' batches; per batch its report, or backpressure.
+    /// Several requests' batches in one call; per batch its report, or backpressure.
     async fn accept_group(
+        &self,
+        batches: &[&Batch],
+    ) -> Result<Vec<Result<AcceptReport, BackendError>>, BackendError> {
+        if self.transaction_fits(batches) {
+            return self.accept_transaction(batches).await;
+        }
+        self.accept_script(batches).await
+    }
+
+    /// Whether `batches` may be accepted by [`Self::accept_transaction`]: events only (dead
+    /// letters are rare, and their stream is trimmed by the script), not on a cluster, and
+    /// the backlog last seen far enough below `inbound_max_backlog` that this process's
+    /// groups in flight, all full, cannot cross it before one of them sees the backlog
+    /// again. Near the bound (or before the first accept) the script decides, refusing
+    /// exactly at the bound.
+    fn transaction_fits(&self, batches: &[&Batch]) -> bool {
+        if !self.transactions || batches.iter().any(|b| !b.dead_letters.is_empty()) {
+            return false;
+        }
+        let Some(seen) = self.seen().backlog else {
+            return false;
+        };
+        let events: u64 = batches.iter().map(|b| b.events.len() as u64).sum();
+        seen.saturating_add(events)
+            .saturating_add(TRANSACTION_MARGIN)
+            <= self.limits.inbound_max_backlog
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, BacklogSeen> {
+        self.backlog_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Dedup and enqueue as one `MULTI`/`EXEC` of plain commands, so that the events' bytes
+    /// never enter Lua (which copies and hashes every byte of every string it is given:
+    /// the script cost about twice the Redis CPU of this, per event). Per event: `EXISTS`
+    /// of its legacy dedup key, `SET` of its dedup key `NX` to a token unique to this
+    /// entry, and `XADD` of the entry with that token (`tok`, and `lk` its legacy key when
+    /// it has one). A transaction cannot make the `XADD` depend on the `SET`, so a
+    /// duplicate's entry is written too; the answer counts it as a duplicate (its `SET`
+    /// found the key, or its legacy key exists) and the router drops it unpublished: it
+    /// publishes an entry with a token only while the dedup key holds that token and the
+    /// legacy key is absent (`drop_duplicates`). Dedup and enqueue stay one atomic step:
+    /// the entry that set the key is in the stream, whatever happens next.
+    async fn accept_transaction(
+        &self,
+        batches: &[&Batch],
+    ) -> Result<Vec<Result<AcceptReport, BackendError>>, BackendError> {
+        let ttl = self.limits.dedup_ttl.as_secs().max(1);
+        let mut tx = redis::pipe();
+        tx.atomic();
+        tx.cmd("XLEN").arg(&self.keys.inbound);
+        let mut n = 0usize;
+        for item in batches.iter().flat_map(|b| &b.events) {
+            let token = format!(
+                "{}.{}",
+                self.token_prefix,
+                self.token_seq.fetch_add(1, Ordering::Relaxed)
+            );
+            tx.cmd("EXISTS").arg(self.keys.legacy_dedup(item));
+            tx.cmd("SET")
+                .arg(self.keys.dedup(&item.key))
+                .arg(&token)
+                .arg("NX")
+                .arg("EX")
+                .arg(ttl);
+            let add = tx
+                .cmd("XADD")
+                .arg(&self.keys.inbound)
+                .arg("*")
+                .arg("event_id")
+                .arg(&item.key)
+                .arg("tok")
+                .arg(&token);
+            if let Some(legacy) = &item.legacy_key {
+                add.arg("lk").arg(legacy);
+            }
+            add.arg("event").arg(&item.payload);
+            n += 1;
+        }
+        let mut conn = match &self.replicated {
+            Some(rep) => rep.conn.clone(),
+            None => self.conn.clone(),
+        };
+        let replies: Vec<Value> = self.timed(tx.query_async(&mut conn)).await?;
+        if replies.len() != 1 + 3 * n {
+            return Err(BackendError::Protocol(format!(
+                "accept transaction returned {} replies for {n} events",
+                replies.len()
+            )));
+        }
+        if let Some(Value::ServerError(e)) =
+            replies.iter().find(|r| matches!(r, Value::ServerError(_)))
+        {
+            return Err(BackendError::Unavailable(format!(
+                "accept transaction: {e:?}"
+            )));
+        }
+        let backlog = match &replies[0] {
+            Value::Int(len) => (*len).max(0) as u64,
+            other => {
+                return Err(BackendError::Protocol(format!(
+                    "accept transaction: XLEN answered {other:?}"
+                )))
+            }
+        };
+        let last = match replies.last() {
+            Some(Value::BulkString(id)) => std::str::from_utf8(id).ok().and_then(id_pair),
+            Some(Value::SimpleString(id)) => id_pair(id),
+            _ => None,
+        };
+        if last.is_none() {
+            return Err(BackendError::Protocol(format!(
+                "accept transaction: XADD answered {:?}",
+                replies.last()
+            )));
+        }
+        self.seen().note(last, backlog + n as u64);
+        let mut fresh = replies[1..]
+            .chunks(3)
+            .map(|r| matches!(r[0], Value::Int(0)) && !matches!(r[1], Value::Nil));
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            out.push(Ok(AcceptReport {
+                events: fresh.by_ref().take(b.events.len()).collect(),
+                dead_letters: Vec::new(),
+            }));
+        }
+        if let Some(rep) = &self.replicated {
+            // Every event wrote (its entry, at least) on this connection, after any original
+            // a duplicate has: WAIT covers those too.
+            self.wait_for_replicas(rep).await?;
+        }
+        Ok(out)
+    }
+
+    /// [`Self::accept_group`] through `accept.lua`: exact at the inbound bound, and for dead
+    /// letters.
+    async fn accept_script(
         &self,
         batches: &[&Batch],
     ) -> Result<Vec<Result<AcceptReport, BackendError>>, BackendError> {
@@ -371,11 +566,11 @@ impl RedisBackend {
         let Some(rep) = &self.replicated else {
             let mut conn = self.conn.clone();
             let reply: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
-            return parse_group_reply(batches, &reply);
+            return self.parse_group_reply(batches, &reply);
         };
         let mut conn = rep.conn.clone();
         let reply: Vec<i64> = self.timed(inv.invoke_async(&mut conn)).await?;
-        let outcomes = parse_group_reply(batches, &reply)?;
+        let outcomes = self.parse_group_reply(batches, &reply)?;
         if outcomes.iter().any(Result::is_ok) {
             // A duplicate's original was written earlier, maybe on a connection that has
             // since been replaced: WAIT covers only this connection's writes, so a write
@@ -395,6 +590,17 @@ impl RedisBackend {
             }
             self.wait_for_replicas(rep).await?;
         }
+        Ok(outcomes)
+    }
+
+    /// The script's reply, noting the backlog it saw.
+    fn parse_group_reply(
+        &self,
+        batches: &[&Batch],
+        reply: &[i64],
+    ) -> Result<Vec<Result<AcceptReport, BackendError>>, BackendError> {
+        let (outcomes, backlog, last) = parse_group_reply(batches, reply)?;
+        self.seen().note(last, backlog);
         Ok(outcomes)
     }
 
@@ -584,13 +790,90 @@ impl RedisBackend {
             .query_async::<Value>(&mut blocking)
             .await;
         match read {
-            Ok(reply) => group_read(reply),
+            Ok(reply) => {
+                self.drop_duplicates(group_read_with(reply, inbound_entry)?)
+                    .await
+            }
             Err(e) if e.to_string().contains("NOGROUP") => {
                 self.ensure_group().await?;
                 Ok(Vec::new())
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    /// The entries the router may publish among `read`: those an accept transaction wrote
+    /// for a duplicate (see `accept_transaction`) are acknowledged and deleted here. An
+    /// entry with a token is its event's original while the dedup key holds that token and
+    /// the legacy key is absent; when the dedup key has expired (the entry waited longer
+    /// than `dedup_ttl_secs`), it is published: dedup holds within that window only. Should
+    /// this fail, the entries stay pending to this consumer and are claimed again after
+    /// `claim_idle_ms`.
+    async fn drop_duplicates(
+        &self,
+        read: Vec<InboundEntry>,
+    ) -> Result<Vec<StreamEntry>, BackendError> {
+        let checked: Vec<usize> = (0..read.len())
+            .filter(|&i| read[i].token.is_some())
+            .collect();
+        if checked.is_empty() {
+            return Ok(read.into_iter().map(|e| e.entry).collect());
+        }
+        let mut get = redis::cmd("MGET");
+        for &i in &checked {
+            let e = &read[i];
+            get.arg(self.keys.dedup(&e.entry.key)).arg(
+                self.keys
+                    .legacy_dedup_of(e.legacy.as_deref().unwrap_or(&e.entry.key)),
+            );
+        }
+        let mut conn = self.conn.clone();
+        let held: Vec<Option<String>> = self.timed(get.query_async(&mut conn)).await?;
+        if held.len() != 2 * checked.len() {
+            return Err(BackendError::Protocol(format!(
+                "MGET returned {} values for {} keys",
+                held.len(),
+                2 * checked.len()
+            )));
+        }
+        let mut duplicate = vec![false; read.len()];
+        for (pair, &i) in held.chunks(2).zip(&checked) {
+            let holder = &pair[0];
+            duplicate[i] = pair[1].is_some()
+                || holder
+                    .as_ref()
+                    .is_some_and(|h| Some(h) != read[i].token.as_ref());
+        }
+        let dropped: Vec<&str> = read
+            .iter()
+            .zip(&duplicate)
+            .filter(|(_, d)| **d)
+            .map(|(e, _)| e.entry.id.as_str())
+            .collect();
+        if !dropped.is_empty() {
+            let mut tx = redis::pipe();
+            tx.atomic();
+            tx.cmd("XACK")
+                .arg(&self.keys.inbound)
+                .arg(ROUTER_GROUP)
+                .arg(&dropped)
+                .ignore();
+            tx.cmd("XDEL")
+                .arg(&self.keys.inbound)
+                .arg(&dropped)
+                .ignore();
+            let _: () = self.timed(tx.query_async(&mut conn)).await?;
+            crate::internal_events::DuplicatesDropped {
+                count: dropped.len(),
+            }
+            .emit();
+        }
+        Ok(read
+            .into_iter()
+            .zip(duplicate)
+            .filter(|(_, d)| !d)
+            .map(|(e, _)| e.entry)
+            .collect())
     }
 
     /// Removes a stopped router consumer from the group, but only when it holds no pending
@@ -854,20 +1137,30 @@ impl RedisBackend {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<StreamEntry>, BackendError> {
-        self.autoclaim(&self.keys.inbound, ROUTER_GROUP, consumer, min_idle, count)
-            .await
+        let claimed = self
+            .autoclaim(
+                &self.keys.inbound,
+                ROUTER_GROUP,
+                consumer,
+                min_idle,
+                count,
+                inbound_entry,
+            )
+            .await?;
+        self.drop_duplicates(claimed).await
     }
 
     /// Entries of `group` on `stream` pending for at least `min_idle`, from the oldest,
     /// given to `consumer`.
-    async fn autoclaim(
+    async fn autoclaim<T>(
         &self,
         stream: &str,
         group: &str,
         consumer: &str,
         min_idle: Duration,
         count: usize,
-    ) -> Result<Vec<StreamEntry>, BackendError> {
+        parse: fn(Value) -> Option<T>,
+    ) -> Result<Vec<T>, BackendError> {
         let mut conn = self.conn.clone();
         let reply = self
             .timed(
@@ -882,7 +1175,7 @@ impl RedisBackend {
                     .query_async(&mut conn),
             )
             .await?;
-        autoclaimed(reply)
+        autoclaimed(reply, parse)
     }
 
     /// Every entry read but not yet routed, by anyone, handed to `consumer` in stream
@@ -975,7 +1268,14 @@ impl RedisBackend {
         // Abandoned entries first. Unlike the router's, this group's reads are rare (one
         // batch per persister write), so it looks every time.
         match self
-            .autoclaim(&self.keys.events, group, consumer, claim_idle, count)
+            .autoclaim(
+                &self.keys.events,
+                group,
+                consumer,
+                claim_idle,
+                count,
+                stream_entry,
+            )
             .await
         {
             Ok(entries) if !entries.is_empty() => return Ok(entries),
@@ -1182,12 +1482,29 @@ impl RedisBackend {
 }
 
 /// Splits the accept script's flat reply into one outcome per batch.
+/// The script's reply: per batch its report or backpressure, the inbound stream's length
+/// after the call and the last entry it appended there.
+#[allow(clippy::type_complexity)]
 fn parse_group_reply(
     batches: &[&Batch],
     reply: &[i64],
-) -> Result<Vec<Result<AcceptReport, BackendError>>, BackendError> {
+) -> Result<
+    (
+        Vec<Result<AcceptReport, BackendError>>,
+        u64,
+        Option<(u64, u64)>,
+    ),
+    BackendError,
+> {
     let mut out = Vec::with_capacity(batches.len());
-    let mut rest = reply;
+    let [ref rest @ .., backlog, ms, seq] = *reply else {
+        return Err(BackendError::Protocol(format!(
+            "accept script returned {} values",
+            reply.len()
+        )));
+    };
+    let mut rest = rest;
+    let last = (ms > 0).then_some((ms as u64, seq.max(0) as u64));
     for b in batches {
         let n_events = b.events.len();
         let n = n_events + b.dead_letters.len();
@@ -1217,7 +1534,7 @@ fn parse_group_reply(
         }
     }
     if rest.is_empty() {
-        Ok(out)
+        Ok((out, backlog.max(0) as u64, last))
     } else {
         Err(BackendError::Protocol(format!(
             "accept script returned {} values more than expected",
@@ -1225,6 +1542,13 @@ fn parse_group_reply(
         )))
     }
 }
+
+/// Room kept below `inbound_max_backlog` by accepts that run as a transaction: more than
+/// this process's other calls in flight, all full, can append beyond the latest figure it
+/// has (`BacklogSeen`). So one process keeps the bound exactly (within this distance of it
+/// the script decides, and refuses at the bound); each further process may cross it by at
+/// most this many entries, appended before it sees the others' figure.
+const TRANSACTION_MARGIN: u64 = (GROUP_MAX_ITEMS * GROUPS_IN_FLIGHT) as u64;
 
 /// A request waiting for its accept.
 struct Pending {
@@ -1314,7 +1638,7 @@ fn now_ms() -> u64 {
 
 /// XAUTOCLAIM's reply: [next start, claimed entries, deleted ids (Redis 7)]. Claimed
 /// entries deleted meanwhile come back as ids without fields, with an empty payload.
-fn autoclaimed(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
+fn autoclaimed<T>(reply: Value, parse: fn(Value) -> Option<T>) -> Result<Vec<T>, BackendError> {
     let Value::Array(parts) = reply else {
         return Err(BackendError::Protocol(
             "XAUTOCLAIM reply is not an array".into(),
@@ -1325,12 +1649,17 @@ fn autoclaimed(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
             "XAUTOCLAIM reply has no entries".into(),
         ));
     };
-    Ok(claimed.into_iter().filter_map(stream_entry).collect())
+    Ok(claimed.into_iter().filter_map(parse).collect())
 }
 
 /// XREADGROUP's reply, taken apart without copying the entries' bytes: nil (the block
 /// timed out), or per stream [name, entries] (an array of pairs in RESP2, a map in RESP3).
 fn group_read(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
+    group_read_with(reply, stream_entry)
+}
+
+/// [`group_read`], each entry taken apart by `parse`.
+fn group_read_with<T>(reply: Value, parse: fn(Value) -> Option<T>) -> Result<Vec<T>, BackendError> {
     let streams: Vec<Value> = match reply {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(streams) => streams
@@ -1350,7 +1679,7 @@ fn group_read(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
     let mut out = Vec::new();
     for entries in streams {
         if let Value::Array(entries) = entries {
-            out.extend(entries.into_iter().filter_map(stream_entry));
+            out.extend(entries.into_iter().filter_map(parse));
         }
     }
     Ok(out)
@@ -1360,6 +1689,21 @@ fn group_read(reply: Value) -> Result<Vec<StreamEntry>, BackendError> {
 /// ...]] (the fields nil or absent when it was deleted meanwhile: an empty payload), its
 /// strings moved, not copied.
 fn stream_entry(item: Value) -> Option<StreamEntry> {
+    inbound_entry(item).map(|e| e.entry)
+}
+
+/// A stream entry with the fields an accept transaction adds to an inbound entry (see
+/// `accept_transaction`).
+struct InboundEntry {
+    entry: StreamEntry,
+    /// `tok`: the token its accept set the dedup key to, or tried to.
+    token: Option<String>,
+    /// `lk`: the event's legacy identity, when it differs from its id.
+    legacy: Option<String>,
+}
+
+/// [`stream_entry`], keeping `tok` and `lk`.
+fn inbound_entry(item: Value) -> Option<InboundEntry> {
     let Value::Array(pair) = item else {
         return None;
     };
@@ -1367,6 +1711,7 @@ fn stream_entry(item: Value) -> Option<StreamEntry> {
     let id = into_string(pair.next()?)?;
     let (mut payload, mut key) = (None, None);
     let (mut dl_payload, mut dl_key) = (None, None);
+    let (mut token, mut legacy) = (None, None);
     if let Some(Value::Array(kv)) = pair.next() {
         let mut it = kv.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -1376,6 +1721,8 @@ fn stream_entry(item: Value) -> Option<StreamEntry> {
                     b"event_id" => &mut key,
                     b"deadletter" => &mut dl_payload,
                     b"deadletter_id" => &mut dl_key,
+                    b"tok" => &mut token,
+                    b"lk" => &mut legacy,
                     _ => continue,
                 },
                 _ => continue,
@@ -1383,10 +1730,14 @@ fn stream_entry(item: Value) -> Option<StreamEntry> {
             *slot = into_string(v);
         }
     }
-    Some(StreamEntry {
-        id,
-        key: key.or(dl_key).unwrap_or_default(),
-        payload: payload.or(dl_payload).unwrap_or_default(),
+    Some(InboundEntry {
+        entry: StreamEntry {
+            id,
+            key: key.or(dl_key).unwrap_or_default(),
+            payload: payload.or(dl_payload).unwrap_or_default(),
+        },
+        token,
+        legacy,
     })
 }
 
@@ -1406,6 +1757,46 @@ fn into_string(v: Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backlog_seen_follows_the_order_redis_ran_the_calls_in() {
+        let mut seen = BacklogSeen::default();
+        assert_eq!(seen.backlog, None);
+        seen.note(Some((5, 1)), 40);
+        // A call that ran earlier, answered later, does not put back its lower figure...
+        seen.note(Some((5, 0)), 10);
+        assert_eq!(seen.backlog, Some(40));
+        // ...a later one does, lower too (the router drained meanwhile)...
+        seen.note(Some((6, 0)), 7);
+        assert_eq!(seen.backlog, Some(7));
+        // ...and one that appended nothing can only raise it.
+        seen.note(None, 3);
+        assert_eq!(seen.backlog, Some(7));
+        seen.note(None, 90);
+        assert_eq!(seen.backlog, Some(90));
+        assert_eq!(id_pair("1700000000000-12"), Some((1_700_000_000_000, 12)));
+        assert_eq!(id_pair("12"), None);
+        assert!(id_pair("2-0") > id_pair("1-9"));
+    }
+
+    #[test]
+    fn the_script_reply_ends_with_the_backlog_and_the_last_entry() {
+        let one = Batch {
+            events: vec![super::super::Item::new("evt_a", "{}")],
+            dead_letters: Vec::new(),
+        };
+        let (out, backlog, last) =
+            parse_group_reply(&[&one, &one], &[0, 1, -1, 9, 9, 17, 3]).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().events, [true]);
+        assert!(matches!(
+            out[1],
+            Err(BackendError::Backpressure { backlog: 9 })
+        ));
+        assert_eq!((backlog, last), (9, Some((17, 3))));
+        let (_, _, last) = parse_group_reply(&[&one], &[0, 0, 4, 0, 0]).unwrap();
+        assert_eq!(last, None);
+        assert!(parse_group_reply(&[&one], &[0, 1]).is_err());
+    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

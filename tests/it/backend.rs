@@ -449,3 +449,200 @@ async fn dead_letters_age_out() {
         assert!(dead.is_empty(), "{name}: trimmed with none arriving");
     }
 }
+
+/// A Redis backend whose bound leaves room for accepts as a transaction, its prefix, and a
+/// plain connection to look at the keys.
+async fn redis_with_room() -> (Backend, String, redis::aio::MultiplexedConnection) {
+    let url = redis_url();
+    let conn = require_redis(&url).await;
+    let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    let cfg = RedisConfig {
+        url,
+        cluster_nodes: Vec::new(),
+        key_prefix: prefix.clone(),
+        command_timeout_ms: 2000,
+        connect_timeout_ms: 1000,
+        ..RedisConfig::default()
+    };
+    let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100_000)).unwrap()));
+    (b, prefix, conn)
+}
+
+/// The inbound entries' `event_id` and `tok` fields, oldest first.
+async fn inbound_tokens(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> Vec<(String, Option<String>)> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("{{{prefix}}}:inbound"))
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            let get = |name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            (get("event_id").unwrap(), get("tok"))
+        })
+        .collect()
+}
+
+/// Past the first accept (which learns the backlog), accepts run as a transaction of plain
+/// commands: a duplicate's entry is written too, answered as a duplicate, and dropped by the
+/// router unpublished, whether it raced its original in the same call, in concurrent calls
+/// or came later.
+#[tokio::test]
+async fn redis_accepts_as_a_transaction_publish_each_event_once() {
+    let (b, prefix, mut conn) = redis_with_room().await;
+    assert_eq!(
+        b.accept(batch(&["evt_first"], &[])).await.unwrap().events,
+        [true]
+    );
+    let r = b
+        .accept(batch(&["evt_a", "evt_a", "evt_first"], &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.events, [true, false, false]);
+    let racing = (0..8).map(|_| b.accept(batch(&["evt_b", "evt_c"], &[])));
+    let mut fresh = [0, 0];
+    for r in futures_util::future::join_all(racing).await {
+        let r = r.unwrap();
+        for (n, f) in fresh.iter_mut().zip(r.events) {
+            *n += f as u32;
+        }
+    }
+    assert_eq!(fresh, [1, 1], "one accept stored each event");
+    let written = inbound_tokens(&mut conn, &prefix).await;
+    assert!(
+        written.iter().skip(1).all(|(_, tok)| tok.is_some()),
+        "the accepts after the first ran as transactions: {written:?}"
+    );
+    assert_eq!(written.len(), 1 + 3 + 16, "duplicates' entries too");
+    let read = b
+        .read_inbound("r", 100, Duration::from_millis(10), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut keys: Vec<&str> = read.iter().map(|e| e.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["evt_a", "evt_b", "evt_c", "evt_first"]);
+    assert_eq!(
+        b.stats().await.unwrap().inbound,
+        4,
+        "the duplicates' entries are deleted"
+    );
+    assert_eq!(b.publish(&read).await.unwrap(), 4);
+    assert_eq!(b.stats().await.unwrap().inbound, 0);
+    // A redelivery later: answered as a duplicate, its entry dropped too.
+    assert_eq!(
+        b.accept(batch(&["evt_b"], &[])).await.unwrap().events,
+        [false]
+    );
+    assert!(b
+        .read_inbound("r", 100, Duration::from_millis(10), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(b.stats().await.unwrap().inbound, 0);
+    let events = b.read(StreamName::Events, 10, None).await.unwrap();
+    assert_eq!(events.len(), 4);
+}
+
+/// In a transaction, the legacy dedup key is checked beside the current one: a redelivery
+/// across the upgrade is a duplicate, and the router drops its entry even though the
+/// transaction set the current key.
+#[tokio::test]
+async fn redis_transaction_accepts_respect_legacy_dedup_keys() {
+    let (b, prefix, mut conn) = redis_with_room().await;
+    b.accept(batch(&["evt_first"], &[])).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{prefix}}}:dedup:v1:evt_old"))
+        .arg("1-0")
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut scoped = item("evt_new");
+    scoped.legacy_key = Some("evt_old".into());
+    let r = b
+        .accept(Batch {
+            events: vec![scoped, item("evt_other")],
+            dead_letters: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.events, [false, true]);
+    assert!(inbound_tokens(&mut conn, &prefix).await[1].1.is_some());
+    let read = b
+        .read_inbound("r", 100, Duration::from_millis(10), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let keys: Vec<&str> = read.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["evt_first", "evt_other"]);
+}
+
+/// An entry that waited longer than the dedup window (its key expired) is still published:
+/// a verified webhook is never dropped.
+#[tokio::test]
+async fn redis_an_entry_whose_dedup_key_expired_is_published() {
+    let (b, prefix, mut conn) = redis_with_room().await;
+    b.accept(batch(&["evt_first"], &[])).await.unwrap();
+    assert_eq!(
+        b.accept(batch(&["evt_late"], &[])).await.unwrap().events,
+        [true]
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{{{prefix}}}:dedup:v2:evt_late"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read = b
+        .read_inbound("r", 100, Duration::from_millis(10), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let keys: Vec<&str> = read.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["evt_first", "evt_late"]);
+}
+
+/// Transactions keep `TRANSACTION_MARGIN` (2,048 entries) below the inbound bound; closer
+/// to it the script decides, so the bound is still exact for one gateway.
+#[tokio::test]
+async fn redis_the_inbound_bound_stays_exact_when_transactions_run() {
+    let url = redis_url();
+    let mut conn = require_redis(&url).await;
+    let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
+    let cfg = RedisConfig {
+        url,
+        cluster_nodes: Vec::new(),
+        key_prefix: prefix.clone(),
+        command_timeout_ms: 2000,
+        connect_timeout_ms: 1000,
+        ..RedisConfig::default()
+    };
+    let bound = 2048 + 50;
+    let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(bound)).unwrap()));
+    let keys: Vec<String> = (0..bound + 1).map(|i| format!("evt_{i}")).collect();
+    for chunk in keys[..bound as usize].chunks(10) {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let r = b.accept(batch(&chunk, &[])).await.unwrap();
+        assert!(r.events.iter().all(|f| *f));
+    }
+    match b.accept(batch(&[keys[bound as usize].as_str()], &[])).await {
+        Err(BackendError::Backpressure { backlog }) => assert_eq!(backlog, bound),
+        other => panic!("expected backpressure at the bound, got {other:?}"),
+    }
+    let written = inbound_tokens(&mut conn, &prefix).await;
+    assert_eq!(written.len() as u64, bound);
+    let by_transaction = written.iter().filter(|(_, t)| t.is_some()).count();
+    assert!(
+        by_transaction > 0 && by_transaction < written.len(),
+        "transactions far from the bound, the script near it: {by_transaction}"
+    );
+}
