@@ -4,8 +4,8 @@
 //! slot of a Redis Cluster):
 //! - `{prefix}:inbound` — stream of accepted events not yet routed; field `event_id` and
 //!   `event` (JSON); written by an accept transaction, also `tok` (the token its dedup key
-//!   was set to, or that it tried to set: a duplicate's entry, which the router drops) and
-//!   `lk` (the event's legacy identity, when it has one). Consumer group `router`. Entries
+//!   was set to, or that it tried to set: a duplicate's entry, which the router drops).
+//!   Consumer group `router`. Entries
 //!   are deleted once routed (XACK + XDEL in one transaction), so its length *is* the
 //!   backlog; it is never trimmed, and accept refuses (503) past `inbound_max_backlog`
 //!   instead (to within `TRANSACTION_MARGIN` per gateway process).
@@ -19,8 +19,8 @@
 //!   Trimmed approximately to `deadletter_max_len`, and exactly to `deadletter_max_age_secs`
 //!   (on every dead letter stored, and by [`RedisBackend::trim_deadletters`]).
 //! - `{prefix}:dedup:v2:<event id | dead-letter id>` — string holding the stream id the item
-//!   was stored under (by the script) or the token of its entry (by a transaction); expires
-//!   after `dedup_ttl_secs`. The version changes with the id
+//!   was stored under (by the script), the token of its entry (by a transaction) or a copy
+//!   of its `v1` key (by a transaction that found one); expires after `dedup_ttl_secs`. The version changes with the id
 //!   derivation: `v1` keys were written by versions whose event ids were not scoped to the
 //!   source. They are still checked (an item is a duplicate when its `v2` key or the `v1` key
 //!   of its [legacy identity](super::Item::legacy) exists), never written; they expire within
@@ -89,10 +89,7 @@ impl Keys {
     }
     /// Where an earlier version kept the dedup key of an item (see the module docs).
     pub fn legacy_dedup(&self, item: &super::Item) -> String {
-        self.legacy_dedup_of(item.legacy())
-    }
-    fn legacy_dedup_of(&self, legacy: &str) -> String {
-        format!("{}{legacy}", self.legacy_dedup_prefix)
+        format!("{}{}", self.legacy_dedup_prefix, item.legacy())
     }
     fn stream(&self, s: StreamName) -> &str {
         match s {
@@ -426,15 +423,16 @@ impl RedisBackend {
 
     /// Dedup and enqueue as one `MULTI`/`EXEC` of plain commands, so that the events' bytes
     /// never enter Lua (which copies and hashes every byte of every string it is given:
-    /// the script cost about twice the Redis CPU of this, per event). Per event: `EXISTS`
-    /// of its legacy dedup key, `SET` of its dedup key `NX` to a token unique to this
-    /// entry, and `XADD` of the entry with that token (`tok`, and `lk` its legacy key when
-    /// it has one). A transaction cannot make the `XADD` depend on the `SET`, so a
-    /// duplicate's entry is written too; the answer counts it as a duplicate (its `SET`
-    /// found the key, or its legacy key exists) and the router drops it unpublished: it
-    /// publishes an entry with a token only while the dedup key holds that token and the
-    /// legacy key is absent (`drop_duplicates`). Dedup and enqueue stay one atomic step:
-    /// the entry that set the key is in the stream, whatever happens next.
+    /// the script cost about twice the Redis CPU of this, per event). Per event: `COPY` of
+    /// its legacy dedup key to its dedup key (done only when the legacy key exists and the
+    /// dedup key does not: a redelivery across the upgrade then finds its dedup key set),
+    /// `SET` of its dedup key `NX` to a token unique to this entry, and `XADD` of the entry
+    /// with that token (`tok`). A transaction cannot make the `XADD` depend on the `SET`,
+    /// so a duplicate's entry is written too; the answer counts it as a duplicate (its
+    /// `SET` found the key) and the router drops it unpublished: it publishes an entry with
+    /// a token only while the dedup key holds that token (`drop_duplicates`). Dedup and
+    /// enqueue stay one atomic step: the entry that set the key is in the stream, whatever
+    /// happens next.
     async fn accept_transaction(
         &self,
         batches: &[&Batch],
@@ -450,25 +448,23 @@ impl RedisBackend {
                 self.token_prefix,
                 self.token_seq.fetch_add(1, Ordering::Relaxed)
             );
-            tx.cmd("EXISTS").arg(self.keys.legacy_dedup(item));
+            let key = self.keys.dedup(&item.key);
+            tx.cmd("COPY").arg(self.keys.legacy_dedup(item)).arg(&key);
             tx.cmd("SET")
-                .arg(self.keys.dedup(&item.key))
+                .arg(&key)
                 .arg(&token)
                 .arg("NX")
                 .arg("EX")
                 .arg(ttl);
-            let add = tx
-                .cmd("XADD")
+            tx.cmd("XADD")
                 .arg(&self.keys.inbound)
                 .arg("*")
                 .arg("event_id")
                 .arg(&item.key)
                 .arg("tok")
-                .arg(&token);
-            if let Some(legacy) = &item.legacy_key {
-                add.arg("lk").arg(legacy);
-            }
-            add.arg("event").arg(&item.payload);
+                .arg(&token)
+                .arg("event")
+                .arg(&item.payload);
             n += 1;
         }
         let mut conn = match &self.replicated {
@@ -509,9 +505,7 @@ impl RedisBackend {
             )));
         }
         self.seen().note(last, backlog + n as u64);
-        let mut fresh = replies[1..]
-            .chunks(3)
-            .map(|r| matches!(r[0], Value::Int(0)) && !matches!(r[1], Value::Nil));
+        let mut fresh = replies[1..].chunks(3).map(|r| !matches!(r[1], Value::Nil));
         let mut out = Vec::with_capacity(batches.len());
         for b in batches {
             out.push(Ok(AcceptReport {
@@ -804,11 +798,10 @@ impl RedisBackend {
 
     /// The entries the router may publish among `read`: those an accept transaction wrote
     /// for a duplicate (see `accept_transaction`) are acknowledged and deleted here. An
-    /// entry with a token is its event's original while the dedup key holds that token and
-    /// the legacy key is absent; when the dedup key has expired (the entry waited longer
-    /// than `dedup_ttl_secs`), it is published: dedup holds within that window only. Should
-    /// this fail, the entries stay pending to this consumer and are claimed again after
-    /// `claim_idle_ms`.
+    /// entry with a token is its event's original while the dedup key holds that token;
+    /// when the dedup key has expired (the entry waited longer than `dedup_ttl_secs`), it
+    /// is published: dedup holds within that window only. Should this fail, the entries
+    /// stay pending to this consumer and are claimed again after `claim_idle_ms`.
     async fn drop_duplicates(
         &self,
         read: Vec<InboundEntry>,
@@ -821,28 +814,22 @@ impl RedisBackend {
         }
         let mut get = redis::cmd("MGET");
         for &i in &checked {
-            let e = &read[i];
-            get.arg(self.keys.dedup(&e.entry.key)).arg(
-                self.keys
-                    .legacy_dedup_of(e.legacy.as_deref().unwrap_or(&e.entry.key)),
-            );
+            get.arg(self.keys.dedup(&read[i].entry.key));
         }
         let mut conn = self.conn.clone();
         let held: Vec<Option<String>> = self.timed(get.query_async(&mut conn)).await?;
-        if held.len() != 2 * checked.len() {
+        if held.len() != checked.len() {
             return Err(BackendError::Protocol(format!(
                 "MGET returned {} values for {} keys",
                 held.len(),
-                2 * checked.len()
+                checked.len()
             )));
         }
         let mut duplicate = vec![false; read.len()];
-        for (pair, &i) in held.chunks(2).zip(&checked) {
-            let holder = &pair[0];
-            duplicate[i] = pair[1].is_some()
-                || holder
-                    .as_ref()
-                    .is_some_and(|h| Some(h) != read[i].token.as_ref());
+        for (holder, &i) in held.iter().zip(&checked) {
+            duplicate[i] = holder
+                .as_ref()
+                .is_some_and(|h| Some(h) != read[i].token.as_ref());
         }
         let dropped: Vec<&str> = read
             .iter()
@@ -1692,17 +1679,15 @@ fn stream_entry(item: Value) -> Option<StreamEntry> {
     inbound_entry(item).map(|e| e.entry)
 }
 
-/// A stream entry with the fields an accept transaction adds to an inbound entry (see
+/// A stream entry with the field an accept transaction adds to an inbound entry (see
 /// `accept_transaction`).
 struct InboundEntry {
     entry: StreamEntry,
     /// `tok`: the token its accept set the dedup key to, or tried to.
     token: Option<String>,
-    /// `lk`: the event's legacy identity, when it differs from its id.
-    legacy: Option<String>,
 }
 
-/// [`stream_entry`], keeping `tok` and `lk`.
+/// [`stream_entry`], keeping `tok`.
 fn inbound_entry(item: Value) -> Option<InboundEntry> {
     let Value::Array(pair) = item else {
         return None;
@@ -1711,7 +1696,7 @@ fn inbound_entry(item: Value) -> Option<InboundEntry> {
     let id = into_string(pair.next()?)?;
     let (mut payload, mut key) = (None, None);
     let (mut dl_payload, mut dl_key) = (None, None);
-    let (mut token, mut legacy) = (None, None);
+    let mut token = None;
     if let Some(Value::Array(kv)) = pair.next() {
         let mut it = kv.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -1722,7 +1707,6 @@ fn inbound_entry(item: Value) -> Option<InboundEntry> {
                     b"deadletter" => &mut dl_payload,
                     b"deadletter_id" => &mut dl_key,
                     b"tok" => &mut token,
-                    b"lk" => &mut legacy,
                     _ => continue,
                 },
                 _ => continue,
@@ -1737,7 +1721,6 @@ fn inbound_entry(item: Value) -> Option<InboundEntry> {
             payload: payload.or(dl_payload).unwrap_or_default(),
         },
         token,
-        legacy,
     })
 }
 

@@ -554,9 +554,8 @@ async fn redis_accepts_as_a_transaction_publish_each_event_once() {
     assert_eq!(events.len(), 4);
 }
 
-/// In a transaction, the legacy dedup key is checked beside the current one: a redelivery
-/// across the upgrade is a duplicate, and the router drops its entry even though the
-/// transaction set the current key.
+/// In a transaction, the legacy dedup key is copied to the current one when only it exists:
+/// a redelivery across the upgrade is a duplicate, and the router drops its entry.
 #[tokio::test]
 async fn redis_transaction_accepts_respect_legacy_dedup_keys() {
     let (b, prefix, mut conn) = redis_with_room().await;
@@ -580,6 +579,12 @@ async fn redis_transaction_accepts_respect_legacy_dedup_keys() {
         .unwrap();
     assert_eq!(r.events, [false, true]);
     assert!(inbound_tokens(&mut conn, &prefix).await[1].1.is_some());
+    let held: String = redis::cmd("GET")
+        .arg(format!("{{{prefix}}}:dedup:v2:evt_new"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(held, "1-0", "the legacy key's value, copied");
     let read = b
         .read_inbound("r", 100, Duration::from_millis(10), Duration::from_secs(30))
         .await
