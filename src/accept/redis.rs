@@ -8,7 +8,7 @@
 //!   Consumer group `router`. Entries
 //!   are deleted once routed (XACK + XDEL in one transaction), so its length *is* the
 //!   backlog; it is never trimmed, and accept refuses (503) past `inbound_max_backlog`
-//!   instead (to within `TRANSACTION_MARGIN` per gateway process).
+//!   instead (exactly with one gateway process; see `TRANSACTION_MARGIN`).
 //! - `{prefix}:events` — stream the CRM backends read with XREADGROUP; fields `event_id`,
 //!   `event`. Trimmed approximately to `events_max_len` and/or `events_max_age_secs`, but
 //!   while the consumer group `persister` exists never past its oldest unacknowledged entry
