@@ -31,18 +31,23 @@ async fn backends(max_backlog: u64) -> Vec<Backend> {
 async fn backends_with(limits: impl Fn() -> Limits) -> Vec<Backend> {
     let url = redis_url();
     require_redis(&url).await;
-    let cfg = RedisConfig {
-        url,
-        cluster_nodes: Vec::new(),
-        key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
-        command_timeout_ms: 2000,
-        connect_timeout_ms: 1000,
-        ..RedisConfig::default()
-    };
+    let cfg = conf_config(url, format!("conf-{}", uuid::Uuid::new_v4().simple()));
     vec![
         Backend::Memory(MemoryBackend::new(limits())),
         Backend::Redis(Box::new(RedisBackend::new(&cfg, limits()).unwrap())),
     ]
+}
+
+/// The configuration of a Redis backend under its own key prefix.
+fn conf_config(url: String, key_prefix: String) -> RedisConfig {
+    RedisConfig {
+        url,
+        cluster_nodes: Vec::new(),
+        key_prefix,
+        command_timeout_ms: 2000,
+        connect_timeout_ms: 1000,
+        ..RedisConfig::default()
+    }
 }
 
 fn item(key: &str) -> Item {
@@ -231,14 +236,7 @@ async fn router_moves_each_entry_once_and_events_retention_applies() {
 async fn a_crashed_consumers_entries_are_claimed_again() {
     let url = redis_url();
     require_redis(&url).await;
-    let cfg = RedisConfig {
-        url,
-        cluster_nodes: Vec::new(),
-        key_prefix: format!("conf-{}", uuid::Uuid::new_v4().simple()),
-        command_timeout_ms: 2000,
-        connect_timeout_ms: 1000,
-        ..RedisConfig::default()
-    };
+    let cfg = conf_config(url, format!("conf-{}", uuid::Uuid::new_v4().simple()));
     let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100)).unwrap()));
     b.accept(batch(&["evt_a", "evt_b"], &[])).await.unwrap();
     let claim = Duration::from_millis(200);
@@ -276,14 +274,7 @@ async fn redis_dedup_keys_expire_with_the_configured_ttl() {
     let url = redis_url();
     let mut conn = require_redis(&url).await;
     let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
-    let cfg = RedisConfig {
-        url,
-        cluster_nodes: Vec::new(),
-        key_prefix: prefix.clone(),
-        command_timeout_ms: 2000,
-        connect_timeout_ms: 1000,
-        ..RedisConfig::default()
-    };
+    let cfg = conf_config(url, prefix.clone());
     let b = RedisBackend::new(&cfg, limits(100)).unwrap();
     b.accept(batch(&["evt_ttl"], &[])).await.unwrap();
     let ttl: i64 = redis::cmd("TTL")
@@ -357,24 +348,10 @@ async fn redis_dedup_keys_of_the_previous_version_still_catch_redeliveries() {
     let url = redis_url();
     let mut conn = require_redis(&url).await;
     let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
-    let cfg = RedisConfig {
-        url,
-        cluster_nodes: Vec::new(),
-        key_prefix: prefix.clone(),
-        command_timeout_ms: 2000,
-        connect_timeout_ms: 1000,
-        ..RedisConfig::default()
-    };
+    let cfg = conf_config(url, prefix.clone());
     let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100)).unwrap()));
     for old in ["evt_old", "dl_old", "evt_relayed"] {
-        let _: () = redis::cmd("SET")
-            .arg(format!("{{{prefix}}}:dedup:v1:{old}"))
-            .arg("1-0")
-            .arg("EX")
-            .arg(60)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        write_legacy_dedup_key(&mut conn, &prefix, old).await;
     }
     let mut scoped = item("evt_new");
     scoped.legacy_key = Some("evt_old".into());
@@ -424,6 +401,22 @@ async fn redis_dedup_keys_of_the_previous_version_still_catch_redeliveries() {
     );
 }
 
+/// A dedup key as the previous version wrote it (`dedup:v1:`), holding stream id 1-0.
+async fn write_legacy_dedup_key(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    old: &str,
+) {
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{{prefix}}}:dedup:v1:{old}"))
+        .arg("1-0")
+        .arg("EX")
+        .arg(60)
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 /// Dead letters keep raw bodies (contacts' data): they age out after
 /// `deadletter_max_age`, when a new one is stored and when the router trims between reads.
 #[tokio::test]
@@ -450,22 +443,33 @@ async fn dead_letters_age_out() {
     }
 }
 
-/// A Redis backend whose bound leaves room for accepts as a transaction, its prefix, and a
-/// plain connection to look at the keys.
-async fn redis_with_room() -> (Backend, String, redis::aio::MultiplexedConnection) {
+/// A Redis backend with this inbound bound, its prefix, and a plain connection to look at
+/// the keys.
+async fn redis_bounded(max_backlog: u64) -> (Backend, String, redis::aio::MultiplexedConnection) {
     let url = redis_url();
     let conn = require_redis(&url).await;
     let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
-    let cfg = RedisConfig {
-        url,
-        cluster_nodes: Vec::new(),
-        key_prefix: prefix.clone(),
-        command_timeout_ms: 2000,
-        connect_timeout_ms: 1000,
-        ..RedisConfig::default()
-    };
-    let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(100_000)).unwrap()));
+    let cfg = conf_config(url, prefix.clone());
+    let b = Backend::Redis(Box::new(
+        RedisBackend::new(&cfg, limits(max_backlog)).unwrap(),
+    ));
     (b, prefix, conn)
+}
+
+/// A bound that leaves room for accepts as a transaction.
+async fn redis_with_room() -> (Backend, String, redis::aio::MultiplexedConnection) {
+    redis_bounded(100_000).await
+}
+
+/// The keys of the entries the router is handed (the duplicates' entries dropped), sorted.
+async fn routable_keys(b: &Backend) -> Vec<String> {
+    let read = b
+        .read_inbound("r", 100, Duration::from_millis(10), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = read.into_iter().map(|e| e.key).collect();
+    keys.sort();
+    keys
 }
 
 /// The inbound entries' `event_id` and `tok` fields, oldest first.
@@ -544,11 +548,7 @@ async fn redis_accepts_as_a_transaction_publish_each_event_once() {
         b.accept(batch(&["evt_b"], &[])).await.unwrap().events,
         [false]
     );
-    assert!(b
-        .read_inbound("r", 100, Duration::from_millis(10), Duration::from_secs(30))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(routable_keys(&b).await.is_empty());
     assert_eq!(b.stats().await.unwrap().inbound, 0);
     let events = b.read(StreamName::Events, 10, None).await.unwrap();
     assert_eq!(events.len(), 4);
@@ -560,14 +560,7 @@ async fn redis_accepts_as_a_transaction_publish_each_event_once() {
 async fn redis_transaction_accepts_respect_legacy_dedup_keys() {
     let (b, prefix, mut conn) = redis_with_room().await;
     b.accept(batch(&["evt_first"], &[])).await.unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(format!("{{{prefix}}}:dedup:v1:evt_old"))
-        .arg("1-0")
-        .arg("EX")
-        .arg(60)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    write_legacy_dedup_key(&mut conn, &prefix, "evt_old").await;
     let mut scoped = item("evt_new");
     scoped.legacy_key = Some("evt_old".into());
     let r = b
@@ -585,12 +578,7 @@ async fn redis_transaction_accepts_respect_legacy_dedup_keys() {
         .await
         .unwrap();
     assert_eq!(held, "1-0", "the legacy key's value, copied");
-    let read = b
-        .read_inbound("r", 100, Duration::from_millis(10), Duration::from_secs(30))
-        .await
-        .unwrap();
-    let keys: Vec<&str> = read.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(keys, ["evt_first", "evt_other"]);
+    assert_eq!(routable_keys(&b).await, ["evt_first", "evt_other"]);
 }
 
 /// An entry that waited longer than the dedup window (its key expired) is still published:
@@ -608,31 +596,15 @@ async fn redis_an_entry_whose_dedup_key_expired_is_published() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let read = b
-        .read_inbound("r", 100, Duration::from_millis(10), Duration::from_secs(30))
-        .await
-        .unwrap();
-    let keys: Vec<&str> = read.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(keys, ["evt_first", "evt_late"]);
+    assert_eq!(routable_keys(&b).await, ["evt_first", "evt_late"]);
 }
 
 /// Transactions keep `TRANSACTION_MARGIN` (2,048 entries) below the inbound bound; closer
 /// to it the script decides, so the bound is still exact for one gateway.
 #[tokio::test]
 async fn redis_the_inbound_bound_stays_exact_when_transactions_run() {
-    let url = redis_url();
-    let mut conn = require_redis(&url).await;
-    let prefix = format!("conf-{}", uuid::Uuid::new_v4().simple());
-    let cfg = RedisConfig {
-        url,
-        cluster_nodes: Vec::new(),
-        key_prefix: prefix.clone(),
-        command_timeout_ms: 2000,
-        connect_timeout_ms: 1000,
-        ..RedisConfig::default()
-    };
     let bound = 2048 + 50;
-    let b = Backend::Redis(Box::new(RedisBackend::new(&cfg, limits(bound)).unwrap()));
+    let (b, prefix, mut conn) = redis_bounded(bound).await;
     let keys: Vec<String> = (0..bound + 1).map(|i| format!("evt_{i}")).collect();
     for chunk in keys[..bound as usize].chunks(10) {
         let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
