@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An agent's app on switchboard's routing API (docs/routing.md): it follows its own work
-over Server-Sent Events, goes online once that stream is open, answers the conversations offered to it, and closes
-each conversation after "handling" it.
+over Server-Sent Events, goes online once that stream is open, answers the conversations
+offered to it, and closes each conversation after "handling" it.
 
 Standard library only:
 
