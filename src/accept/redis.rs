@@ -5,10 +5,10 @@
 //! - `{prefix}:inbound` — stream of accepted events not yet routed; field `event_id` and
 //!   `event` (JSON); written by an accept transaction, also `tok` (the token its dedup key
 //!   was set to, or that it tried to set: a duplicate's entry, which the router drops).
-//!   Consumer group `router`. Entries
-//!   are deleted once routed (XACK + XDEL in one transaction), so its length *is* the
-//!   backlog; it is never trimmed, and accept refuses (503) past `inbound_max_backlog`
-//!   instead (exactly with one gateway process; see `TRANSACTION_MARGIN`).
+//!   Consumer group `router`. Entries are deleted once routed (XACK + XDEL in one
+//!   transaction), so its length *is* the backlog; it is never trimmed, and accept refuses
+//!   (503) past `inbound_max_backlog` instead (exactly with one gateway process; see
+//!   `TRANSACTION_MARGIN`).
 //! - `{prefix}:events` — stream the CRM backends read with XREADGROUP; fields `event_id`,
 //!   `event`. Trimmed approximately to `events_max_len` and/or `events_max_age_secs`, but
 //!   while the consumer group `persister` exists never past its oldest unacknowledged entry
@@ -20,11 +20,12 @@
 //!   (on every dead letter stored, and by [`RedisBackend::trim_deadletters`]).
 //! - `{prefix}:dedup:v2:<event id | dead-letter id>` — string holding the stream id the item
 //!   was stored under (by the script), the token of its entry (by a transaction) or a copy
-//!   of its `v1` key (by a transaction that found one); expires after `dedup_ttl_secs`. The version changes with the id
-//!   derivation: `v1` keys were written by versions whose event ids were not scoped to the
-//!   source. They are still checked (an item is a duplicate when its `v2` key or the `v1` key
-//!   of its [legacy identity](super::Item::legacy) exists), never written; they expire within
-//!   `dedup_ttl_secs` of the upgrade, after which the check costs one EXISTS of an absent key.
+//!   of its `v1` key (by a transaction that found one); expires after `dedup_ttl_secs`.
+//!   The version changes with the id derivation: `v1` keys were written by versions whose
+//!   event ids were not scoped to the source. They are still checked (an item is a
+//!   duplicate when its `v2` key or the `v1` key of its [legacy identity](super::Item::legacy)
+//!   exists), never written; they expire within `dedup_ttl_secs` of the upgrade, after
+//!   which the check costs one lookup of an absent key.
 //!
 //! Two connections: one multiplexed connection for request-path commands, and one for the
 //! router's blocking reads (a blocking XREADGROUP would otherwise stall every request
@@ -135,9 +136,6 @@ pub struct RedisBackend {
     /// run as a transaction of plain commands instead of the script (see
     /// `accept_transaction`).
     backlog_seen: std::sync::Arc<std::sync::Mutex<BacklogSeen>>,
-    /// Whether accepts may run as a transaction (not on a Redis Cluster, whose connection
-    /// routes each command on its own).
-    transactions: bool,
     /// Tokens marking which of an event's entries holds its dedup key (`tok` field):
     /// this process's random prefix and a counter.
     token_prefix: std::sync::Arc<str>,
@@ -280,7 +278,6 @@ impl RedisBackend {
         } else {
             None
         };
-        let transactions = !matches!(conn, RedisConn::Cluster(_));
         let mut backend = RedisBackend {
             conn,
             blocking,
@@ -305,7 +302,6 @@ impl RedisBackend {
             publish_conn: Default::default(),
             combiner: None,
             backlog_seen: Default::default(),
-            transactions,
             token_prefix: uuid::Uuid::new_v4().simple().to_string()[..16].into(),
             token_seq: std::sync::Arc::new(AtomicU64::new(0)),
         };
@@ -403,7 +399,10 @@ impl RedisBackend {
     /// again. Near the bound (or before the first accept) the script decides, refusing
     /// exactly at the bound.
     fn transaction_fits(&self, batches: &[&Batch]) -> bool {
-        if !self.transactions || batches.iter().any(|b| !b.dead_letters.is_empty()) {
+        // A cluster connection routes each command of a pipeline on its own.
+        if matches!(self.conn, RedisConn::Cluster(_))
+            || batches.iter().any(|b| !b.dead_letters.is_empty())
+        {
             return false;
         }
         let Some(seen) = self.seen().backlog else {
@@ -593,9 +592,9 @@ impl RedisBackend {
         batches: &[&Batch],
         reply: &[i64],
     ) -> Result<Vec<Result<AcceptReport, BackendError>>, BackendError> {
-        let (outcomes, backlog, last) = parse_group_reply(batches, reply)?;
-        self.seen().note(last, backlog);
-        Ok(outcomes)
+        let r = parse_group_reply(batches, reply)?;
+        self.seen().note(r.last, r.backlog);
+        Ok(r.outcomes)
     }
 
     /// `WAIT`: until `rep.replicas` replicas hold every write made so far on `rep.conn`
@@ -806,61 +805,44 @@ impl RedisBackend {
         &self,
         read: Vec<InboundEntry>,
     ) -> Result<Vec<StreamEntry>, BackendError> {
-        let checked: Vec<usize> = (0..read.len())
-            .filter(|&i| read[i].token.is_some())
-            .collect();
-        if checked.is_empty() {
+        let tokened: Vec<&InboundEntry> = read.iter().filter(|e| e.token.is_some()).collect();
+        if tokened.is_empty() {
             return Ok(read.into_iter().map(|e| e.entry).collect());
         }
         let mut get = redis::cmd("MGET");
-        for &i in &checked {
-            get.arg(self.keys.dedup(&read[i].entry.key));
+        for e in &tokened {
+            get.arg(self.keys.dedup(&e.entry.key));
         }
         let mut conn = self.conn.clone();
         let held: Vec<Option<String>> = self.timed(get.query_async(&mut conn)).await?;
-        if held.len() != checked.len() {
+        if held.len() != tokened.len() {
             return Err(BackendError::Protocol(format!(
                 "MGET returned {} values for {} keys",
                 held.len(),
-                checked.len()
+                tokened.len()
             )));
         }
-        let mut duplicate = vec![false; read.len()];
-        for (holder, &i) in held.iter().zip(&checked) {
-            duplicate[i] = holder
-                .as_ref()
-                .is_some_and(|h| Some(h) != read[i].token.as_ref());
-        }
-        let dropped: Vec<&str> = read
-            .iter()
-            .zip(&duplicate)
-            .filter(|(_, d)| **d)
-            .map(|(e, _)| e.entry.id.as_str())
-            .collect();
+        // In stream order, each tokened entry meets its key's holder.
+        let mut held = held.into_iter();
+        let (keep, dropped): (Vec<InboundEntry>, Vec<InboundEntry>) =
+            read.into_iter().partition(|e| match &e.token {
+                None => true,
+                Some(token) => held.next().flatten().is_none_or(|h| &h == token),
+            });
         if !dropped.is_empty() {
+            let ids: Vec<&str> = dropped.iter().map(|e| e.entry.id.as_str()).collect();
             let mut tx = redis::pipe();
             tx.atomic();
             tx.cmd("XACK")
                 .arg(&self.keys.inbound)
                 .arg(ROUTER_GROUP)
-                .arg(&dropped)
+                .arg(&ids)
                 .ignore();
-            tx.cmd("XDEL")
-                .arg(&self.keys.inbound)
-                .arg(&dropped)
-                .ignore();
+            tx.cmd("XDEL").arg(&self.keys.inbound).arg(&ids).ignore();
             let _: () = self.timed(tx.query_async(&mut conn)).await?;
-            crate::internal_events::DuplicatesDropped {
-                count: dropped.len(),
-            }
-            .emit();
+            crate::internal_events::DuplicatesDropped { count: ids.len() }.emit();
         }
-        Ok(read
-            .into_iter()
-            .zip(duplicate)
-            .filter(|(_, d)| !d)
-            .map(|(e, _)| e.entry)
-            .collect())
+        Ok(keep.into_iter().map(|e| e.entry).collect())
     }
 
     /// Removes a stopped router consumer from the group, but only when it holds no pending
@@ -1468,21 +1450,18 @@ impl RedisBackend {
     }
 }
 
-/// Splits the accept script's flat reply into one outcome per batch.
-/// The script's reply: per batch its report or backpressure, the inbound stream's length
-/// after the call and the last entry it appended there.
-#[allow(clippy::type_complexity)]
-fn parse_group_reply(
-    batches: &[&Batch],
-    reply: &[i64],
-) -> Result<
-    (
-        Vec<Result<AcceptReport, BackendError>>,
-        u64,
-        Option<(u64, u64)>,
-    ),
-    BackendError,
-> {
+/// The accept script's flat reply, taken apart.
+#[derive(Debug)]
+struct ScriptReply {
+    /// Per batch its report, or backpressure.
+    outcomes: Vec<Result<AcceptReport, BackendError>>,
+    /// The inbound stream's length after the call.
+    backlog: u64,
+    /// The last entry the call appended there.
+    last: Option<(u64, u64)>,
+}
+
+fn parse_group_reply(batches: &[&Batch], reply: &[i64]) -> Result<ScriptReply, BackendError> {
     let mut out = Vec::with_capacity(batches.len());
     let [ref rest @ .., backlog, ms, seq] = *reply else {
         return Err(BackendError::Protocol(format!(
@@ -1521,7 +1500,11 @@ fn parse_group_reply(
         }
     }
     if rest.is_empty() {
-        Ok((out, backlog.max(0) as u64, last))
+        Ok(ScriptReply {
+            outcomes: out,
+            backlog: backlog.max(0) as u64,
+            last,
+        })
     } else {
         Err(BackendError::Protocol(format!(
             "accept script returned {} values more than expected",
@@ -1768,16 +1751,15 @@ mod tests {
             events: vec![super::super::Item::new("evt_a", "{}")],
             dead_letters: Vec::new(),
         };
-        let (out, backlog, last) =
-            parse_group_reply(&[&one, &one], &[0, 1, -1, 9, 9, 17, 3]).unwrap();
-        assert_eq!(out[0].as_ref().unwrap().events, [true]);
+        let r = parse_group_reply(&[&one, &one], &[0, 1, -1, 9, 9, 17, 3]).unwrap();
+        assert_eq!(r.outcomes[0].as_ref().unwrap().events, [true]);
         assert!(matches!(
-            out[1],
+            r.outcomes[1],
             Err(BackendError::Backpressure { backlog: 9 })
         ));
-        assert_eq!((backlog, last), (9, Some((17, 3))));
-        let (_, _, last) = parse_group_reply(&[&one], &[0, 0, 4, 0, 0]).unwrap();
-        assert_eq!(last, None);
+        assert_eq!((r.backlog, r.last), (9, Some((17, 3))));
+        let r = parse_group_reply(&[&one], &[0, 0, 4, 0, 0]).unwrap();
+        assert_eq!(r.last, None);
         assert!(parse_group_reply(&[&one], &[0, 1]).is_err());
     }
 
